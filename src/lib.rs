@@ -17,6 +17,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
+pub mod config;
 pub mod crypto;
 pub mod ipc;
 pub mod node;

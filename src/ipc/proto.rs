@@ -1,0 +1,313 @@
+//! IPC message types. The response envelope is exactly what `pilotctl --json`
+//! prints: `{"status":"ok","data":{...}}` or
+//! `{"status":"error","code":"...","message":"..."}`.
+
+use serde::{Deserialize, Serialize};
+
+/// A request from a local client to the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// This node: address, hostname, endpoints, counters.
+    Info,
+    /// Registry `lookup` of a target (address, bare node id or hostname).
+    Lookup {
+        /// The target as the user typed it.
+        target: String,
+    },
+    /// The peer table: who we have tunnels with, by which path.
+    Peers,
+    /// Set (or, with an empty string, clear) this node's hostname.
+    SetHostname {
+        /// The new hostname; empty clears it.
+        hostname: String,
+    },
+    /// Resolve a hostname through the registry.
+    Find {
+        /// The hostname to resolve.
+        hostname: String,
+    },
+    /// One control ping (protocol 3, port 0) to a target.
+    Ping {
+        /// The target as the user typed it.
+        target: String,
+        /// Payload bytes to carry.
+        size: usize,
+        /// How long to wait for the reply, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// Stop the daemon (deregisters first).
+    Shutdown,
+}
+
+/// The response envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// Success, with command-specific data.
+    Ok {
+        /// The command's result.
+        data: serde_json::Value,
+    },
+    /// Failure.
+    Error {
+        /// Machine-readable error class.
+        code: ErrorCode,
+        /// One human line.
+        message: String,
+    },
+}
+
+impl Response {
+    /// A success response carrying `data`.
+    pub fn ok<T: Serialize>(data: &T) -> Response {
+        match serde_json::to_value(data) {
+            Ok(data) => Response::Ok { data },
+            Err(e) => Response::error(ErrorCode::Internal, format!("cannot encode reply: {e}")),
+        }
+    }
+
+    /// An error response.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Error classes shared by the daemon and `pilotctl` (documented in the
+/// README's "Errors" table; `pilotctl --json` prints them as `code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No daemon answers on the socket.
+    DaemonNotRunning,
+    /// A daemon is already running on this socket.
+    AlreadyRunning,
+    /// An address, port or hostname that does not parse.
+    InvalidAddress,
+    /// Any other bad argument.
+    InvalidArgument,
+    /// The registry does not know the node or hostname (or may not tell).
+    NotFound,
+    /// The registry cannot be reached.
+    RegistryUnavailable,
+    /// The registry refused the request.
+    RegistryError,
+    /// No answer in time.
+    Timeout,
+    /// The peer refused (no listener, limits).
+    Refused,
+    /// The peer cannot be reached (no endpoint, no tunnel).
+    Unreachable,
+    /// The daemon failed to start.
+    StartFailed,
+    /// A bug or an unexpected local failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case name, as printed under `--json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::DaemonNotRunning => "daemon_not_running",
+            ErrorCode::AlreadyRunning => "already_running",
+            ErrorCode::InvalidAddress => "invalid_address",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RegistryUnavailable => "registry_unavailable",
+            ErrorCode::RegistryError => "registry_error",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Refused => "refused",
+            ErrorCode::Unreachable => "unreachable",
+            ErrorCode::StartFailed => "start_failed",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `info`: this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InfoData {
+    /// Registry-assigned node id.
+    pub node_id: u32,
+    /// Backbone address text.
+    pub address: String,
+    /// Hostname, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Ed25519 public key, base64.
+    pub public_key: String,
+    /// Whether the node is public in the registry.
+    pub public: bool,
+    /// Daemon process id.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_secs: u64,
+    /// The IPC socket path.
+    pub socket: String,
+    /// The registry address in use.
+    pub registry: String,
+    /// The beacon address in use.
+    pub beacon: String,
+    /// The local UDP tunnel socket address.
+    pub listen: String,
+    /// The endpoint registered with the registry.
+    pub endpoint: String,
+    /// Whether the registry currently accepts our heartbeats.
+    pub registered: bool,
+    /// Number of peers in the peer table.
+    pub peers: usize,
+    /// Data-path counters.
+    pub stats: Stats,
+}
+
+/// Data-path counters of the daemon.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// UDP datagrams received.
+    pub datagrams_in: u64,
+    /// UDP datagrams sent.
+    pub datagrams_out: u64,
+    /// Frames dropped as malformed or unknown.
+    pub dropped_malformed: u64,
+    /// Encrypted frames that failed authentication or replay checks.
+    pub dropped_crypto: u64,
+    /// Decrypted packets whose inner source or destination did not match the
+    /// authenticated tunnel (spec §12.10).
+    pub dropped_spoofed: u64,
+    /// Plaintext (PILT) or PILK frames refused while encryption is on.
+    pub dropped_plaintext: u64,
+    /// Beacon messages from a source other than the configured beacon.
+    pub dropped_beacon_source: u64,
+    /// PILA frames that failed verification.
+    pub dropped_auth: u64,
+}
+
+/// `lookup`: what the registry knows of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LookupData {
+    /// Node id.
+    pub node_id: u32,
+    /// Backbone address text.
+    pub address: String,
+    /// Hostname, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Ed25519 public key, base64.
+    pub public_key: String,
+    /// Public visibility.
+    pub public: bool,
+    /// Networks the node belongs to.
+    #[serde(default)]
+    pub networks: Vec<u16>,
+    /// The node's registered endpoint (only for public nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub real_addr: Option<String>,
+}
+
+/// One entry of `peers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerData {
+    /// Node id.
+    pub node_id: u32,
+    /// Backbone address text.
+    pub address: String,
+    /// UDP endpoint, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `direct` or `relay`.
+    pub path: String,
+    /// Whether a verified key exchange completed.
+    pub encrypted: bool,
+    /// Milliseconds since the last authenticated frame from the peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<u64>,
+}
+
+/// `peers`: the peer table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeersData {
+    /// Peers, sorted by node id.
+    pub peers: Vec<PeerData>,
+}
+
+/// `find` / hostname resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindData {
+    /// The hostname asked for.
+    pub hostname: String,
+    /// Its node id.
+    pub node_id: u32,
+    /// Its backbone address.
+    pub address: String,
+}
+
+/// `set_hostname`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostnameData {
+    /// Our address.
+    pub address: String,
+    /// The hostname now set (`None` when cleared).
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// One control ping reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingData {
+    /// The address pinged.
+    pub address: String,
+    /// Payload bytes echoed.
+    pub bytes: usize,
+    /// Round-trip time in microseconds.
+    pub rtt_us: u64,
+    /// `direct` or `relay`.
+    pub path: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_matches_cli_json_shape() {
+        let ok = Response::ok(&serde_json::json!({"a": 1}));
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"status":"ok","data":{"a":1}}"#
+        );
+        let err = Response::error(ErrorCode::DaemonNotRunning, "no daemon");
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"status":"error","code":"daemon_not_running","message":"no daemon"}"#
+        );
+    }
+
+    #[test]
+    fn requests_are_tagged_by_cmd() {
+        let r = Request::Ping {
+            target: "alpha".into(),
+            size: 8,
+            timeout_ms: 1000,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"cmd":"ping","target":"alpha","size":8,"timeout_ms":1000}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn error_code_names_match_serde() {
+        for code in [ErrorCode::DaemonNotRunning, ErrorCode::InvalidAddress, ErrorCode::RegistryUnavailable] {
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
+        }
+    }
+}
