@@ -208,3 +208,110 @@ fn header_decode() {
         }
     }
 }
+
+// ---------------------------------------------------------------- frames
+
+use pilot::wire::frame::{self, AuthKeyRepr, Frame, SealedPacket};
+
+fn arr32(v: &[u8]) -> [u8; 32] {
+    v.try_into().expect("32 bytes")
+}
+
+#[test]
+fn pila_frames() {
+    let d = load("tunnel_crypto.json");
+    for (who, node) in [("pila_a", "node_a"), ("pila_b", "node_b")] {
+        let c = &d[who];
+        let n = &d[node];
+        let wire = hx(c, "frame_hex");
+        assert_eq!(wire.len(), frame::PILA_LEN);
+        let Ok(Frame::AuthKey(a)) = Frame::parse(&wire) else {
+            panic!("{who}")
+        };
+        assert_eq!(u64::from(a.sender), u(n, "node_id"));
+        assert_eq!(a.x25519.to_vec(), hx(n, "x25519_public_hex"));
+        assert_eq!(a.ed25519.to_vec(), hx(n, "ed25519_public_hex"));
+        if c.get("signature_hex").is_some() {
+            assert_eq!(a.signature.to_vec(), hx(c, "signature_hex"));
+            assert_eq!(a.signed_message().to_vec(), hx(c, "signed_message_hex"));
+            assert_eq!(
+                frame::auth_signed_message(a.sender, &a.x25519).to_vec(),
+                hx(c, "signed_message_hex")
+            );
+        }
+        // The signature verifies with the frame's Ed25519 key.
+        let vk = ed25519_dalek::VerifyingKey::from_bytes(&a.ed25519).unwrap();
+        let sig = ed25519_dalek::Signature::from_bytes(&a.signature);
+        vk.verify_strict(&a.signed_message(), &sig).unwrap();
+        // Re-emit byte-exact, both ways.
+        assert_eq!(Frame::AuthKey(a).to_vec(), wire);
+        let mut buf = [0u8; 200];
+        assert_eq!(a.emit(&mut buf), Ok(136));
+        assert_eq!(&buf[..136], &wire[..]);
+        assert_eq!(AuthKeyRepr::parse(&wire), Ok(a));
+        // Extra bytes after a PILA are ignored (§3.1 step 5).
+        let mut longer = wire.clone();
+        longer.extend_from_slice(b"junk");
+        assert_eq!(Frame::parse(&longer), Ok(Frame::AuthKey(a)));
+        // Truncated by one byte is refused.
+        assert!(Frame::parse(&wire[..135]).is_err());
+    }
+}
+
+#[test]
+fn pilk_frame() {
+    let d = load("tunnel_crypto.json");
+    let c = &d["pilk_a"];
+    let wire = hx(c, "frame_hex");
+    assert_eq!(wire.len() as u64, u(c, "frame_len"));
+    let f = Frame::parse(&wire).unwrap();
+    assert_eq!(
+        f,
+        Frame::Key {
+            sender: u(&d["node_a"], "node_id") as u32,
+            x25519: arr32(&hx(&d["node_a"], "x25519_public_hex")),
+        }
+    );
+    assert_eq!(f.to_vec(), wire);
+    assert!(Frame::parse(&wire[..39]).is_err());
+}
+
+#[test]
+fn pils_frames() {
+    let d = load("tunnel_crypto.json");
+    let cases = arr(&d, "pils");
+    assert_eq!(cases.len(), 3);
+    for c in cases {
+        let wire = hx(c, "frame_hex");
+        let Ok(
+            f @ Frame::Sealed {
+                sender,
+                nonce,
+                ciphertext,
+            },
+        ) = Frame::parse(&wire)
+        else {
+            panic!("{}", s(c, "name"))
+        };
+        assert_eq!(u64::from(sender), u(c, "sender_node_id"));
+        assert_eq!(nonce.to_vec(), hx(c, "nonce_hex"));
+        assert_eq!(ciphertext.to_vec(), hx(c, "ciphertext_and_tag_hex"));
+        assert_eq!(
+            ciphertext.len(),
+            hx(c, "plaintext_hex").len() + frame::TAG_LEN
+        );
+        assert_eq!(f.to_vec(), wire);
+        assert_eq!(wire.len(), frame::sealed_len(hx(c, "plaintext_hex").len()));
+
+        let v = SealedPacket::new_checked(&wire[..]).unwrap();
+        assert!(v.has_magic());
+        assert_eq!(u64::from(v.sender()), u(c, "sender_node_id"));
+        assert_eq!(v.aad().to_vec(), hx(c, "aad_hex"));
+        assert_eq!(v.nonce_prefix().to_vec(), hx(c, "nonce_prefix_hex"));
+        assert_eq!(v.counter(), u(c, "counter"));
+        assert_eq!(v.ciphertext().to_vec(), hx(c, "ciphertext_and_tag_hex"));
+
+        // The plaintext is a valid virtual packet.
+        header::parse_packet(&hx(c, "plaintext_hex")).unwrap();
+    }
+}
