@@ -1,1 +1,92 @@
-fn main() {}
+//! `pilot-daemon`: the Pilot Protocol node. Usually started by
+//! `pilotctl daemon start`; run it directly for foreground use.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// pilot-daemon: a Pilot Protocol node (identity, tunnels, IPC socket).
+///
+/// Registers with the rendezvous, keeps its registration alive, sets up
+/// encrypted tunnels to peers and serves `pilotctl` on a local socket.
+#[derive(Debug, Parser)]
+#[command(name = "pilot-daemon", version, about, long_about = None)]
+struct Args {
+    /// Registry address HOST:PORT.
+    #[arg(long, env = "PILOT_REGISTRY", default_value = pilot::node::DEFAULT_REGISTRY)]
+    registry: String,
+    /// Beacon address HOST:PORT [default: the registry's host, port 9001].
+    #[arg(long)]
+    beacon: Option<String>,
+    /// Local UDP address for tunnels (port 0 picks a free one).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: String,
+    /// Register this endpoint (IP:PORT) instead of the local one.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// IPC socket path.
+    #[arg(long, env = "PILOT_SOCKET", default_value = pilot::ipc::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Identity file [default: ~/.pilot/identity.json]; created if missing.
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Hostname to register.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Owner e-mail sent at registration.
+    #[arg(long)]
+    email: Option<String>,
+    /// Make this node public (anyone may resolve its endpoint and connect).
+    #[arg(long)]
+    public: bool,
+    /// Registry heartbeat interval, e.g. 60s.
+    #[arg(long, default_value = "60s")]
+    heartbeat: String,
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "PILOT_LOG", default_value = "info")]
+    log_level: String,
+}
+
+fn main() {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    if let Err(e) = run(args) {
+        // pilotctl reads this last line to report why a start failed.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let heartbeat = pilot::cli::parse_duration(&args.heartbeat).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if heartbeat.is_zero() {
+        anyhow::bail!("--heartbeat must be positive");
+    }
+    let identity = args
+        .identity
+        .unwrap_or_else(|| pilot::config::Paths::from_env().identity());
+    let config = pilot::node::DaemonConfig {
+        registry: args.registry,
+        beacon: args.beacon,
+        listen: args.listen,
+        endpoint: args.endpoint,
+        socket: args.socket,
+        identity,
+        hostname: args.hostname.filter(|h| !h.is_empty()),
+        email: args.email,
+        public: args.public,
+        heartbeat,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(pilot::node::run(config))?;
+    Ok(())
+}

@@ -1,0 +1,804 @@
+//! The node's event loop: one task that owns the UDP socket's receive side,
+//! the peer table and every tunnel session, so the data path needs no locks.
+//!
+//! Inputs are datagrams, commands (from IPC handlers and from the helper
+//! tasks that talk to the registry) and a 100 ms housekeeping tick. Registry
+//! round trips never block the loop: they run in spawned tasks that post
+//! their results back as [`Cmd`]s.
+//!
+//! Security rules of spec §12 applied here: PILT and PILK are refused while
+//! encryption is on (§12.6, §12.7); beacon messages are accepted only from
+//! the configured beacon (§12.8); a decrypted packet whose inner source is
+//! not the authenticated sender, or whose destination is not us, is dropped
+//! and counted (§12.10); control pings are answered only from a non-zero
+//! source port (§12.11); a PILA with an unchanged X25519 key keeps the
+//! current session (§12.9).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::peer::{Peer, MAX_QUEUEING_PEERS};
+use super::registry::RegError;
+use super::Shared;
+use crate::crypto::tunnel::{derive_tunnel_key, sign_auth, verify_auth, KeyPair, Session};
+use crate::ipc::proto::{InfoData, PeerData, PeersData, PingData, Stats};
+use crate::ipc::{ErrorCode, Response};
+use crate::wire::address::Addr;
+use crate::wire::beacon;
+use crate::wire::frame::{AuthKeyRepr, Frame, MAGIC_PILP, PILS_HEADER_LEN, TAG_LEN};
+use crate::wire::header::{self, Flags, Protocol, Repr, HEADER_LEN};
+
+/// Beacon relay header: type + sender id + destination id (spec §5.1).
+const RELAY_HEADER_LEN: usize = 9;
+/// Where the plaintext packet starts in the send buffer.
+const PLAIN_AT: usize = RELAY_HEADER_LEN + PILS_HEADER_LEN;
+/// Largest UDP datagram we read or build.
+const MAX_DATAGRAM: usize = 65_535;
+/// Housekeeping period: ping timeouts, PILA retries.
+const TICK: Duration = Duration::from_millis(100);
+/// Interval between PILA resends while packets wait for a session.
+const PILA_RETRY: Duration = Duration::from_secs(1);
+/// PILA resends before queued packets are given up.
+const PILA_MAX_ATTEMPTS: u32 = 8;
+/// Minimum spacing of PILA answers to a peer whose key we already have, and
+/// of answers to undecryptable frames (spec §12.12 suggests 5 s; one second
+/// keeps restart recovery quick while bounding reflection).
+const PILA_ANSWER_SPACING: Duration = Duration::from_secs(1);
+/// First ephemeral port (spec §2.5).
+const EPHEMERAL_START: u16 = 49152;
+/// Punch packets sent per punch command (spec §5.4 sends three).
+const PUNCHES: usize = 3;
+
+/// A command for the event loop.
+pub enum Cmd {
+    /// `info`.
+    Info(oneshot::Sender<Response>),
+    /// `peers`.
+    Peers(oneshot::Sender<Response>),
+    /// One control ping to `addr`.
+    Ping {
+        /// Destination.
+        addr: Addr,
+        /// Payload size.
+        size: usize,
+        /// Reply deadline.
+        timeout: Duration,
+        /// Where the result goes.
+        reply: oneshot::Sender<Response>,
+    },
+    /// The registry's Ed25519 key for a peer whose PILA is waiting.
+    PeerKey {
+        /// The peer.
+        node: u32,
+        /// The registry's answer.
+        key: Result<[u8; 32], RegError>,
+    },
+    /// The registry's endpoint for a peer we want to reach.
+    Resolved {
+        /// The peer.
+        node: u32,
+        /// The registry's answer.
+        result: Result<SocketAddr, RegError>,
+    },
+    /// Re-announce ourselves to the beacon (after registration/heartbeat).
+    Discover,
+}
+
+struct PendingPing {
+    sent: Instant,
+    deadline: Instant,
+    seq: u32,
+    size: usize,
+    reply: oneshot::Sender<Response>,
+}
+
+/// A PILA waiting for the registry to confirm the sender's key.
+struct WaitingPila {
+    pila: AuthKeyRepr,
+    from: SocketAddr,
+    via_relay: bool,
+}
+
+/// The event loop's state.
+pub struct Engine {
+    shared: Arc<Shared>,
+    socket: Arc<UdpSocket>,
+    node_id: u32,
+    xkeys: KeyPair,
+    pila_frame: Vec<u8>,
+    peers: HashMap<u32, Peer>,
+    waiting_pila: HashMap<u32, WaitingPila>,
+    pings: HashMap<(u32, u16), PendingPing>,
+    next_port: u16,
+    next_ping_seq: u32,
+    stats: Stats,
+    cmd_tx: mpsc::Sender<Cmd>,
+    sbuf: Vec<u8>,
+    last_punch: Option<Instant>,
+}
+
+impl Engine {
+    /// Builds the loop's state for a registered node.
+    pub fn new(shared: Arc<Shared>, socket: Arc<UdpSocket>, node_id: u32, cmd_tx: mpsc::Sender<Cmd>) -> Engine {
+        let xkeys = KeyPair::generate(&mut OsRng);
+        let sig = sign_auth(&shared.identity, node_id, &xkeys.public());
+        let pila = AuthKeyRepr {
+            sender: node_id,
+            x25519: xkeys.public(),
+            ed25519: shared.identity.public_key(),
+            signature: sig,
+        };
+        let mut pila_frame = vec![0u8; crate::wire::frame::PILA_LEN];
+        let n = pila.emit(&mut pila_frame).unwrap_or(0);
+        pila_frame.truncate(n);
+        Engine {
+            shared,
+            socket,
+            node_id,
+            xkeys,
+            pila_frame,
+            peers: HashMap::new(),
+            waiting_pila: HashMap::new(),
+            pings: HashMap::new(),
+            next_port: EPHEMERAL_START,
+            next_ping_seq: 1,
+            stats: Stats::default(),
+            cmd_tx,
+            sbuf: vec![0u8; RELAY_HEADER_LEN + MAX_DATAGRAM + TAG_LEN],
+            last_punch: None,
+        }
+    }
+
+    /// Runs until `shutdown` fires.
+    pub async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut rbuf = vec![0u8; MAX_DATAGRAM];
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.send_discover();
+        loop {
+            tokio::select! {
+                r = self.socket.recv_from(&mut rbuf) => match r {
+                    Ok((n, from)) => {
+                        self.handle_datagram(from, &mut rbuf[..n], Instant::now());
+                        // Drain whatever else is ready without going back through select.
+                        for _ in 0..64 {
+                            match self.socket.try_recv_from(&mut rbuf) {
+                                Ok((n, from)) => self.handle_datagram(from, &mut rbuf[..n], Instant::now()),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("udp recv: {e}"),
+                },
+                Some(cmd) = cmds.recv() => self.handle_cmd(cmd, Instant::now()),
+                _ = tick.tick() => self.housekeeping(Instant::now()),
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    fn send_to(&mut self, bytes_range: std::ops::Range<usize>, to: SocketAddr) {
+        let Some(bytes) = self.sbuf.get(bytes_range) else { return };
+        match self.socket.try_send_to(bytes, to) {
+            Ok(_) => self.stats.datagrams_out += 1,
+            Err(e) => tracing::debug!("udp send to {to}: {e}"),
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8], to: SocketAddr) {
+        match self.socket.try_send_to(bytes, to) {
+            Ok(_) => self.stats.datagrams_out += 1,
+            Err(e) => tracing::debug!("udp send to {to}: {e}"),
+        }
+    }
+
+    fn send_discover(&mut self) {
+        if let Some(b) = self.shared.beacon {
+            let msg = beacon::encode_discover(self.node_id);
+            self.send_raw(&msg, b);
+        }
+    }
+
+    // ---------------------------------------------------------------- input
+
+    fn handle_datagram(&mut self, from: SocketAddr, data: &mut [u8], now: Instant) {
+        self.stats.datagrams_in += 1;
+        self.handle_frame(from, data, None, now);
+    }
+
+    /// One tunnel frame, arrived directly (`relay_sender` None) or inside a
+    /// relay delivery from the beacon.
+    fn handle_frame(&mut self, from: SocketAddr, data: &mut [u8], relay_sender: Option<u32>, now: Instant) {
+        let kind = match Frame::parse(data) {
+            Ok(f) => f,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        match kind {
+            Frame::Beacon(_) if relay_sender.is_none() => self.handle_beacon(from, data, now),
+            Frame::Beacon(_) => self.stats.dropped_malformed += 1,
+            Frame::AuthKey(pila) => self.handle_pila(pila, from, relay_sender, now),
+            Frame::Sealed { sender, .. } => self.handle_sealed(sender, from, data, relay_sender, now),
+            Frame::Plain(_) | Frame::Key { .. } => self.stats.dropped_plaintext += 1,
+            Frame::Punch => {}
+        }
+    }
+
+    fn handle_beacon(&mut self, from: SocketAddr, data: &mut [u8], now: Instant) {
+        if Some(from) != self.shared.beacon {
+            self.stats.dropped_beacon_source += 1;
+            return;
+        }
+        let (punch_to, relay) = match beacon::Repr::parse_bytes(data) {
+            Ok(beacon::Repr::DiscoverReply { endpoint }) => {
+                self.shared.set_observed(endpoint);
+                (None, None)
+            }
+            Ok(beacon::Repr::PunchCommand { endpoint }) => (Some(endpoint), None),
+            Ok(beacon::Repr::RelayDelivery { sender, .. }) => (None, Some(sender)),
+            Ok(_) => (None, None),
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                (None, None)
+            }
+        };
+        if let Some(ep) = punch_to {
+            // Rate-limited: a punch command makes us send to an address we
+            // did not choose (spec §12.8).
+            if self.last_punch.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100)) {
+                self.last_punch = Some(now);
+                for _ in 0..PUNCHES {
+                    self.send_raw(&MAGIC_PILP, ep);
+                }
+            }
+        }
+        if let Some(sender) = relay {
+            // 0x06 | sender(4) | frame
+            if let Some(inner) = data.get_mut(5..) {
+                self.handle_frame(from, inner, Some(sender), now);
+            }
+        }
+    }
+
+    fn handle_pila(&mut self, pila: AuthKeyRepr, from: SocketAddr, relay_sender: Option<u32>, now: Instant) {
+        if pila.sender == self.node_id || pila.sender == 0 || relay_sender.is_some_and(|s| s != pila.sender) {
+            self.stats.dropped_auth += 1;
+            return;
+        }
+        let peer = self.peers.entry(pila.sender).or_default();
+        if peer.ed25519 == Some(pila.ed25519) {
+            self.install_pila(pila, from, relay_sender.is_some(), now);
+            return;
+        }
+        // Key unknown or changed: ask the registry (spec §4.3 steps 2-3).
+        let node = pila.sender;
+        self.waiting_pila.insert(
+            node,
+            WaitingPila {
+                pila,
+                from,
+                via_relay: relay_sender.is_some(),
+            },
+        );
+        if !peer.key_lookup {
+            peer.key_lookup = true;
+            let shared = self.shared.clone();
+            let tx = self.cmd_tx.clone();
+            tokio::spawn(async move {
+                let key = shared.registry.lookup_key(node).await;
+                let _ = tx.send(Cmd::PeerKey { node, key }).await;
+            });
+        }
+    }
+
+    fn on_peer_key(&mut self, node: u32, key: Result<[u8; 32], RegError>, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&node) else { return };
+        peer.key_lookup = false;
+        let waiting = self.waiting_pila.remove(&node);
+        match key {
+            Ok(k) => {
+                peer.ed25519 = Some(k);
+                if let Some(w) = waiting {
+                    if w.pila.ed25519 == k {
+                        self.install_pila(w.pila, w.from, w.via_relay, now);
+                    } else {
+                        self.stats.dropped_auth += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!("key lookup of node {node} failed: {e}");
+                if waiting.is_some() {
+                    self.stats.dropped_auth += 1;
+                }
+            }
+        }
+    }
+
+    /// A PILA whose Ed25519 key the registry confirmed (spec §4.3 steps 4-8).
+    fn install_pila(&mut self, pila: AuthKeyRepr, from: SocketAddr, via_relay: bool, now: Instant) {
+        if !verify_auth(&pila.ed25519, pila.sender, &pila.x25519, &pila.signature) {
+            self.stats.dropped_auth += 1;
+            return;
+        }
+        let node = pila.sender;
+        let Some(peer) = self.peers.get_mut(&node) else { return };
+        if via_relay {
+            peer.relay = true;
+        } else {
+            peer.endpoint = Some(from);
+            peer.relay = false;
+        }
+        peer.last_seen = Some(now);
+        let fresh = peer.session.is_none() || peer.x25519 != Some(pila.x25519);
+        let answer = if fresh {
+            let key = match derive_tunnel_key(&self.xkeys, &pila.x25519) {
+                Ok(k) => k,
+                Err(_) => {
+                    self.stats.dropped_auth += 1;
+                    return;
+                }
+            };
+            let mut prefix = [0u8; 4];
+            OsRng.fill_bytes(&mut prefix);
+            peer.session = Some(Session::new(key, prefix));
+            peer.x25519 = Some(pila.x25519);
+            tracing::info!("tunnel to node {node} established ({})", peer.path_name());
+            true
+        } else {
+            // Same key: keep the session (§12.9). Answer anyway when our last
+            // PILA is old: the peer may have lost it and cannot talk without it.
+            peer.last_pila_sent.is_none_or(|t| now.duration_since(t) >= PILA_ANSWER_SPACING)
+        };
+        if answer {
+            self.send_pila(node, now);
+        }
+        self.flush_queue(node);
+    }
+
+    fn handle_sealed(&mut self, sender: u32, from: SocketAddr, data: &mut [u8], relay_sender: Option<u32>, now: Instant) {
+        if relay_sender.is_some_and(|s| s != sender) {
+            self.stats.dropped_spoofed += 1;
+            return;
+        }
+        let node_id = self.node_id;
+        let Some(peer) = self.peers.get_mut(&sender) else {
+            self.answer_stale(sender, from, relay_sender.is_some(), now);
+            return;
+        };
+        let Some(session) = peer.session.as_mut() else {
+            self.answer_stale(sender, from, relay_sender.is_some(), now);
+            return;
+        };
+        let plain = match session.open_in_place(data, now) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.dropped_crypto += 1;
+                self.answer_stale(sender, from, relay_sender.is_some(), now);
+                return;
+            }
+        };
+        let (repr, payload) = match header::parse_packet(plain) {
+            Ok(x) => x,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        if repr.src.node != sender || repr.dst.node != node_id {
+            self.stats.dropped_spoofed += 1;
+            return;
+        }
+        peer.last_seen = Some(now);
+        if relay_sender.is_some() {
+            peer.relay = true;
+        } else if peer.endpoint.is_none() {
+            peer.endpoint = Some(from);
+        }
+        // The payload borrows the receive buffer, not self.
+        self.dispatch(sender, &repr, payload, now);
+    }
+
+    /// A frame we cannot decrypt from `node`: it probably restarted or lost
+    /// our key. Send our PILA, rate-limited (spec §12.12).
+    fn answer_stale(&mut self, node: u32, from: SocketAddr, via_relay: bool, now: Instant) {
+        if node == 0 || node == self.node_id {
+            return;
+        }
+        let peer = self.peers.entry(node).or_default();
+        if peer
+            .last_stale_answer
+            .is_some_and(|t| now.duration_since(t) < PILA_ANSWER_SPACING)
+        {
+            return;
+        }
+        peer.last_stale_answer = Some(now);
+        if via_relay {
+            peer.relay = true;
+            self.send_pila(node, now);
+        } else {
+            let frame = self.pila_frame.clone();
+            self.send_raw(&frame, from);
+        }
+    }
+
+    fn dispatch(&mut self, sender: u32, repr: &Repr, payload: &[u8], now: Instant) {
+        match repr.protocol {
+            Protocol::Control => self.handle_control(sender, repr, payload, now),
+            Protocol::Stream => {
+                // No stream listeners yet: refuse SYNs like a closed port.
+                if repr.flags.contains(Flags::SYN) && !repr.flags.contains(Flags::ACK) {
+                    let rst = Repr {
+                        flags: Flags::RST,
+                        protocol: Protocol::Stream,
+                        src: repr.dst,
+                        dst: repr.src,
+                        src_port: repr.dst_port,
+                        dst_port: repr.src_port,
+                        seq: 0,
+                        ack: 0,
+                        window: 0,
+                        payload_len: 0,
+                    };
+                    self.send_packet(sender, &rst, &[], now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_control(&mut self, sender: u32, repr: &Repr, payload: &[u8], now: Instant) {
+        if repr.dst_port == 0 {
+            // A ping (spec §8.2). Never answer from-port-0 packets (§12.11).
+            if repr.src_port == 0 || repr.flags.contains(Flags::ACK) {
+                return;
+            }
+            let pong = Repr {
+                flags: Flags::ACK,
+                protocol: Protocol::Control,
+                src: repr.dst,
+                dst: repr.src,
+                src_port: 0,
+                dst_port: repr.src_port,
+                seq: repr.seq,
+                ack: repr.seq.wrapping_add(1),
+                window: 0,
+                payload_len: payload.len(),
+            };
+            self.send_packet(sender, &pong, payload, now);
+        } else if repr.src_port == 0 && repr.flags.contains(Flags::ACK) {
+            // A pong for one of our pings.
+            let key = (sender, repr.dst_port);
+            if self.pings.get(&key).is_some_and(|p| p.seq == repr.seq) {
+                if let Some(p) = self.pings.remove(&key) {
+                    let path = self.peers.get(&sender).map(Peer::path_name).unwrap_or("direct");
+                    let data = PingData {
+                        address: Addr::backbone(sender).to_string(),
+                        bytes: payload.len().min(p.size),
+                        rtt_us: now.duration_since(p.sent).as_micros() as u64,
+                        path: path.into(),
+                    };
+                    let _ = p.reply.send(Response::ok(&data));
+                }
+            }
+        }
+    }
+
+    // --------------------------------------------------------------- output
+
+    /// Sends one virtual packet to `node`: sealed now when a session exists,
+    /// else queued while the tunnel is set up.
+    fn send_packet(&mut self, node: u32, repr: &Repr, payload: &[u8], now: Instant) {
+        let len = match header::emit_packet(repr, payload, &mut self.sbuf[PLAIN_AT..]) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("cannot encode packet to node {node}: {e}");
+                return;
+            }
+        };
+        let has_session = self.peers.get(&node).is_some_and(|p| p.session.is_some());
+        if has_session {
+            self.seal_and_send(node, len);
+        } else {
+            let queueing = self.peers.values().filter(|p| !p.queue.is_empty()).count();
+            let peer = self.peers.entry(node).or_default();
+            if peer.queue.is_empty() && queueing >= MAX_QUEUEING_PEERS {
+                return;
+            }
+            let packet = self.sbuf[PLAIN_AT..PLAIN_AT + len].to_vec();
+            peer.enqueue(packet);
+            self.ensure_tunnel(node, now);
+        }
+    }
+
+    /// Seals the `len`-byte plaintext at `PLAIN_AT` in the send buffer and
+    /// sends it by the peer's path.
+    fn seal_and_send(&mut self, node: u32, len: usize) {
+        let me = self.node_id;
+        let Some(peer) = self.peers.get_mut(&node) else { return };
+        let Some(session) = peer.session.as_mut() else { return };
+        let frame = &mut self.sbuf[RELAY_HEADER_LEN..];
+        let n = match session.seal_in_place(me, frame, len) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("cannot seal for node {node}: {e}");
+                return;
+            }
+        };
+        let (relay, endpoint) = (peer.relay, peer.endpoint);
+        self.transmit(node, relay, endpoint, RELAY_HEADER_LEN, n);
+    }
+
+    /// Sends the frame at `sbuf[at..at + len]` directly or through the relay.
+    fn transmit(&mut self, node: u32, relay: bool, endpoint: Option<SocketAddr>, at: usize, len: usize) {
+        if relay {
+            let Some(beacon) = self.shared.beacon else { return };
+            let start = at - RELAY_HEADER_LEN;
+            self.sbuf[start] = 0x05;
+            self.sbuf[start + 1..start + 5].copy_from_slice(&self.node_id.to_be_bytes());
+            self.sbuf[start + 5..start + 9].copy_from_slice(&node.to_be_bytes());
+            self.send_to(start..at + len, beacon);
+        } else if let Some(ep) = endpoint {
+            self.send_to(at..at + len, ep);
+        }
+    }
+
+    fn flush_queue(&mut self, node: u32) {
+        let Some(peer) = self.peers.get_mut(&node) else { return };
+        peer.pila_attempts = 0;
+        let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
+        for packet in queued {
+            let len = packet.len();
+            self.sbuf[PLAIN_AT..PLAIN_AT + len].copy_from_slice(&packet);
+            self.seal_and_send(node, len);
+        }
+    }
+
+    fn send_pila(&mut self, node: u32, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&node) else { return };
+        peer.last_pila_sent = Some(now);
+        let (relay, endpoint) = (peer.relay, peer.endpoint);
+        let n = self.pila_frame.len();
+        self.sbuf[RELAY_HEADER_LEN..RELAY_HEADER_LEN + n].copy_from_slice(&self.pila_frame);
+        self.transmit(node, relay, endpoint, RELAY_HEADER_LEN, n);
+    }
+
+    /// Makes sure a key exchange with `node` is under way (spec §5.4).
+    fn ensure_tunnel(&mut self, node: u32, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&node) else { return };
+        if peer.session.is_some() {
+            return;
+        }
+        if peer.endpoint.is_some() || peer.relay {
+            if peer.last_pila_sent.is_none_or(|t| now.duration_since(t) >= PILA_RETRY) {
+                peer.pila_attempts += 1;
+                self.send_pila(node, now);
+            }
+            return;
+        }
+        if peer.resolving {
+            return;
+        }
+        peer.resolving = true;
+        let shared = self.shared.clone();
+        let tx = self.cmd_tx.clone();
+        tokio::spawn(async move {
+            let result = shared.registry.resolve(node).await;
+            let _ = tx.send(Cmd::Resolved { node, result }).await;
+        });
+    }
+
+    fn on_resolved(&mut self, node: u32, result: Result<SocketAddr, RegError>, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&node) else { return };
+        peer.resolving = false;
+        match result {
+            Ok(ep) => {
+                if peer.endpoint.is_none() {
+                    peer.endpoint = Some(ep);
+                }
+                if let Some(b) = self.shared.beacon {
+                    let msg = beacon::encode_punch_request(self.node_id, node);
+                    self.send_raw(&msg, b);
+                }
+                self.ensure_tunnel(node, now);
+            }
+            Err(e) => {
+                let msg = format!("cannot reach {}: {e}", Addr::backbone(node));
+                self.fail_peer(node, ErrorCode::Unreachable, &msg);
+            }
+        }
+    }
+
+    /// Gives up on queued traffic to `node`, failing its pending pings.
+    fn fail_peer(&mut self, node: u32, code: ErrorCode, msg: &str) {
+        if let Some(peer) = self.peers.get_mut(&node) {
+            peer.queue.clear();
+            peer.pila_attempts = 0;
+        }
+        let keys: Vec<(u32, u16)> = self.pings.keys().filter(|(n, _)| *n == node).copied().collect();
+        for k in keys {
+            if let Some(p) = self.pings.remove(&k) {
+                let _ = p.reply.send(Response::error(code, msg));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------- commands
+
+    fn handle_cmd(&mut self, cmd: Cmd, now: Instant) {
+        match cmd {
+            Cmd::Info(reply) => {
+                let _ = reply.send(Response::ok(&self.info()));
+            }
+            Cmd::Peers(reply) => {
+                let _ = reply.send(Response::ok(&self.peer_table(now)));
+            }
+            Cmd::Ping {
+                addr,
+                size,
+                timeout,
+                reply,
+            } => self.start_ping(addr, size, timeout, reply, now),
+            Cmd::PeerKey { node, key } => self.on_peer_key(node, key, now),
+            Cmd::Resolved { node, result } => self.on_resolved(node, result, now),
+            Cmd::Discover => self.send_discover(),
+        }
+    }
+
+    fn info(&self) -> InfoData {
+        let st = self.shared.status();
+        InfoData {
+            node_id: self.node_id,
+            address: Addr::backbone(self.node_id).to_string(),
+            hostname: st.hostname.clone(),
+            public_key: self.shared.identity.public_key_b64(),
+            public: self.shared.config.public,
+            pid: std::process::id(),
+            uptime_secs: self.shared.started.elapsed().as_secs(),
+            socket: self.shared.config.socket.display().to_string(),
+            registry: self.shared.config.registry.clone(),
+            beacon: self
+                .shared
+                .beacon
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+            listen: self
+                .socket
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            endpoint: st.endpoint.clone(),
+            registered: st.registered,
+            peers: self.peers.values().filter(|p| p.session.is_some()).count(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    fn peer_table(&self, now: Instant) -> PeersData {
+        let mut peers: Vec<PeerData> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.session.is_some() || p.endpoint.is_some())
+            .map(|(&node, p)| PeerData {
+                node_id: node,
+                address: Addr::backbone(node).to_string(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                path: p.path_name().into(),
+                encrypted: p.session.is_some(),
+                last_seen_ms: p.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
+            })
+            .collect();
+        peers.sort_by_key(|p| p.node_id);
+        PeersData { peers }
+    }
+
+    fn alloc_port(&mut self) -> u16 {
+        let p = self.next_port;
+        self.next_port = if p == u16::MAX { EPHEMERAL_START } else { p + 1 };
+        p
+    }
+
+    fn start_ping(&mut self, addr: Addr, size: usize, timeout: Duration, reply: oneshot::Sender<Response>, now: Instant) {
+        if addr.node == self.node_id {
+            let data = PingData {
+                address: addr.to_string(),
+                bytes: size,
+                rtt_us: 0,
+                path: "local".into(),
+            };
+            let _ = reply.send(Response::ok(&data));
+            return;
+        }
+        if addr.is_broadcast() || addr.node == 0 {
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidAddress,
+                format!("cannot ping {addr}: not a single node"),
+            ));
+            return;
+        }
+        let port = self.alloc_port();
+        let seq = self.next_ping_seq;
+        self.next_ping_seq = self.next_ping_seq.wrapping_add(1).max(1);
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let repr = Repr {
+            flags: Flags::NONE,
+            protocol: Protocol::Control,
+            src: Addr::new(addr.network, self.node_id),
+            dst: addr,
+            src_port: port,
+            dst_port: 0,
+            seq,
+            ack: 0,
+            window: 0,
+            payload_len: size,
+        };
+        self.pings.insert(
+            (addr.node, port),
+            PendingPing {
+                sent: now,
+                deadline: now + timeout,
+                seq,
+                size,
+                reply,
+            },
+        );
+        self.send_packet(addr.node, &repr, &payload, now);
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let expired: Vec<(u32, u16)> = self
+            .pings
+            .iter()
+            .filter(|(_, p)| now >= p.deadline)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            if let Some(p) = self.pings.remove(&k) {
+                let waited = p.deadline.duration_since(p.sent);
+                let _ = p.reply.send(Response::error(
+                    ErrorCode::Timeout,
+                    format!("no reply from {} within {:.1}s", Addr::backbone(k.0), waited.as_secs_f64()),
+                ));
+            }
+        }
+        // Retry key exchanges that have packets waiting.
+        let waiting: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.session.is_none() && !p.queue.is_empty())
+            .map(|(&n, _)| n)
+            .collect();
+        for node in waiting {
+            let attempts = self.peers.get(&node).map_or(0, |p| p.pila_attempts);
+            if attempts >= PILA_MAX_ATTEMPTS {
+                let msg = format!("no key exchange with {} (no answer to {attempts} PILAs)", Addr::backbone(node));
+                self.fail_peer(node, ErrorCode::Unreachable, &msg);
+            } else {
+                self.ensure_tunnel(node, now);
+            }
+        }
+    }
+}
+
+/// Bytes a sealed frame adds to a virtual packet, for sizing buffers.
+pub const SEAL_OVERHEAD: usize = PILS_HEADER_LEN + TAG_LEN;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_layout_leaves_room_for_relay_and_seal() {
+        assert_eq!(PLAIN_AT, 9 + 20);
+        assert_eq!(SEAL_OVERHEAD, 36);
+        assert!(HEADER_LEN < MAX_DATAGRAM);
+    }
+}

@@ -1,0 +1,179 @@
+//! The daemon side of the IPC socket: binding it safely (mode 0600, stale
+//! socket files from a crashed daemon removed, a live daemon never
+//! displaced) and serving one task per local client.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::engine::Cmd;
+use super::registry::RegError;
+use super::{NodeError, Shared};
+use crate::ipc::proto::{FindData, HostnameData};
+use crate::ipc::{read_message, write_message, ErrorCode, Request, Response};
+use crate::wire::address::{parse_target, Addr, Target};
+
+/// Binds the socket at `path`, owner-only.
+pub async fn bind(path: &Path) -> Result<UnixListener, NodeError> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(NodeError::AlreadyRunning(path.to_path_buf()));
+        }
+        // Nobody answers: a crashed daemon's leftover.
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent() {
+        let _ = crate::config::create_private_dir(dir);
+    }
+    let bind_err = |source| NodeError::Bind {
+        what: "IPC socket",
+        addr: path.display().to_string(),
+        source,
+    };
+    // Create the socket with no group/other permissions from the start.
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: restores the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = listener.map_err(bind_err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Removes the socket file (at shutdown, or after a failed start).
+pub fn unlink(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// Accepts clients until the daemon stops.
+pub async fn serve(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    cmds: mpsc::Sender<Cmd>,
+    stop_tx: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stop_tx = Arc::new(stop_tx);
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    tokio::spawn(client(stream, shared.clone(), cmds.clone(), stop_tx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("ipc accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn client(mut stream: UnixStream, shared: Arc<Shared>, cmds: mpsc::Sender<Cmd>, stop: Arc<watch::Sender<bool>>) {
+    loop {
+        let req: Request = match read_message(&mut stream).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                let resp = Response::error(ErrorCode::InvalidArgument, e.to_string());
+                let _ = write_message(&mut stream, &resp).await;
+                return;
+            }
+        };
+        let shutdown = req == Request::Shutdown;
+        let resp = handle(req, &shared, &cmds).await;
+        if write_message(&mut stream, &resp).await.is_err() {
+            return;
+        }
+        if shutdown {
+            let _ = stop.send(true);
+            return;
+        }
+    }
+}
+
+fn reg_error(e: RegError) -> Response {
+    Response::error(e.code(), e.to_string())
+}
+
+/// Turns a user's target into an address, resolving hostnames.
+async fn resolve_target(shared: &Shared, target: &str) -> Result<Addr, Response> {
+    match parse_target(target) {
+        Ok(Target::Addr(a)) => Ok(a),
+        Ok(Target::Hostname(h)) => match shared.registry.resolve_hostname(&h).await {
+            Ok(node) => Ok(Addr::backbone(node)),
+            Err(e) => Err(reg_error(e)),
+        },
+        Err(e) => Err(Response::error(ErrorCode::InvalidAddress, e.to_string())),
+    }
+}
+
+async fn ask(cmds: &mpsc::Sender<Cmd>, make: impl FnOnce(oneshot::Sender<Response>) -> Cmd) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if cmds.send(make(tx)).await.is_err() {
+        return Response::error(ErrorCode::Internal, "the daemon is shutting down");
+    }
+    rx.await
+        .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "the daemon dropped the request"))
+}
+
+async fn handle(req: Request, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Response {
+    match req {
+        Request::Info => ask(cmds, Cmd::Info).await,
+        Request::Peers => ask(cmds, Cmd::Peers).await,
+        Request::Shutdown => Response::ok(&serde_json::json!({"stopping": true})),
+        Request::Lookup { target } => {
+            let addr = match resolve_target(shared, &target).await {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
+            match shared.registry.lookup(addr.node).await {
+                Ok(d) => Response::ok(&d),
+                Err(e) => reg_error(e),
+            }
+        }
+        Request::Find { hostname } => match shared.registry.resolve_hostname(&hostname).await {
+            Ok(node) => Response::ok(&FindData {
+                hostname,
+                node_id: node,
+                address: Addr::backbone(node).to_string(),
+            }),
+            Err(e) => reg_error(e),
+        },
+        Request::SetHostname { hostname } => match shared.registry.set_hostname(&hostname).await {
+            Ok(()) => {
+                let h = Some(hostname).filter(|h| !h.is_empty());
+                shared.set_hostname(h.clone());
+                Response::ok(&HostnameData {
+                    address: Addr::backbone(shared.registry.node_id()).to_string(),
+                    hostname: h,
+                })
+            }
+            Err(e) => reg_error(e),
+        },
+        Request::Ping {
+            target,
+            size,
+            timeout_ms,
+        } => {
+            let addr = match resolve_target(shared, &target).await {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
+            let timeout = Duration::from_millis(timeout_ms.clamp(1, 60_000));
+            ask(cmds, |reply| Cmd::Ping {
+                addr,
+                size: size.min(1024),
+                timeout,
+                reply,
+            })
+            .await
+        }
+    }
+}
