@@ -213,7 +213,7 @@ impl HandshakeMessage {
     /// §9.4 step 1 against the receiver's clock (unix seconds).
     pub fn check_timestamp(&self, now: i64) -> Result<(), TrustError> {
         let age = now.saturating_sub(self.timestamp);
-        if age > MAX_AGE_SECS || age < -MAX_FUTURE_SKEW_SECS {
+        if !(-MAX_FUTURE_SKEW_SECS..=MAX_AGE_SECS).contains(&age) {
             return Err(TrustError::Stale {
                 timestamp: self.timestamp,
                 now,
