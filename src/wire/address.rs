@@ -551,4 +551,61 @@ mod tests {
         let j = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<SockAddr>(&j).unwrap(), s);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn addr() -> impl Strategy<Value = Addr> {
+            (any::<u16>(), any::<u32>()).prop_map(|(n, h)| Addr::new(n, h))
+        }
+
+        proptest! {
+            #[test]
+            fn text_round_trip(a in addr()) {
+                prop_assert_eq!(a.to_string().parse::<Addr>(), Ok(a));
+                // Lower-case hex parses to the same address.
+                prop_assert_eq!(a.to_string().to_lowercase().parse::<Addr>(), Ok(a));
+            }
+
+            #[test]
+            fn binary_round_trip(a in addr()) {
+                prop_assert_eq!(Addr::from_bytes(a.to_bytes()), a);
+            }
+
+            #[test]
+            fn sock_round_trip(a in addr(), port in any::<u16>()) {
+                let s = SockAddr::new(a, port);
+                prop_assert_eq!(s.to_string().parse::<SockAddr>(), Ok(s));
+            }
+
+            #[test]
+            fn arbitrary_text_never_panics(t in "\\PC{0,40}") {
+                let _ = t.parse::<Addr>();
+                let _ = t.parse::<SockAddr>();
+                let _ = parse_target(&t);
+                let _ = is_valid_hostname(&t);
+            }
+
+            #[test]
+            fn addressy_text_never_panics(t in "[0-9a-fA-F:.+\\- ]{0,24}") {
+                if let Ok(a) = t.parse::<Addr>() {
+                    // Whatever parses formats back to something that parses the same.
+                    prop_assert_eq!(a.to_string().parse::<Addr>(), Ok(a));
+                }
+                let _ = t.parse::<SockAddr>();
+            }
+
+            #[test]
+            fn valid_hostnames_are_targets(h in "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?") {
+                prop_assume!(!RESERVED_HOSTNAMES.contains(&h.as_str()));
+                prop_assert!(is_valid_hostname(&h));
+                if h.bytes().all(|b| b.is_ascii_digit()) {
+                    prop_assert!(parse_target(&h).is_ok());
+                } else {
+                    prop_assert_eq!(parse_target(&h), Ok(Target::Hostname(h.clone())));
+                }
+            }
+        }
+    }
 }

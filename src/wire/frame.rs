@@ -621,4 +621,87 @@ mod tests {
         assert_eq!((r, payload), (repr, &b"hi"[..]));
         assert!(emit_plain(&repr, b"hi", &mut buf[..39]).is_err());
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                (any::<u32>(), any::<[u8; 32]>()).prop_map(|(sender, x25519)| Frame::Key {
+                    sender,
+                    x25519
+                }
+                .to_vec()),
+                (
+                    any::<u32>(),
+                    any::<[u8; 32]>(),
+                    any::<[u8; 32]>(),
+                    any::<[u8; 32]>(),
+                    any::<[u8; 32]>()
+                )
+                    .prop_map(|(sender, x25519, ed25519, s1, s2)| {
+                        let mut signature = [0u8; 64];
+                        signature[..32].copy_from_slice(&s1);
+                        signature[32..].copy_from_slice(&s2);
+                        Frame::AuthKey(AuthKeyRepr {
+                            sender,
+                            x25519,
+                            ed25519,
+                            signature,
+                        })
+                        .to_vec()
+                    }),
+                (
+                    any::<u32>(),
+                    any::<[u8; 12]>(),
+                    proptest::collection::vec(any::<u8>(), 16..300)
+                )
+                    .prop_map(|(sender, nonce, ct)| Frame::Sealed {
+                        sender,
+                        nonce,
+                        ciphertext: &ct
+                    }
+                    .to_vec()),
+                proptest::collection::vec(any::<u8>(), 34..300)
+                    .prop_map(|p| Frame::Plain(&p).to_vec()),
+                Just(Frame::Punch.to_vec()),
+                (0u8..0x10, proptest::collection::vec(any::<u8>(), 0..40)).prop_map(
+                    |(t, mut b)| {
+                        b.insert(0, t);
+                        Frame::Beacon(&b).to_vec()
+                    }
+                ),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn round_trip(bytes in frame_bytes()) {
+                let f = Frame::parse(&bytes).unwrap();
+                prop_assert_eq!(f.buffer_len(), bytes.len());
+                prop_assert_eq!(f.to_vec(), bytes);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(v in proptest::collection::vec(any::<u8>(), 0..200)) {
+                if let Ok(f) = Frame::parse(&v) {
+                    // Whatever parses re-emits as a prefix of the input.
+                    let out = f.to_vec();
+                    prop_assert_eq!(&v[..out.len()], &out[..]);
+                }
+                let s = SealedPacket::new_unchecked(&v[..]);
+                let _ = (s.has_magic(), s.ciphertext(), s.ciphertext_only(), s.tag(), s.aad());
+                if s.check_len().is_ok() {
+                    let _ = (s.sender(), s.nonce(), s.counter(), s.nonce_prefix());
+                }
+            }
+
+            #[test]
+            fn truncated_frames_never_panic(bytes in frame_bytes(), cut in any::<usize>()) {
+                let cut = cut % (bytes.len() + 1);
+                let _ = Frame::parse(&bytes[..cut]);
+            }
+        }
+    }
 }
