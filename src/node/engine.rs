@@ -32,7 +32,7 @@ use crate::ipc::{ErrorCode, Response};
 use crate::wire::address::Addr;
 use crate::wire::beacon;
 use crate::wire::frame::{AuthKeyRepr, Frame, MAGIC_PILP, PILS_HEADER_LEN, TAG_LEN};
-use crate::wire::header::{self, Flags, Protocol, Repr, HEADER_LEN};
+use crate::wire::header::{self, Flags, Protocol, Repr};
 
 /// Beacon relay header: type + sender id + destination id (spec §5.1).
 const RELAY_HEADER_LEN: usize = 9;
@@ -799,6 +799,6 @@ mod tests {
     fn buffer_layout_leaves_room_for_relay_and_seal() {
         assert_eq!(PLAIN_AT, 9 + 20);
         assert_eq!(SEAL_OVERHEAD, 36);
-        assert!(HEADER_LEN < MAX_DATAGRAM);
+        assert!(crate::wire::header::HEADER_LEN < MAX_DATAGRAM);
     }
 }

@@ -1,0 +1,261 @@
+//! The daemon's view of the registry: typed, signed calls over one shared
+//! connection, with errors classified the way `pilotctl` reports them
+//! (unreachable, refused with the server's text, not found).
+//!
+//! Every call signs with the node's identity (spec §6.3) and names the node
+//! id assigned at registration; `resolve_hostname` always sends our own id as
+//! `requester_id` (spec §12.14).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+use crate::crypto::identity::{decode_public_key_b64, Identity};
+use crate::ipc::proto::LookupData;
+use crate::ipc::ErrorCode;
+use crate::wire::registry::{self as reg, Request, Response};
+
+/// Budget for one registry round trip, connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failed registry call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegError {
+    /// No connection to the registry.
+    #[error("cannot reach the registry at {addr}: {reason}; start one with `pilot-rendezvous` (registry :9000, beacon :9001) or pass --registry HOST:PORT")]
+    Unavailable {
+        /// The registry address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The registry answered with an error.
+    #[error("registry: {0}")]
+    Refused(String),
+    /// The registry answered something unexpected.
+    #[error("registry sent an unexpected reply: {0}")]
+    Protocol(String),
+}
+
+impl RegError {
+    /// The IPC error class for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RegError::Unavailable { .. } => ErrorCode::RegistryUnavailable,
+            RegError::Refused(t) if t.contains("not found") => ErrorCode::NotFound,
+            RegError::Refused(_) => ErrorCode::RegistryError,
+            RegError::Protocol(_) => ErrorCode::RegistryError,
+        }
+    }
+}
+
+/// A shared, lazily (re)connected registry connection.
+pub struct RegistryHandle {
+    text: String,
+    addr: SocketAddr,
+    identity: Identity,
+    node_id: AtomicU32,
+    conn: Mutex<Option<TcpStream>>,
+}
+
+impl RegistryHandle {
+    /// A handle for the registry at `addr` (`text` is what the user typed).
+    pub fn new(text: String, addr: SocketAddr, identity: Identity) -> RegistryHandle {
+        RegistryHandle {
+            text,
+            addr,
+            identity,
+            node_id: AtomicU32::new(0),
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// Our node id (0 before the first registration).
+    pub fn node_id(&self) -> u32 {
+        self.node_id.load(Ordering::Relaxed)
+    }
+
+    fn unavailable(&self, reason: impl ToString) -> RegError {
+        RegError::Unavailable {
+            addr: self.text.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Signs (when the operation is signed) and sends one request.
+    async fn call(&self, mut req: Request) -> Result<Response, RegError> {
+        if let Some((_, s)) = req.signed_string() {
+            req.set_signature(&self.identity.sign(s.as_bytes()));
+        }
+        let body = serde_json::to_vec(&req).map_err(|e| RegError::Protocol(e.to_string()))?;
+        let frame = reg::encode_frame(&body).map_err(|e| RegError::Protocol(e.to_string()))?;
+        let mut conn = self.conn.lock().await;
+        // One retry on a fresh connection if the old one broke (spec §6.1).
+        for attempt in 0..2 {
+            if conn.is_none() {
+                let c = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(self.addr))
+                    .await
+                    .map_err(|_| self.unavailable("connection timed out"))?
+                    .map_err(|e| self.unavailable(e))?;
+                let _ = c.set_nodelay(true);
+                *conn = Some(c);
+            }
+            let Some(stream) = conn.as_mut() else { continue };
+            match tokio::time::timeout(REQUEST_TIMEOUT, roundtrip(stream, &frame)).await {
+                Ok(Ok(bytes)) => {
+                    return match serde_json::from_slice::<Response>(&bytes) {
+                        Ok(Response::Error(e)) => Err(RegError::Refused(e.error)),
+                        Ok(r) => Ok(r),
+                        Err(e) => Err(RegError::Protocol(e.to_string())),
+                    };
+                }
+                Ok(Err(e)) => {
+                    *conn = None;
+                    if attempt == 1 {
+                        return Err(self.unavailable(e));
+                    }
+                }
+                Err(_) => {
+                    *conn = None;
+                    return Err(self.unavailable("no answer within 5s"));
+                }
+            }
+        }
+        Err(self.unavailable("connection lost"))
+    }
+
+    /// `register` (spec §6.4.1); remembers the assigned node id.
+    pub async fn register(&self, endpoint: &str, email: Option<&str>) -> Result<u32, RegError> {
+        let mut r = reg::Register::new(&self.identity.public_key(), endpoint);
+        r.owner = email.map(str::to_string);
+        r.version = Some(concat!("pilot-rs/", env!("CARGO_PKG_VERSION")).into());
+        r.protocol_version = Some(reg::PROTOCOL_VERSION);
+        match self.call(Request::Register(r)).await? {
+            Response::RegisterOk(ok) => {
+                self.node_id.store(ok.node_id, Ordering::Relaxed);
+                Ok(ok.node_id)
+            }
+            other => Err(RegError::Protocol(other.type_name().into())),
+        }
+    }
+
+    /// `heartbeat` (spec §6.4.2).
+    pub async fn heartbeat(&self) -> Result<(), RegError> {
+        let r = reg::NodeSigned {
+            node_id: self.node_id(),
+            signature: None,
+        };
+        match self.call(Request::Heartbeat(r)).await? {
+            Response::HeartbeatOk(_) => Ok(()),
+            other => Err(RegError::Protocol(other.type_name().into())),
+        }
+    }
+
+    /// `deregister` (spec §6.4.10).
+    pub async fn deregister(&self) -> Result<(), RegError> {
+        let r = reg::NodeSigned {
+            node_id: self.node_id(),
+            signature: None,
+        };
+        self.call(Request::Deregister(r)).await.map(|_| ())
+    }
+
+    /// `set_hostname` (spec §6.4.5); empty clears.
+    pub async fn set_hostname(&self, hostname: &str) -> Result<(), RegError> {
+        let r = reg::SetHostname {
+            node_id: self.node_id(),
+            hostname: hostname.into(),
+            signature: None,
+        };
+        match self.call(Request::SetHostname(r)).await? {
+            Response::SetHostnameOk(_) => Ok(()),
+            other => Err(RegError::Protocol(other.type_name().into())),
+        }
+    }
+
+    /// `set_visibility` (spec §6.4.7).
+    pub async fn set_visibility(&self, public: bool) -> Result<(), RegError> {
+        let r = reg::SetVisibility {
+            node_id: self.node_id(),
+            public,
+            signature: None,
+        };
+        match self.call(Request::SetVisibility(r)).await? {
+            Response::SetVisibilityOk(_) => Ok(()),
+            other => Err(RegError::Protocol(other.type_name().into())),
+        }
+    }
+
+    /// `lookup` (spec §6.4.3), shaped for `pilotctl lookup`.
+    pub async fn lookup(&self, node: u32) -> Result<LookupData, RegError> {
+        match self.call(Request::Lookup(reg::Lookup { node_id: node })).await? {
+            Response::LookupOk(ok) => Ok(LookupData {
+                node_id: ok.node_id,
+                address: ok.address,
+                hostname: ok.hostname.filter(|h| !h.is_empty()),
+                public_key: ok.public_key,
+                public: ok.public,
+                networks: ok.networks,
+                real_addr: ok.real_addr.filter(|a| !a.is_empty()),
+            }),
+            other => Err(RegError::Protocol(other.type_name().into())),
+        }
+    }
+
+    /// The Ed25519 key the registry holds for `node` (spec §4.3 step 2).
+    pub async fn lookup_key(&self, node: u32) -> Result<[u8; 32], RegError> {
+        let d = self.lookup(node).await?;
+        decode_public_key_b64(&d.public_key).map_err(|e| RegError::Protocol(format!("bad public key: {e}")))
+    }
+
+    /// `resolve` (spec §6.4.4): the peer's endpoint.
+    pub async fn resolve(&self, node: u32) -> Result<SocketAddr, RegError> {
+        let r = reg::Resolve {
+            node_id: node,
+            requester_id: self.node_id(),
+            signature: None,
+        };
+        match self.call(Request::Resolve(r)).await {
+            Ok(Response::ResolveOk(ok)) => ok
+                .real_addr
+                .parse()
+                .map_err(|_| RegError::Protocol(format!("bad real_addr {:?}", ok.real_addr))),
+            Ok(other) => Err(RegError::Protocol(other.type_name().into())),
+            // The registry hides why (spec §6.4.4); say what it usually means.
+            Err(RegError::Refused(t)) if t == "request failed" => Err(RegError::Refused(format!(
+                "node {node} is private or unknown (resolve refused)"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `resolve_hostname` (spec §6.4.6) with our id as requester (§12.14).
+    pub async fn resolve_hostname(&self, hostname: &str) -> Result<u32, RegError> {
+        let r = reg::ResolveHostname {
+            hostname: hostname.into(),
+            requester_id: Some(self.node_id()),
+        };
+        match self.call(Request::ResolveHostname(r)).await? {
+            Response::ResolveHostnameOk(ok) => Ok(ok.node_id),
+            other => Err(RegError::Protocol(other.type_name().into())),
+        }
+    }
+}
+
+/// Writes one frame and reads one frame back.
+async fn roundtrip(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(frame).await?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > reg::MAX_FRAME_LEN {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "oversized reply"));
+    }
+    let mut buf = vec![0u8; len];
+    stream.read_exact(&mut buf).await?;
+    Ok(buf)
+}
