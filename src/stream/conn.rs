@@ -553,7 +553,10 @@ impl Connection {
         if self.state == State::TimeWait {
             return;
         }
-        let truncated = seg.seq != to_wire(self.rcv_base, self.rcv.rcv_nxt());
+        // A bare FIN carries our rcv_nxt if nothing was lost; a FIN|ACK may
+        // also count the peer's own FIN (simultaneous close).
+        let nxt = to_wire(self.rcv_base, self.rcv.rcv_nxt());
+        let truncated = seg.seq != nxt && (bare || seg.seq != nxt.wrapping_add(1));
         if !self.peer_closed {
             self.peer_closed = true;
             self.events.push_back(Event::PeerClosed { truncated });
