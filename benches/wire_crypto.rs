@@ -79,5 +79,66 @@ fn crypto_pils(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, crypto_pils);
+/// The two AES-256-GCM candidates alone (no PILS framing or replay state),
+/// seal + open of 1400 bytes in place, so that `scripts/bench/crypto.sh` can
+/// show in one sitting why `Session` uses `ring` (see `BENCHMARKS.md`).
+fn crypto_aead_backends(c: &mut Criterion) {
+    use aes_gcm::aead::AeadInPlace;
+    use aes_gcm::KeyInit;
+
+    let len = 1400;
+    let aad = 42u32.to_be_bytes();
+    let mut g = c.benchmark_group("aead_backend");
+    g.throughput(Throughput::Bytes(len as u64));
+
+    g.bench_function("aes-gcm/seal+open/1400", |b| {
+        let cipher = aes_gcm::Aes256Gcm::new(&KEY.into());
+        let mut buf = vec![7u8; len];
+        let mut counter = 0u64;
+        b.iter(|| {
+            counter += 1;
+            let mut n = [0u8; 12];
+            n[4..].copy_from_slice(&counter.to_be_bytes());
+            let nonce = aes_gcm::Nonce::from_slice(&n);
+            let tag = cipher.encrypt_in_place_detached(nonce, &aad, &mut buf);
+            let ok = tag
+                .and_then(|t| cipher.decrypt_in_place_detached(nonce, &aad, &mut buf, &t))
+                .is_ok();
+            assert!(ok);
+        });
+    });
+
+    g.bench_function("ring/seal+open/1400", |b| {
+        use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &KEY).unwrap());
+        let mut buf = vec![7u8; len];
+        let mut counter = 0u64;
+        b.iter(|| {
+            counter += 1;
+            let mut n = [0u8; 12];
+            n[4..].copy_from_slice(&counter.to_be_bytes());
+            let tag = key.seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(n),
+                Aad::from(aad),
+                &mut buf,
+            );
+            let ok = tag
+                .and_then(|t| {
+                    key.open_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(aad),
+                        t,
+                        &mut buf,
+                        0..,
+                    )
+                    .map(|_| ())
+                })
+                .is_ok();
+            assert!(ok);
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, crypto_pils, crypto_aead_backends);
 criterion_main!(benches);
