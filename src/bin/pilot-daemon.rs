@@ -79,7 +79,8 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let heartbeat = pilot::cli::parse_duration(&args.heartbeat).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let heartbeat =
+        pilot::cli::parse_duration(&args.heartbeat).map_err(|e| anyhow::anyhow!("{e}"))?;
     if heartbeat.is_zero() {
         anyhow::bail!("--heartbeat must be positive");
     }

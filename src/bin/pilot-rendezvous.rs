@@ -1,1 +1,199 @@
-fn main() {}
+//! `pilot-rendezvous`: the Pilot Protocol registry (TCP) and beacon (UDP) in
+//! one process. All behaviour lives in `pilot::rendezvous`; this file parses
+//! flags, sets up logging, starts the server and waits for a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use pilot::rendezvous::{Config, Rendezvous};
+
+/// Pilot Protocol rendezvous server: registry (TCP) + beacon (UDP).
+///
+/// The registry allocates node ids, stores keys, endpoints, hostnames and
+/// trust pairs, and relays trust handshakes (spec §6). The beacon tells nodes
+/// their public UDP endpoint, coordinates hole punching and relays tunnel
+/// frames (spec §5).
+///
+/// State is kept in a JSON store file that is replaced atomically (temp file,
+/// fsync, rename); a registration is on disk before it is acknowledged, so
+/// after a crash or restart every node keeps its node id (address) and
+/// hostname. A damaged store file stops the server with an error naming the
+/// file rather than starting empty.
+///
+/// Differences from the reference server, on purpose: a new public key
+/// always gets a NEW node id, even if its `owner` e-mail matches an existing
+/// node (no owner takeover, spec §12.18); every signed request is verified
+/// (no 120 s heartbeat skip); the beacon relays a frame only when it comes
+/// from the address the beacon observed for the claimed sender (spec §12.8).
+#[derive(Debug, Parser)]
+#[command(name = "pilot-rendezvous", version, about, long_about)]
+struct Args {
+    /// TCP address of the registry.
+    #[arg(long, env = "PILOT_REGISTRY_ADDR", default_value = "0.0.0.0:9000")]
+    registry_addr: std::net::SocketAddr,
+
+    /// UDP address of the beacon.
+    #[arg(long, env = "PILOT_BEACON_ADDR", default_value = "0.0.0.0:9001")]
+    beacon_addr: std::net::SocketAddr,
+
+    /// Store file [default: $HOME/.pilot/rendezvous.json]. Its directory is
+    /// created if missing; `<store>.tmp` and `<store>.lock` live beside it.
+    #[arg(long, env = "PILOT_RENDEZVOUS_STORE", value_name = "PATH")]
+    store: Option<PathBuf>,
+
+    /// Keep all state in memory only (lost on exit). Conflicts with --store.
+    #[arg(long, conflicts_with = "store")]
+    memory: bool,
+
+    /// Log level or tracing filter (error, warn, info, debug, trace, or e.g.
+    /// `pilot=debug`). Logs go to stderr.
+    #[arg(long, env = "PILOT_LOG", default_value = "info")]
+    log_level: String,
+
+    /// Maximum concurrent registry connections; further ones are closed.
+    #[arg(long, default_value_t = 8192)]
+    max_connections: usize,
+
+    /// Disable the per-connection rate limit (>100 req/s slowed, >500 closed).
+    #[arg(long)]
+    no_rate_limit: bool,
+
+    /// Reap nodes without heartbeat for this many ms (testing; spec: 300 s).
+    #[arg(long, hide = true)]
+    stale_after_ms: Option<u64>,
+
+    /// Reaper period in ms (testing; spec: 10 s).
+    #[arg(long, hide = true)]
+    reap_interval_ms: Option<u64>,
+
+    /// Close connections idle for this many ms (testing; spec: 300 s).
+    #[arg(long, hide = true)]
+    idle_timeout_ms: Option<u64>,
+
+    /// Beacon entry lifetime in ms (testing; spec: 600 s).
+    #[arg(long, hide = true)]
+    beacon_ttl_ms: Option<u64>,
+
+    /// Beacon sweep period in ms (testing; spec: 60 s).
+    #[arg(long, hide = true)]
+    beacon_sweep_ms: Option<u64>,
+}
+
+fn default_store() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| anyhow!("$HOME is not set; pass --store PATH or --memory"))?;
+    Ok(PathBuf::from(home).join(".pilot").join("rendezvous.json"))
+}
+
+/// Raises the open-file soft limit to the hard limit: each registry
+/// connection is a file descriptor.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let store = if args.memory {
+        None
+    } else {
+        Some(match args.store {
+            Some(p) => p,
+            None => default_store()?,
+        })
+    };
+    let ms = Duration::from_millis;
+    let mut config = Config {
+        registry_addr: args.registry_addr,
+        beacon_addr: args.beacon_addr,
+        store,
+        max_connections: args.max_connections,
+        rate_limit: !args.no_rate_limit,
+        ..Config::default()
+    };
+    if let Some(v) = args.stale_after_ms {
+        config.stale_after = ms(v);
+    }
+    if let Some(v) = args.reap_interval_ms {
+        config.reap_interval = ms(v.max(1));
+    }
+    if let Some(v) = args.idle_timeout_ms {
+        config.idle_timeout = ms(v);
+    }
+    if let Some(v) = args.beacon_ttl_ms {
+        config.beacon_ttl = ms(v);
+    }
+    if let Some(v) = args.beacon_sweep_ms {
+        config.beacon_sweep_interval = ms(v.max(1));
+    }
+    if config.max_connections == 0 {
+        return Err(anyhow!("--max-connections must be at least 1"));
+    }
+
+    let server = Rendezvous::start(config).await?;
+    // Machine-readable line for scripts and tests (ports may be ephemeral).
+    tracing::info!(
+        registry = %server.registry_addr(),
+        beacon = %server.beacon_addr(),
+        "listening"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot wait for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "pilot-rendezvous: error: invalid --log-level {:?}: {e}",
+                args.log_level
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pilot-rendezvous: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pilot-rendezvous: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -40,8 +40,12 @@ fn socket_path(cli: &Cli) -> std::path::PathBuf {
 async fn call<T: serde::de::DeserializeOwned>(cli: &Cli, req: &Request) -> Result<T, CliError> {
     let mut c = Client::connect(&socket_path(cli)).await?;
     let v = c.request(req, IPC_TIMEOUT).await?;
-    serde_json::from_value(v)
-        .map_err(|e| CliError::new(ErrorCode::Internal, format!("unexpected reply from the daemon: {e}")))
+    serde_json::from_value(v).map_err(|e| {
+        CliError::new(
+            ErrorCode::Internal,
+            format!("unexpected reply from the daemon: {e}"),
+        )
+    })
 }
 
 /// Checks a target's form before bothering the daemon, so a typo gets the
@@ -76,7 +80,14 @@ async fn info(cli: &Cli) -> Result<(), CliError> {
             ("Public key", d.public_key.clone()),
             ("Endpoint", d.endpoint.clone()),
             ("Listen", d.listen.clone()),
-            ("Registry", format!("{}{}", d.registry, if d.registered { "" } else { " (unreachable)" })),
+            (
+                "Registry",
+                format!(
+                    "{}{}",
+                    d.registry,
+                    if d.registered { "" } else { " (unreachable)" }
+                ),
+            ),
             ("Beacon", d.beacon.clone()),
             ("Peers", d.peers.to_string()),
             ("Uptime", format!("{}s", d.uptime_secs)),
@@ -89,7 +100,13 @@ async fn info(cli: &Cli) -> Result<(), CliError> {
 
 async fn lookup(cli: &Cli, target: &str) -> Result<(), CliError> {
     check_target(target)?;
-    let d: LookupData = call(cli, &Request::Lookup { target: target.into() }).await?;
+    let d: LookupData = call(
+        cli,
+        &Request::Lookup {
+            target: target.into(),
+        },
+    )
+    .await?;
     print_ok(cli.json, &d, || {
         let nets: Vec<String> = d.networks.iter().map(u16::to_string).collect();
         kv(&[
@@ -98,8 +115,18 @@ async fn lookup(cli: &Cli, target: &str) -> Result<(), CliError> {
             ("Hostname", d.hostname.clone().unwrap_or_else(|| "-".into())),
             ("Public", if d.public { "yes" } else { "no" }.into()),
             ("Public key", d.public_key.clone()),
-            ("Networks", if nets.is_empty() { "-".into() } else { nets.join(", ") }),
-            ("Endpoint", d.real_addr.clone().unwrap_or_else(|| "(private)".into())),
+            (
+                "Networks",
+                if nets.is_empty() {
+                    "-".into()
+                } else {
+                    nets.join(", ")
+                },
+            ),
+            (
+                "Endpoint",
+                d.real_addr.clone().unwrap_or_else(|| "(private)".into()),
+            ),
         ])
     });
     Ok(())
@@ -126,7 +153,10 @@ async fn peers(cli: &Cli) -> Result<(), CliError> {
                 ]
             })
             .collect();
-        table(&["ADDRESS", "PATH", "ENDPOINT", "ENCRYPTED", "LAST SEEN"], &rows)
+        table(
+            &["ADDRESS", "PATH", "ENDPOINT", "ENCRYPTED", "LAST SEEN"],
+            &rows,
+        )
     });
     Ok(())
 }
@@ -182,10 +212,16 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
     let interval = parse_duration(&a.interval)?;
     let timeout = parse_duration(&a.timeout)?;
     if a.count == 0 {
-        return Err(CliError::new(ErrorCode::InvalidArgument, "--count must be at least 1"));
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "--count must be at least 1",
+        ));
     }
     if a.size > 1024 {
-        return Err(CliError::new(ErrorCode::InvalidArgument, "--size must be at most 1024 bytes"));
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "--size must be at most 1024 bytes",
+        ));
     }
     let mut client = Client::connect(&socket_path(cli)).await?;
     let mut s = PingSummary {
@@ -211,8 +247,9 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
         s.sent += 1;
         match client.request(&req, timeout + IPC_TIMEOUT).await {
             Ok(v) => {
-                let d: PingData = serde_json::from_value(v)
-                    .map_err(|e| CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}")))?;
+                let d: PingData = serde_json::from_value(v).map_err(|e| {
+                    CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}"))
+                })?;
                 if !cli.json {
                     println!(
                         "{} bytes from {}: seq={seq} time={:.3} ms ({})",

@@ -76,7 +76,8 @@ fn daemon_binary() -> PathBuf {
 /// `daemon start`.
 pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     let paths = Paths::from_env();
-    let cfg_err = |e: crate::config::ConfigError| CliError::new(ErrorCode::InvalidArgument, e.to_string());
+    let cfg_err =
+        |e: crate::config::ConfigError| CliError::new(ErrorCode::InvalidArgument, e.to_string());
     let mut config = Config::load(&paths.config()).map_err(cfg_err)?;
     let wait = parse_duration(&args.wait)?;
 
@@ -126,8 +127,12 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
             ),
         ));
     }
-    create_private_dir(&paths.home)
-        .map_err(|e| CliError::new(ErrorCode::StartFailed, format!("{}: {e}", paths.home.display())))?;
+    create_private_dir(&paths.home).map_err(|e| {
+        CliError::new(
+            ErrorCode::StartFailed,
+            format!("{}: {e}", paths.home.display()),
+        )
+    })?;
     if changed {
         config.save(&paths.config()).map_err(cfg_err)?;
     }
@@ -165,11 +170,19 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|e| CliError::new(ErrorCode::StartFailed, format!("{}: {e}", log_path.display())))?;
+        .map_err(|e| {
+            CliError::new(
+                ErrorCode::StartFailed,
+                format!("{}: {e}", log_path.display()),
+            )
+        })?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let log2 = log
-        .try_clone()
-        .map_err(|e| CliError::new(ErrorCode::StartFailed, format!("{}: {e}", log_path.display())))?;
+    let log2 = log.try_clone().map_err(|e| {
+        CliError::new(
+            ErrorCode::StartFailed,
+            format!("{}: {e}", log_path.display()),
+        )
+    })?;
     {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
@@ -188,8 +201,12 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             let _ = std::fs::remove_file(paths.pid());
-            let why = last_error_line(&log_path, log_start)
-                .unwrap_or_else(|| format!("pilot-daemon exited with {status}; see {}", log_path.display()));
+            let why = last_error_line(&log_path, log_start).unwrap_or_else(|| {
+                format!(
+                    "pilot-daemon exited with {status}; see {}",
+                    log_path.display()
+                )
+            });
             return Err(CliError::new(ErrorCode::StartFailed, why));
         }
         if let Ok(Some(info)) = probe(&socket).await {

@@ -210,10 +210,16 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
-            output::print_error(json, &CliError::new(ErrorCode::Internal, format!("cannot start runtime: {e}")));
+            output::print_error(
+                json,
+                &CliError::new(ErrorCode::Internal, format!("cannot start runtime: {e}")),
+            );
             return 1;
         }
     };

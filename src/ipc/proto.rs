@@ -409,15 +409,25 @@ mod tests {
             timeout_ms: 1000,
         };
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(s, r#"{"cmd":"ping","target":"alpha","size":8,"timeout_ms":1000}"#);
+        assert_eq!(
+            s,
+            r#"{"cmd":"ping","target":"alpha","size":8,"timeout_ms":1000}"#
+        );
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"nope"}"#).is_err());
     }
 
     #[test]
     fn error_code_names_match_serde() {
-        for code in [ErrorCode::DaemonNotRunning, ErrorCode::InvalidAddress, ErrorCode::RegistryUnavailable] {
-            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
+        for code in [
+            ErrorCode::DaemonNotRunning,
+            ErrorCode::InvalidAddress,
+            ErrorCode::RegistryUnavailable,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::json!(code.as_str())
+            );
         }
     }
 }

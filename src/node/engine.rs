@@ -201,7 +201,12 @@ pub struct Engine {
 
 impl Engine {
     /// Builds the loop's state for a registered node.
-    pub fn new(shared: Arc<Shared>, socket: Arc<UdpSocket>, node_id: u32, cmd_tx: mpsc::Sender<Cmd>) -> Engine {
+    pub fn new(
+        shared: Arc<Shared>,
+        socket: Arc<UdpSocket>,
+        node_id: u32,
+        cmd_tx: mpsc::Sender<Cmd>,
+    ) -> Engine {
         let xkeys = KeyPair::generate(&mut OsRng);
         let sig = sign_auth(&shared.identity, node_id, &xkeys.public());
         let pila = AuthKeyRepr {
@@ -237,7 +242,11 @@ impl Engine {
     }
 
     /// Runs until `shutdown` fires.
-    pub async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(
+        mut self,
+        mut cmds: mpsc::Receiver<Cmd>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut rbuf = vec![0u8; MAX_DATAGRAM];
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,7 +284,9 @@ impl Engine {
     }
 
     fn send_to(&mut self, bytes_range: std::ops::Range<usize>, to: SocketAddr) {
-        let Some(bytes) = self.sbuf.get(bytes_range) else { return };
+        let Some(bytes) = self.sbuf.get(bytes_range) else {
+            return;
+        };
         match self.socket.try_send_to(bytes, to) {
             Ok(_) => self.stats.datagrams_out += 1,
             Err(e) => tracing::debug!("udp send to {to}: {e}"),
@@ -305,7 +316,13 @@ impl Engine {
 
     /// One tunnel frame, arrived directly (`relay_sender` None) or inside a
     /// relay delivery from the beacon.
-    fn handle_frame(&mut self, from: SocketAddr, data: &mut [u8], relay_sender: Option<u32>, now: Instant) {
+    fn handle_frame(
+        &mut self,
+        from: SocketAddr,
+        data: &mut [u8],
+        relay_sender: Option<u32>,
+        now: Instant,
+    ) {
         let kind = match Frame::parse(data) {
             Ok(f) => f,
             Err(_) => {
@@ -317,7 +334,9 @@ impl Engine {
             Frame::Beacon(_) if relay_sender.is_none() => self.handle_beacon(from, data, now),
             Frame::Beacon(_) => self.stats.dropped_malformed += 1,
             Frame::AuthKey(pila) => self.handle_pila(pila, from, relay_sender, now),
-            Frame::Sealed { sender, .. } => self.handle_sealed(sender, from, data, relay_sender, now),
+            Frame::Sealed { sender, .. } => {
+                self.handle_sealed(sender, from, data, relay_sender, now)
+            }
             Frame::Plain(_) | Frame::Key { .. } => self.stats.dropped_plaintext += 1,
             Frame::Punch => {}
         }
@@ -344,7 +363,10 @@ impl Engine {
         if let Some(ep) = punch_to {
             // Rate-limited: a punch command makes us send to an address we
             // did not choose (spec §12.8).
-            if self.last_punch.is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100)) {
+            if self
+                .last_punch
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100))
+            {
                 self.last_punch = Some(now);
                 for _ in 0..PUNCHES {
                     self.send_raw(&MAGIC_PILP, ep);
@@ -359,8 +381,17 @@ impl Engine {
         }
     }
 
-    fn handle_pila(&mut self, pila: AuthKeyRepr, from: SocketAddr, relay_sender: Option<u32>, now: Instant) {
-        if pila.sender == self.node_id || pila.sender == 0 || relay_sender.is_some_and(|s| s != pila.sender) {
+    fn handle_pila(
+        &mut self,
+        pila: AuthKeyRepr,
+        from: SocketAddr,
+        relay_sender: Option<u32>,
+        now: Instant,
+    ) {
+        if pila.sender == self.node_id
+            || pila.sender == 0
+            || relay_sender.is_some_and(|s| s != pila.sender)
+        {
             self.stats.dropped_auth += 1;
             return;
         }
@@ -391,7 +422,9 @@ impl Engine {
     }
 
     fn on_peer_key(&mut self, node: u32, key: Result<[u8; 32], RegError>, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&node) else { return };
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return;
+        };
         peer.key_lookup = false;
         let waiting = self.waiting_pila.remove(&node);
         match key {
@@ -421,7 +454,9 @@ impl Engine {
             return;
         }
         let node = pila.sender;
-        let Some(peer) = self.peers.get_mut(&node) else { return };
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return;
+        };
         if via_relay {
             peer.relay = true;
         } else {
@@ -447,7 +482,8 @@ impl Engine {
         } else {
             // Same key: keep the session (§12.9). Answer anyway when our last
             // PILA is old: the peer may have lost it and cannot talk without it.
-            peer.last_pila_sent.is_none_or(|t| now.duration_since(t) >= PILA_ANSWER_SPACING)
+            peer.last_pila_sent
+                .is_none_or(|t| now.duration_since(t) >= PILA_ANSWER_SPACING)
         };
         if answer {
             self.send_pila(node, now);
@@ -455,7 +491,14 @@ impl Engine {
         self.flush_queue(node);
     }
 
-    fn handle_sealed(&mut self, sender: u32, from: SocketAddr, data: &mut [u8], relay_sender: Option<u32>, now: Instant) {
+    fn handle_sealed(
+        &mut self,
+        sender: u32,
+        from: SocketAddr,
+        data: &mut [u8],
+        relay_sender: Option<u32>,
+        now: Instant,
+    ) {
         if relay_sender.is_some_and(|s| s != sender) {
             self.stats.dropped_spoofed += 1;
             return;
@@ -554,7 +597,11 @@ impl Engine {
             let key = (sender, repr.dst_port);
             if self.pings.get(&key).is_some_and(|p| p.seq == repr.seq) {
                 if let Some(p) = self.pings.remove(&key) {
-                    let path = self.peers.get(&sender).map(Peer::path_name).unwrap_or("direct");
+                    let path = self
+                        .peers
+                        .get(&sender)
+                        .map(Peer::path_name)
+                        .unwrap_or("direct");
                     let data = PingData {
                         address: Addr::backbone(sender).to_string(),
                         bytes: payload.len().min(p.size),
@@ -604,8 +651,12 @@ impl Engine {
     /// sends it by the peer's path.
     fn seal_and_send(&mut self, node: u32, len: usize) {
         let me = self.node_id;
-        let Some(peer) = self.peers.get_mut(&node) else { return };
-        let Some(session) = peer.session.as_mut() else { return };
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return;
+        };
+        let Some(session) = peer.session.as_mut() else {
+            return;
+        };
         let frame = &mut self.sbuf[RELAY_HEADER_LEN..];
         let n = match session.seal_in_place(me, frame, len) {
             Ok(n) => n,
@@ -619,9 +670,18 @@ impl Engine {
     }
 
     /// Sends the frame at `sbuf[at..at + len]` directly or through the relay.
-    fn transmit(&mut self, node: u32, relay: bool, endpoint: Option<SocketAddr>, at: usize, len: usize) {
+    fn transmit(
+        &mut self,
+        node: u32,
+        relay: bool,
+        endpoint: Option<SocketAddr>,
+        at: usize,
+        len: usize,
+    ) {
         if relay {
-            let Some(beacon) = self.shared.beacon else { return };
+            let Some(beacon) = self.shared.beacon else {
+                return;
+            };
             let start = at - RELAY_HEADER_LEN;
             self.sbuf[start] = 0x05;
             self.sbuf[start + 1..start + 5].copy_from_slice(&self.node_id.to_be_bytes());
@@ -633,7 +693,9 @@ impl Engine {
     }
 
     fn flush_queue(&mut self, node: u32) {
-        let Some(peer) = self.peers.get_mut(&node) else { return };
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return;
+        };
         peer.pila_attempts = 0;
         let queued: Vec<Vec<u8>> = peer.queue.drain(..).collect();
         for packet in queued {
@@ -644,7 +706,9 @@ impl Engine {
     }
 
     fn send_pila(&mut self, node: u32, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&node) else { return };
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return;
+        };
         peer.last_pila_sent = Some(now);
         let (relay, endpoint) = (peer.relay, peer.endpoint);
         let n = self.pila_frame.len();
@@ -654,12 +718,17 @@ impl Engine {
 
     /// Makes sure a key exchange with `node` is under way (spec §5.4).
     fn ensure_tunnel(&mut self, node: u32, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&node) else { return };
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return;
+        };
         if peer.session.is_some() {
             return;
         }
         if peer.endpoint.is_some() || peer.relay {
-            if peer.last_pila_sent.is_none_or(|t| now.duration_since(t) >= PILA_RETRY) {
+            if peer
+                .last_pila_sent
+                .is_none_or(|t| now.duration_since(t) >= PILA_RETRY)
+            {
                 peer.pila_attempts += 1;
                 self.send_pila(node, now);
             }
@@ -678,7 +747,9 @@ impl Engine {
     }
 
     fn on_resolved(&mut self, node: u32, result: Result<SocketAddr, RegError>, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&node) else { return };
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return;
+        };
         peer.resolving = false;
         match result {
             Ok(ep) => {
@@ -704,7 +775,12 @@ impl Engine {
             peer.queue.clear();
             peer.pila_attempts = 0;
         }
-        let keys: Vec<(u32, u16)> = self.pings.keys().filter(|(n, _)| *n == node).copied().collect();
+        let keys: Vec<(u32, u16)> = self
+            .pings
+            .keys()
+            .filter(|(n, _)| *n == node)
+            .copied()
+            .collect();
         for k in keys {
             if let Some(p) = self.pings.remove(&k) {
                 let _ = p.reply.send(Response::error(code, msg));
@@ -810,7 +886,9 @@ impl Engine {
                 endpoint: p.endpoint.map(|e| e.to_string()),
                 path: p.path_name().into(),
                 encrypted: p.session.is_some(),
-                last_seen_ms: p.last_seen.map(|t| now.duration_since(t).as_millis() as u64),
+                last_seen_ms: p
+                    .last_seen
+                    .map(|t| now.duration_since(t).as_millis() as u64),
             })
             .collect();
         peers.sort_by_key(|p| p.node_id);
@@ -831,11 +909,22 @@ impl Engine {
 
     pub(super) fn alloc_port(&mut self) -> u16 {
         let p = self.next_port;
-        self.next_port = if p == u16::MAX { EPHEMERAL_START } else { p + 1 };
+        self.next_port = if p == u16::MAX {
+            EPHEMERAL_START
+        } else {
+            p + 1
+        };
         p
     }
 
-    fn start_ping(&mut self, addr: Addr, size: usize, timeout: Duration, reply: oneshot::Sender<Response>, now: Instant) {
+    fn start_ping(
+        &mut self,
+        addr: Addr,
+        size: usize,
+        timeout: Duration,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
         if addr.node == self.node_id {
             let data = PingData {
                 address: addr.to_string(),
@@ -895,7 +984,11 @@ impl Engine {
                 let waited = p.deadline.duration_since(p.sent);
                 let _ = p.reply.send(Response::error(
                     ErrorCode::Timeout,
-                    format!("no reply from {} within {:.1}s", Addr::backbone(k.0), waited.as_secs_f64()),
+                    format!(
+                        "no reply from {} within {:.1}s",
+                        Addr::backbone(k.0),
+                        waited.as_secs_f64()
+                    ),
                 ));
             }
         }
@@ -909,7 +1002,10 @@ impl Engine {
         for node in waiting {
             let attempts = self.peers.get(&node).map_or(0, |p| p.pila_attempts);
             if attempts >= PILA_MAX_ATTEMPTS {
-                let msg = format!("no key exchange with {} (no answer to {attempts} PILAs)", Addr::backbone(node));
+                let msg = format!(
+                    "no key exchange with {} (no answer to {attempts} PILAs)",
+                    Addr::backbone(node)
+                );
                 self.fail_peer(node, ErrorCode::Unreachable, &msg);
             } else {
                 self.ensure_tunnel(node, now);

@@ -79,7 +79,12 @@ pub async fn serve(
     }
 }
 
-async fn client(mut stream: UnixStream, shared: Arc<Shared>, cmds: mpsc::Sender<Cmd>, stop: Arc<watch::Sender<bool>>) {
+async fn client(
+    mut stream: UnixStream,
+    shared: Arc<Shared>,
+    cmds: mpsc::Sender<Cmd>,
+    stop: Arc<watch::Sender<bool>>,
+) {
     loop {
         let req: Request = match read_message(&mut stream).await {
             Ok(Some(r)) => r,
@@ -245,7 +250,10 @@ async fn resolve_target(shared: &Shared, target: &str) -> Result<Addr, Response>
     }
 }
 
-async fn ask(cmds: &mpsc::Sender<Cmd>, make: impl FnOnce(oneshot::Sender<Response>) -> Cmd) -> Response {
+async fn ask(
+    cmds: &mpsc::Sender<Cmd>,
+    make: impl FnOnce(oneshot::Sender<Response>) -> Cmd,
+) -> Response {
     let (tx, rx) = oneshot::channel();
     if cmds.send(make(tx)).await.is_err() {
         return Response::error(ErrorCode::Internal, "the daemon is shutting down");

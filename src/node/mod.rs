@@ -169,7 +169,9 @@ async fn resolve_addr(what: &'static str, value: &str) -> Result<SocketAddr, Nod
         value: value.to_string(),
         reason,
     };
-    let mut it = tokio::net::lookup_host(value).await.map_err(|e| bad(e.to_string()))?;
+    let mut it = tokio::net::lookup_host(value)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
     it.next().ok_or_else(|| bad("no address".into()))
 }
 
@@ -207,10 +209,17 @@ async fn register(shared: &Shared) -> Result<u32, NodeError> {
         .await
         .map_err(NodeError::Registry)?;
     if shared.config.public {
-        shared.registry.set_visibility(true).await.map_err(NodeError::Registry)?;
+        shared
+            .registry
+            .set_visibility(true)
+            .await
+            .map_err(NodeError::Registry)?;
     }
     // The hostname in effect: the one set at run time, else the configured one.
-    let want = st.hostname.clone().or_else(|| shared.config.hostname.clone());
+    let want = st
+        .hostname
+        .clone()
+        .or_else(|| shared.config.hostname.clone());
     if let Some(h) = want.filter(|h| !h.is_empty()) {
         match shared.registry.set_hostname(&h).await {
             Ok(_) => shared.set_hostname(Some(h)),
@@ -235,17 +244,22 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         }
         (id, false) => id,
     };
-    let socket = UdpSocket::bind(&config.listen).await.map_err(|source| NodeError::Bind {
-        what: "UDP socket",
-        addr: config.listen.clone(),
-        source,
-    })?;
+    let socket = UdpSocket::bind(&config.listen)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what: "UDP socket",
+            addr: config.listen.clone(),
+            source,
+        })?;
     let local = socket.local_addr().map_err(|source| NodeError::Bind {
         what: "UDP socket",
         addr: config.listen.clone(),
         source,
     })?;
-    let beacon_text = config.beacon.clone().unwrap_or_else(|| default_beacon(&config.registry));
+    let beacon_text = config
+        .beacon
+        .clone()
+        .unwrap_or_else(|| default_beacon(&config.registry));
     let beacon = Some(resolve_addr("beacon", &beacon_text).await?);
     let registry_addr = resolve_addr("registry", &config.registry).await?;
     let ipc = ipc_server::bind(&config.socket).await?;
@@ -277,8 +291,18 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = engine::Engine::new(shared.clone(), Arc::new(socket), node_id, cmd_tx.clone());
     let engine_task = tokio::spawn(engine.run(cmd_rx, stop_rx.clone()));
-    tokio::spawn(heartbeat_loop(shared.clone(), cmd_tx.clone(), stop_rx.clone()));
-    let ipc_task = tokio::spawn(ipc_server::serve(ipc, shared.clone(), cmd_tx, stop_tx.clone(), stop_rx.clone()));
+    tokio::spawn(heartbeat_loop(
+        shared.clone(),
+        cmd_tx.clone(),
+        stop_rx.clone(),
+    ));
+    let ipc_task = tokio::spawn(ipc_server::serve(
+        ipc,
+        shared.clone(),
+        cmd_tx,
+        stop_tx.clone(),
+        stop_rx.clone(),
+    ));
     tokio::spawn(signals(stop_tx));
 
     let mut stop = stop_rx;
@@ -293,7 +317,10 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
 
 async fn signals(stop: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {
@@ -307,7 +334,11 @@ async fn signals(stop: watch::Sender<bool>) {
 /// after three failures (or a refusal, e.g. the registry forgot us),
 /// re-register with backoff, restore hostname and visibility, and
 /// re-announce to the beacon.
-async fn heartbeat_loop(shared: Arc<Shared>, cmds: mpsc::Sender<engine::Cmd>, mut stop: watch::Receiver<bool>) {
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    cmds: mpsc::Sender<engine::Cmd>,
+    mut stop: watch::Receiver<bool>,
+) {
     let interval = shared.config.heartbeat;
     let mut failures = 0u32;
     loop {
@@ -383,7 +414,13 @@ mod tests {
             admission: streams::Admission::default(),
             echo: true,
         };
-        assert_eq!(registration_endpoint(&cfg, "0.0.0.0:4000".parse().unwrap()), "127.0.0.1:4000");
-        assert_eq!(registration_endpoint(&cfg, "10.1.2.3:4000".parse().unwrap()), "10.1.2.3:4000");
+        assert_eq!(
+            registration_endpoint(&cfg, "0.0.0.0:4000".parse().unwrap()),
+            "127.0.0.1:4000"
+        );
+        assert_eq!(
+            registration_endpoint(&cfg, "10.1.2.3:4000".parse().unwrap()),
+            "10.1.2.3:4000"
+        );
     }
 }

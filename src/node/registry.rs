@@ -104,7 +104,9 @@ impl RegistryHandle {
                 let _ = c.set_nodelay(true);
                 *conn = Some(c);
             }
-            let Some(stream) = conn.as_mut() else { continue };
+            let Some(stream) = conn.as_mut() else {
+                continue;
+            };
             match tokio::time::timeout(REQUEST_TIMEOUT, roundtrip(stream, &frame)).await {
                 Ok(Ok(bytes)) => {
                     return match serde_json::from_slice::<Response>(&bytes) {
@@ -192,7 +194,10 @@ impl RegistryHandle {
 
     /// `lookup` (spec §6.4.3), shaped for `pilotctl lookup`.
     pub async fn lookup(&self, node: u32) -> Result<LookupData, RegError> {
-        match self.call(Request::Lookup(reg::Lookup { node_id: node })).await? {
+        match self
+            .call(Request::Lookup(reg::Lookup { node_id: node }))
+            .await?
+        {
             Response::LookupOk(ok) => Ok(LookupData {
                 node_id: ok.node_id,
                 address: ok.address,
@@ -209,7 +214,8 @@ impl RegistryHandle {
     /// The Ed25519 key the registry holds for `node` (spec §4.3 step 2).
     pub async fn lookup_key(&self, node: u32) -> Result<[u8; 32], RegError> {
         let d = self.lookup(node).await?;
-        decode_public_key_b64(&d.public_key).map_err(|e| RegError::Protocol(format!("bad public key: {e}")))
+        decode_public_key_b64(&d.public_key)
+            .map_err(|e| RegError::Protocol(format!("bad public key: {e}")))
     }
 
     /// `resolve` (spec §6.4.4): the peer's endpoint.
@@ -253,7 +259,10 @@ async fn roundtrip(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<Vec<
     stream.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > reg::MAX_FRAME_LEN {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "oversized reply"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "oversized reply",
+        ));
     }
     let mut buf = vec![0u8; len];
     stream.read_exact(&mut buf).await?;

@@ -1,1 +1,251 @@
-//! rendezvous (placeholder)
+//! The rendezvous server — registry (TCP, spec §6) and beacon (UDP, §5.2) in
+//! one process — and the registry client the daemon uses.
+//!
+//! * [`state`]: the registry state machine (sync, clock-injected).
+//! * [`store`]: the durable snapshot store and its group-commit persister.
+//! * [`server`] (private): the TCP front end and its hardening.
+//! * [`beacon`]: the beacon table and its UDP loop.
+//! * [`client`]: [`client::RegistryClient`] for daemons and tests.
+//!
+//! [`Rendezvous::start`] binds both sockets and spawns everything on the
+//! current tokio runtime, so tests can run a full server in-process:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), pilot::rendezvous::StartError> {
+//! use pilot::rendezvous::{Config, Rendezvous};
+//! let server = Rendezvous::start(Config::loopback_ephemeral()).await?;
+//! let registry = server.registry_addr(); // 127.0.0.1:<port>
+//! let beacon = server.beacon_addr();
+//! # let _ = (registry, beacon);
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod beacon;
+pub mod client;
+mod server;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+pub use state::Registry;
+pub use store::StoreError;
+
+/// Server configuration. [`Default`] gives the reference's ports and timing.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Registry TCP listen address (default `0.0.0.0:9000`, spec §0).
+    pub registry_addr: SocketAddr,
+    /// Beacon UDP listen address (default `0.0.0.0:9001`, spec §0).
+    pub beacon_addr: SocketAddr,
+    /// Store file; `None` keeps everything in memory.
+    pub store: Option<PathBuf>,
+    /// A node without heartbeat for this long is reaped (5 min, §6.4.2).
+    pub stale_after: Duration,
+    /// Reaper period (10 s, §6.4.2).
+    pub reap_interval: Duration,
+    /// A connection with no complete request for this long is closed (5 min, §6.1).
+    pub idle_timeout: Duration,
+    /// A reply not written within this is abandoned with its connection (ours).
+    pub write_timeout: Duration,
+    /// Longest wait for the store to confirm a write before failing the request (ours).
+    pub durable_timeout: Duration,
+    /// Concurrent registry connections (ours; excess ones are closed).
+    pub max_connections: usize,
+    /// Apply the §6.1 per-connection rate rule.
+    pub rate_limit: bool,
+    /// Beacon entry lifetime (10 min, §5.2).
+    pub beacon_ttl: Duration,
+    /// Beacon expiry sweep period (60 s, §5.2).
+    pub beacon_sweep_interval: Duration,
+    /// Beacon table capacity (100 000, §5.2).
+    pub beacon_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            registry_addr: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            beacon_addr: SocketAddr::from(([0, 0, 0, 0], 9001)),
+            store: None,
+            stale_after: Duration::from_secs(300),
+            reap_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(30),
+            durable_timeout: Duration::from_secs(10),
+            max_connections: 8192,
+            rate_limit: true,
+            beacon_ttl: beacon::DEFAULT_TTL,
+            beacon_sweep_interval: beacon::DEFAULT_SWEEP_INTERVAL,
+            beacon_capacity: beacon::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, but both sockets on `127.0.0.1:0` and no store: for tests.
+    pub fn loopback_ephemeral() -> Config {
+        Config {
+            registry_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            beacon_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or loaded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A socket could not be bound.
+    #[error("cannot bind the {what} to {addr}: {source}")]
+    Bind {
+        /// "registry (TCP)" or "beacon (UDP)".
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running rendezvous server.
+pub struct Rendezvous {
+    registry_addr: SocketAddr,
+    beacon_addr: SocketAddr,
+    registry: Arc<Registry>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Rendezvous {
+    /// Opens the store, binds both sockets and starts serving on the current
+    /// tokio runtime.
+    pub async fn start(config: Config) -> Result<Rendezvous, StartError> {
+        let (stop, stop_rx) = watch::channel(false);
+        let now = Instant::now();
+        let (registry, store) = match &config.store {
+            Some(path) => {
+                let (store, registry) = store::Store::open(path, now)?;
+                (Arc::new(registry), Some(store))
+            }
+            None => (Arc::new(Registry::new()), None),
+        };
+        let listener = TcpListener::bind(config.registry_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "registry (TCP)",
+                addr: config.registry_addr,
+                source,
+            })?;
+        let udp = UdpSocket::bind(config.beacon_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "beacon (UDP)",
+                addr: config.beacon_addr,
+                source,
+            })?;
+        let bind_err = |what, addr, source| StartError::Bind { what, addr, source };
+        let registry_addr = listener
+            .local_addr()
+            .map_err(|e| bind_err("registry (TCP)", config.registry_addr, e))?;
+        let beacon_addr = udp
+            .local_addr()
+            .map_err(|e| bind_err("beacon (UDP)", config.beacon_addr, e))?;
+
+        let mut tasks = Vec::new();
+        let durability = match store {
+            Some(store) => {
+                let (d, task) = store::spawn_persister(store, registry.clone(), stop_rx.clone());
+                tasks.push(task);
+                d
+            }
+            None => store::Durability::none(),
+        };
+        let shared = Arc::new(server::Shared {
+            registry: registry.clone(),
+            durability: durability.clone(),
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.write_timeout,
+            durable_timeout: config.durable_timeout,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            rate_limit: config.rate_limit,
+        });
+        tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
+
+        let table = Arc::new(Mutex::new(beacon::BeaconTable::new(
+            config.beacon_capacity,
+            config.beacon_ttl,
+        )));
+        tasks.push(tokio::spawn(beacon::run(
+            udp,
+            table,
+            config.beacon_sweep_interval,
+            stop_rx.clone(),
+        )));
+
+        // Reaper (spec §6.4.2).
+        let reg = registry.clone();
+        let (stale_after, every) = (config.stale_after, config.reap_interval);
+        let mut stop_reaper = stop_rx;
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let reaped = reg.reap(Instant::now(), stale_after);
+                        if !reaped.is_empty() {
+                            tracing::info!(count = reaped.len(), "reaped stale nodes");
+                            durability.poke();
+                        }
+                    }
+                    _ = stop_reaper.wait_for(|s| *s) => break,
+                }
+            }
+        }));
+
+        tracing::info!(%registry_addr, %beacon_addr, store = ?config.store, "rendezvous started");
+        Ok(Rendezvous {
+            registry_addr,
+            beacon_addr,
+            registry,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The bound registry (TCP) address.
+    pub fn registry_addr(&self) -> SocketAddr {
+        self.registry_addr
+    }
+
+    /// The bound beacon (UDP) address.
+    pub fn beacon_addr(&self) -> SocketAddr {
+        self.beacon_addr
+    }
+
+    /// The registry state (for inspection in tests).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Stops accepting, closes connections, writes the store a last time and
+    /// waits for every task.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -117,6 +117,11 @@ impl FrameDecoder {
         &self.buf[self.start..]
     }
 
+    /// Drops `n` buffered bytes (e.g. the binary-mode preamble).
+    pub fn discard(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+    }
+
     /// Pops the next complete frame payload, `Ok(None)` if more bytes are
     /// needed. After an error the decoder should be discarded (the stream is
     /// no longer in sync).

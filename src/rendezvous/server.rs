@@ -1,0 +1,330 @@
+//! The registry's TCP front end (spec §6.1): accepts connections, frames
+//! requests, hands them to the [`Registry`] state machine and writes replies
+//! once they are durable.
+//!
+//! Hardening, because the registry is exposed to the Internet:
+//! * a connection buffers only bytes it actually received (never a claimed
+//!   length), and a length prefix above 4 MiB gets one error reply and a
+//!   close before any payload is read;
+//! * a request must complete within the idle timeout (5 min) of the
+//!   previous one, and a reply must be written within the write timeout, so
+//!   slow or stuck clients cost one task and at most one frame of memory;
+//! * a semaphore caps concurrent connections (excess ones are closed at
+//!   once rather than left in the accept backlog, which would stall
+//!   well-behaved clients);
+//! * the §6.1 per-connection rate rule: after 5 s, > 100 req/s adds 10 ms per
+//!   request, > 500 req/s closes the connection;
+//! * malformed JSON, unknown types and bad binary frames get an error reply
+//!   (`request failed`) and the connection stays usable.
+//!
+//! Binary mode (§6.5) is detected from the first 4 bytes (`PILT`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+use super::state::Registry;
+use super::store::Durability;
+use crate::wire::registry::{
+    self as wire, BinaryLookupReply, BinaryMessage, FrameDecoder, FrameError, Lookup, NodeSigned,
+    Request, Resolve, Response, BINARY_PREAMBLE,
+};
+
+/// Per-connection rate rule (spec §6.1): grace period before measuring.
+const RATE_GRACE: Duration = Duration::from_secs(5);
+/// Above this average rate each request is delayed by [`RATE_DELAY`].
+const RATE_SLOW: f64 = 100.0;
+/// Above this average rate the connection is closed.
+const RATE_CLOSE: f64 = 500.0;
+/// Delay applied to fast connections.
+const RATE_DELAY: Duration = Duration::from_millis(10);
+/// Read buffer per connection.
+const READ_CHUNK: usize = 4096;
+
+/// What the connection handlers share.
+pub(crate) struct Shared {
+    pub registry: Arc<Registry>,
+    pub durability: Durability,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub durable_timeout: Duration,
+    pub connections: Arc<Semaphore>,
+    pub rate_limit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnEnd {
+    #[error("idle timeout")]
+    Idle,
+    #[error("write timeout")]
+    WriteTimeout,
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("rate limit exceeded")]
+    RateLimited,
+    #[error("unsupported binary protocol version {0}")]
+    BinaryVersion(u8),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Unknown,
+    Json,
+    Binary,
+}
+
+/// Accepts connections until `stop` becomes true.
+pub(crate) async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut refused: u64 = 0;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match accepted {
+            Ok((sock, peer)) => {
+                let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        tracing::warn!(%peer, refused, "connection limit reached; closing new connections");
+                    }
+                    drop(sock);
+                    continue;
+                };
+                let _ = sock.set_nodelay(true);
+                let shared = shared.clone();
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    let r = tokio::select! {
+                        r = serve(sock, peer, &shared) => r,
+                        _ = stop.wait_for(|s| *s) => Ok(()),
+                    };
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, reason = %e, "registry connection closed");
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn write_reply(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    bytes: &[u8],
+    timeout: Duration,
+) -> Result<(), ConnEnd> {
+    match tokio::time::timeout(timeout, wr.write_all(bytes)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ConnEnd::WriteTimeout),
+    }
+}
+
+fn json_frame(resp: &Response) -> Vec<u8> {
+    // Responses are small; a failure here would be a bug, answer generically.
+    wire::encode_json_frame(resp).unwrap_or_else(|_| {
+        wire::encode_json_frame(&Response::error("request failed")).unwrap_or_default()
+    })
+}
+
+fn binary_frame(m: &BinaryMessage) -> Vec<u8> {
+    m.emit_frame().unwrap_or_else(|_| {
+        BinaryMessage::Error("request failed".into())
+            .emit_frame()
+            .unwrap_or_default()
+    })
+}
+
+async fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(), ConnEnd> {
+    let (mut rd, mut wr) = sock.into_split();
+    let mut dec = FrameDecoder::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut mode = Mode::Unknown;
+    let started = Instant::now();
+    let mut requests: u64 = 0;
+    let mut deadline = Instant::now() + shared.idle_timeout;
+    loop {
+        if mode == Mode::Unknown {
+            let p = dec.pending();
+            if p.len() >= 4 && p[..4] == BINARY_PREAMBLE[..4] {
+                if p.len() >= 5 {
+                    if p[4] != BINARY_PREAMBLE[4] {
+                        let v = p[4];
+                        let err =
+                            BinaryMessage::Error(format!("invalid binary protocol version {v}"));
+                        write_reply(&mut wr, &binary_frame(&err), shared.write_timeout).await?;
+                        return Err(ConnEnd::BinaryVersion(v));
+                    }
+                    dec.discard(5);
+                    mode = Mode::Binary;
+                }
+            } else if !p.is_empty() && (p.len() >= 4 || !BINARY_PREAMBLE.starts_with(p)) {
+                mode = Mode::Json;
+            }
+        }
+        if mode != Mode::Unknown {
+            loop {
+                let frame = match dec.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let text = "request too long (frames are limited to 4 MiB)";
+                        let reply = match mode {
+                            Mode::Binary => binary_frame(&BinaryMessage::Error(text.into())),
+                            _ => json_frame(&Response::error(text)),
+                        };
+                        let _ = write_reply(&mut wr, &reply, shared.write_timeout).await;
+                        return Err(e.into());
+                    }
+                };
+                requests += 1;
+                if shared.rate_limit {
+                    let elapsed = started.elapsed();
+                    if elapsed > RATE_GRACE {
+                        let rate = requests as f64 / elapsed.as_secs_f64();
+                        if rate > RATE_CLOSE {
+                            let reply = json_frame(&Response::error("rate limited"));
+                            let _ = write_reply(&mut wr, &reply, shared.write_timeout).await;
+                            return Err(ConnEnd::RateLimited);
+                        }
+                        if rate > RATE_SLOW {
+                            tokio::time::sleep(RATE_DELAY).await;
+                        }
+                    }
+                }
+                let reply = match mode {
+                    Mode::Binary => handle_binary(&frame, peer, shared).await,
+                    _ => json_frame(&handle_json(&frame, peer, shared).await),
+                };
+                write_reply(&mut wr, &reply, shared.write_timeout).await?;
+                deadline = Instant::now() + shared.idle_timeout;
+            }
+        }
+        let n = match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ConnEnd::Idle),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        dec.push(&chunk[..n]);
+    }
+}
+
+/// Runs one request through the registry, waiting for durability.
+async fn execute(req: Request, peer: SocketAddr, shared: &Shared) -> Response {
+    let out = shared.registry.handle(req, peer, std::time::Instant::now());
+    if let Some(generation) = out.durable_generation {
+        shared.durability.poke();
+        if !shared
+            .durability
+            .wait(generation, shared.durable_timeout)
+            .await
+        {
+            tracing::error!("store did not confirm a write in time; answering with an error");
+            return Response::error("store unavailable");
+        }
+    }
+    out.response
+}
+
+async fn handle_json(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Response {
+    match wire::parse_request(payload) {
+        Ok(req) => execute(req, peer, shared).await,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "malformed request");
+            Response::error("malformed request")
+        }
+    }
+}
+
+async fn handle_binary(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Vec<u8> {
+    let msg = match BinaryMessage::parse_frame_payload(payload) {
+        Ok(m) => m,
+        Err(_) => return binary_frame(&BinaryMessage::Error("request failed".into())),
+    };
+    let reply = match msg {
+        BinaryMessage::Json(j) => {
+            BinaryMessage::Json(wire::to_json(&handle_json(&j, peer, shared).await))
+        }
+        BinaryMessage::Heartbeat { node_id, signature } => {
+            let req = Request::Heartbeat(NodeSigned {
+                node_id,
+                signature: Some(wire::b64_encode(&signature)),
+            });
+            match execute(req, peer, shared).await {
+                Response::HeartbeatOk(ok) => BinaryMessage::HeartbeatReply {
+                    unix_time: ok.time,
+                    key_expiry_warning: ok.key_expiry_warning,
+                },
+                other => error_of(other),
+            }
+        }
+        BinaryMessage::Lookup { node_id } => {
+            match execute(Request::Lookup(Lookup { node_id }), peer, shared).await {
+                Response::LookupOk(l) => BinaryMessage::LookupReply(BinaryLookupReply {
+                    node_id: l.node_id,
+                    public: l.public,
+                    task_exec: l.task_exec,
+                    polo_score: l.polo_score as i32,
+                    networks: l.networks,
+                    public_key: wire::decode_public_key(&l.public_key)
+                        .map(|k| k.to_vec())
+                        .unwrap_or_default(),
+                    hostname: l.hostname.unwrap_or_default(),
+                    tags: l.tags.unwrap_or_default(),
+                    real_addr: l.real_addr.unwrap_or_default(),
+                    external_id: l.external_id.unwrap_or_default(),
+                }),
+                other => error_of(other),
+            }
+        }
+        BinaryMessage::Resolve {
+            node_id,
+            requester_id,
+            signature,
+        } => {
+            let req = Request::Resolve(Resolve {
+                node_id,
+                requester_id,
+                signature: Some(wire::b64_encode(&signature)),
+            });
+            match execute(req, peer, shared).await {
+                Response::ResolveOk(r) => BinaryMessage::ResolveReply {
+                    node_id: r.node_id,
+                    real_addr: r.real_addr,
+                    lan_addrs: r.lan_addrs.unwrap_or_default(),
+                    key_age_days: r
+                        .key_age_days
+                        .map(|d| d.min(u64::from(u32::MAX - 1)) as u32),
+                },
+                other => error_of(other),
+            }
+        }
+        _ => BinaryMessage::Error("request failed".into()),
+    };
+    binary_frame(&reply)
+}
+
+fn error_of(r: Response) -> BinaryMessage {
+    match r {
+        Response::Error(e) => BinaryMessage::Error(e.error),
+        _ => BinaryMessage::Error("request failed".into()),
+    }
+}

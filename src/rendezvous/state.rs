@@ -1,0 +1,862 @@
+//! The registry's state machine (spec §6.4): node table, key → id index,
+//! hostnames, visibility, trust pairs and handshake inboxes.
+//!
+//! It is synchronous and clock-injected ([`Registry::handle`] takes `now`),
+//! so every rule is unit-testable without sockets; the TCP shell in
+//! `server.rs` only frames bytes and waits for durability. One mutex guards
+//! the whole state: every operation is a few hash-map lookups plus at most
+//! one Ed25519 verification, far shorter than any network round trip.
+//!
+//! Every mutation a client must be able to rely on after a crash (a new id,
+//! a hostname, visibility, trust pairs, deregistration) bumps a generation
+//! counter; the handler returns that generation and the server sends the
+//! reply only once the store has made it durable (see `store.rs`).
+//!
+//! Deliberate differences from the reference (spec §12.16, §12.18):
+//! * an unknown key with a known `owner` gets a **new** id (no takeover);
+//! * every signed request is verified every time (no 120 s skip);
+//! * `punch` answers only a participant, and only with the endpoint of a
+//!   public or trusted peer;
+//! * handshake response inboxes are bounded like request inboxes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::address::Addr;
+use crate::wire::registry::{
+    self as wire, CheckTrustOk, Empty, HandshakeRequestEntry, HandshakeResponseEntry, HeartbeatOk,
+    LookupOk, NodeSigned, PollHandshakesOk, PunchOk, RegisterOk, Request, RequestHandshakeOk,
+    ResolveHostnameOk, ResolveOk, RespondHandshakeOk, Response, SetHostnameOk, SetVisibilityOk,
+    HANDSHAKE_INBOX, MAX_JUSTIFICATION, PROTOCOL_VERSION,
+};
+
+/// Most node ids the registry allocates (spec App. C).
+pub const MAX_NODES: u32 = 1_000_000;
+/// Most trust pairs one node may take part in (our bound; the reference has none).
+pub const MAX_TRUST_PER_NODE: usize = 10_000;
+/// Most LAN addresses kept per node (our bound).
+pub const MAX_LAN_ADDRS: usize = 32;
+/// Longest free-text field kept (owner, version, an address) (our bound).
+pub const MAX_TEXT_FIELD: usize = 256;
+/// Longest hostname (spec §6.4.5).
+pub const MAX_HOSTNAME: usize = 63;
+/// Names no node may take (spec §6.4.5).
+pub const RESERVED_HOSTNAMES: [&str; 3] = ["localhost", "backbone", "broadcast"];
+
+/// One known node id. Kept after reaping/deregistration (with `live =
+/// false`) so that the same key gets the same id back (spec §6.4.1 rule 2).
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node id.
+    pub id: u32,
+    /// Its Ed25519 key.
+    pub key: VerifyingKey,
+    /// Owner e-mail, informational.
+    pub owner: Option<String>,
+    /// In the node table (registered and not reaped/deregistered).
+    pub live: bool,
+    /// Last register/heartbeat (not persisted; reset to load time).
+    pub last_seen: Instant,
+    /// Hostname (only while live).
+    pub hostname: Option<String>,
+    /// Visibility.
+    pub public: bool,
+    /// Registry-observed endpoint `ip:port`.
+    pub real_addr: String,
+    /// Reported LAN endpoints.
+    pub lan_addrs: Vec<String>,
+    /// Software version.
+    pub version: Option<String>,
+    /// Unix seconds when this key was first registered.
+    pub key_created: u64,
+}
+
+/// The persisted form of a node (see `store.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id.
+    pub id: u32,
+    /// Base64 public key.
+    pub public_key: String,
+    /// Owner e-mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Live at the time of the snapshot.
+    pub live: bool,
+    /// Hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Visibility.
+    #[serde(default)]
+    pub public: bool,
+    /// Endpoint.
+    #[serde(default)]
+    pub real_addr: String,
+    /// LAN endpoints.
+    #[serde(default)]
+    pub lan_addrs: Vec<String>,
+    /// Version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Unix seconds of first registration of this key.
+    #[serde(default)]
+    pub key_created: u64,
+}
+
+/// Everything the store persists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Next id to allocate (ids are never reused).
+    pub next_id: u32,
+    /// Every known id.
+    pub nodes: Vec<NodeRecord>,
+    /// Trust pairs, each `[a, b]` with `a < b`.
+    pub trust: Vec<[u32; 2]>,
+}
+
+/// Why a snapshot cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SnapshotError(pub String);
+
+#[derive(Debug, Clone)]
+struct PendingRequest {
+    from: u32,
+    justification: String,
+    timestamp: i64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    nodes: HashMap<u32, Node>,
+    by_key: HashMap<[u8; 32], u32>,
+    hostnames: HashMap<String, u32>,
+    next_id: u32,
+    trust: HashMap<u32, HashSet<u32>>,
+    hs_requests: HashMap<u32, Vec<PendingRequest>>,
+    hs_responses: HashMap<u32, VecDeque<HandshakeResponseEntry>>,
+    /// Bumped by every durable mutation.
+    generation: u64,
+}
+
+/// The result of handling one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The reply.
+    pub response: Response,
+    /// If set, the reply may only be sent once the store has persisted this
+    /// generation.
+    pub durable_generation: Option<u64>,
+}
+
+/// The registry state machine. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Registry {
+    state: std::sync::Mutex<State>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The one signature check of the registry (Ed25519, strict, spec §6.3).
+fn signature_ok(key: &VerifyingKey, msg: &str, sig_b64: Option<&str>) -> bool {
+    let Some(sig) = sig_b64.and_then(wire::decode_signature) else {
+        return false;
+    };
+    crate::crypto::identity::verify(key.as_bytes(), msg.as_bytes(), &sig)
+}
+
+/// Checks a hostname against §6.4.5 (empty is handled by the caller).
+pub fn validate_hostname(h: &str) -> Result<(), String> {
+    if h.len() > MAX_HOSTNAME {
+        return Err("invalid hostname: hostname too long (max 63 characters)".into());
+    }
+    let b = h.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = !b.is_empty()
+        && alnum(&b[0])
+        && alnum(&b[b.len() - 1])
+        && b.iter().all(|c| alnum(c) || *c == b'-');
+    if !ok {
+        return Err("invalid hostname: hostname must be lowercase alphanumeric with hyphens, start/end with alphanumeric".into());
+    }
+    if RESERVED_HOSTNAMES.contains(&h) {
+        return Err(format!("invalid hostname: \"{h}\" is reserved"));
+    }
+    Ok(())
+}
+
+fn not_found(id: u32) -> String {
+    format!("node {id}: node not found")
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// The port of a `host:port` string (the only part of `listen_addr` used).
+fn listen_port(listen_addr: &str) -> Option<u16> {
+    let (_, port) = listen_addr.rsplit_once(':')?;
+    port.parse().ok()
+}
+
+impl State {
+    fn live(&self, id: u32) -> Result<&Node, String> {
+        match self.nodes.get(&id) {
+            Some(n) if n.live => Ok(n),
+            _ => Err(not_found(id)),
+        }
+    }
+
+    fn verify(&self, req: &Request) -> Result<(), String> {
+        let Some((signer, text)) = req.signed_string() else {
+            return Ok(());
+        };
+        let node = self.live(signer)?;
+        if signature_ok(&node.key, &text, req.signature()) {
+            Ok(())
+        } else {
+            Err(format!("signature verification failed for node {signer}"))
+        }
+    }
+
+    fn trusted(&self, a: u32, b: u32) -> bool {
+        self.trust.get(&a).is_some_and(|s| s.contains(&b))
+    }
+
+    fn dirty(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    fn release_hostname(&mut self, id: u32) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if let Some(h) = n.hostname.take() {
+                self.hostnames.remove(&h);
+            }
+        }
+    }
+
+    /// Sets (or clears, with "") `id`'s hostname.
+    fn set_hostname(&mut self, id: u32, h: &str) -> Result<(), String> {
+        if h.is_empty() {
+            self.release_hostname(id);
+            return Ok(());
+        }
+        validate_hostname(h)?;
+        match self.hostnames.get(h) {
+            Some(&owner) if owner == id => return Ok(()),
+            Some(&owner) => return Err(format!("hostname \"{h}\" already in use by node {owner}")),
+            None => {}
+        }
+        self.release_hostname(id);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.hostname = Some(h.to_string());
+            self.hostnames.insert(h.to_string(), id);
+        }
+        Ok(())
+    }
+
+    fn add_trust(&mut self, a: u32, b: u32) -> Result<(), String> {
+        if a == b || self.trusted(a, b) {
+            return Ok(());
+        }
+        for x in [a, b] {
+            if self.trust.get(&x).map_or(0, |s| s.len()) >= MAX_TRUST_PER_NODE {
+                return Err(format!("too many trust pairs for node {x}"));
+            }
+        }
+        self.trust.entry(a).or_default().insert(b);
+        self.trust.entry(b).or_default().insert(a);
+        Ok(())
+    }
+
+    fn remove_trust(&mut self, a: u32, b: u32) -> bool {
+        let removed = self.trust.get_mut(&a).is_some_and(|s| s.remove(&b));
+        if let Some(s) = self.trust.get_mut(&b) {
+            s.remove(&a);
+        }
+        for x in [a, b] {
+            if self.trust.get(&x).is_some_and(|s| s.is_empty()) {
+                self.trust.remove(&x);
+            }
+        }
+        removed
+    }
+}
+
+impl Registry {
+    /// An empty registry (ids start at 1).
+    pub fn new() -> Registry {
+        Registry {
+            state: std::sync::Mutex::new(State {
+                next_id: 1,
+                ..State::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock would be a bug; keep serving anyway.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rebuilds a registry from a snapshot; live nodes count as seen `now`.
+    pub fn from_snapshot(snap: Snapshot, now: Instant) -> Result<Registry, SnapshotError> {
+        let mut st = State {
+            next_id: snap.next_id.max(1),
+            ..State::default()
+        };
+        for r in snap.nodes {
+            let bad = |m: &str| SnapshotError(format!("node {}: {m}", r.id));
+            if r.id == 0 || r.id >= st.next_id {
+                return Err(bad("id outside the allocated range"));
+            }
+            let pk = wire::decode_public_key(&r.public_key).ok_or_else(|| bad("bad public key"))?;
+            let key = VerifyingKey::from_bytes(&pk).map_err(|_| bad("bad public key"))?;
+            if st.by_key.insert(pk, r.id).is_some() {
+                return Err(bad("public key registered twice"));
+            }
+            let mut hostname = None;
+            if let Some(h) = r.hostname.filter(|_| r.live) {
+                validate_hostname(&h).map_err(|e| bad(&e))?;
+                if st.hostnames.insert(h.clone(), r.id).is_some() {
+                    return Err(bad("hostname used twice"));
+                }
+                hostname = Some(h);
+            }
+            let node = Node {
+                id: r.id,
+                key,
+                owner: r.owner,
+                live: r.live,
+                last_seen: now,
+                hostname,
+                public: r.public,
+                real_addr: r.real_addr,
+                lan_addrs: r.lan_addrs,
+                version: r.version,
+                key_created: r.key_created,
+            };
+            if st.nodes.insert(r.id, node).is_some() {
+                return Err(bad("id listed twice"));
+            }
+        }
+        for [a, b] in snap.trust {
+            if !st.nodes.contains_key(&a) || !st.nodes.contains_key(&b) {
+                return Err(SnapshotError(format!(
+                    "trust pair {a}-{b} names an unknown node"
+                )));
+            }
+            st.trust.entry(a).or_default().insert(b);
+            st.trust.entry(b).or_default().insert(a);
+        }
+        Ok(Registry {
+            state: std::sync::Mutex::new(st),
+        })
+    }
+
+    /// The current generation and, if it is newer than `after`, a snapshot.
+    pub fn snapshot_if_newer(&self, after: u64) -> Option<(u64, Snapshot)> {
+        let st = self.lock();
+        if st.generation <= after {
+            return None;
+        }
+        let mut nodes: Vec<NodeRecord> = st
+            .nodes
+            .values()
+            .map(|n| NodeRecord {
+                id: n.id,
+                public_key: wire::b64_encode(n.key.as_bytes()),
+                owner: n.owner.clone(),
+                live: n.live,
+                hostname: n.hostname.clone(),
+                public: n.public,
+                real_addr: n.real_addr.clone(),
+                lan_addrs: n.lan_addrs.clone(),
+                version: n.version.clone(),
+                key_created: n.key_created,
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.id);
+        let mut trust: Vec<[u32; 2]> = st
+            .trust
+            .iter()
+            .flat_map(|(&a, s)| s.iter().filter(move |&&b| a < b).map(move |&b| [a, b]))
+            .collect();
+        trust.sort_unstable();
+        Some((
+            st.generation,
+            Snapshot {
+                next_id: st.next_id,
+                nodes,
+                trust,
+            },
+        ))
+    }
+
+    /// The current durable-mutation generation.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Number of live nodes.
+    pub fn live_nodes(&self) -> usize {
+        self.lock().nodes.values().filter(|n| n.live).count()
+    }
+
+    /// Removes live nodes not seen for `stale_after` (spec §6.4.2): they
+    /// leave the table and lose their hostname; key → id, trust pairs and
+    /// inboxes are kept. Returns the reaped ids.
+    pub fn reap(&self, now: Instant, stale_after: Duration) -> Vec<u32> {
+        let mut st = self.lock();
+        let stale: Vec<u32> = st
+            .nodes
+            .values()
+            .filter(|n| n.live && now.saturating_duration_since(n.last_seen) >= stale_after)
+            .map(|n| n.id)
+            .collect();
+        for &id in &stale {
+            st.release_hostname(id);
+            if let Some(n) = st.nodes.get_mut(&id) {
+                n.live = false;
+            }
+        }
+        if !stale.is_empty() {
+            st.dirty();
+        }
+        stale
+    }
+
+    /// Handles one request from a client whose TCP source is `peer`.
+    pub fn handle(&self, req: Request, peer: SocketAddr, now: Instant) -> Outcome {
+        let mut st = self.lock();
+        let gen_before = st.generation;
+        let response = match Self::dispatch(&mut st, req, peer, now) {
+            Ok(r) => r,
+            Err(text) => Response::error(&text),
+        };
+        let durable_generation = (st.generation != gen_before).then_some(st.generation);
+        Outcome {
+            response,
+            durable_generation,
+        }
+    }
+
+    fn dispatch(
+        st: &mut State,
+        req: Request,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<Response, String> {
+        if let Request::Deregister(d) = &req {
+            // The reference answers deregister_ok for unknown nodes.
+            if st.live(d.node_id).is_err() {
+                return Ok(Response::DeregisterOk(Empty {}));
+            }
+        }
+        st.verify(&req)?;
+        let unix = unix_now();
+        Ok(match req {
+            Request::Register(r) => Self::register(st, r, peer, now, unix)?,
+            Request::Heartbeat(NodeSigned { node_id, .. }) => {
+                // `verify` has checked the node is live and the signature.
+                if let Some(n) = st.nodes.get_mut(&node_id) {
+                    n.last_seen = now;
+                }
+                Response::HeartbeatOk(HeartbeatOk {
+                    time: unix as i64,
+                    key_expiry_warning: false,
+                })
+            }
+            Request::Lookup(r) => {
+                let n = st.live(r.node_id)?;
+                Response::LookupOk(LookupOk {
+                    node_id: n.id,
+                    address: Addr::backbone(n.id).to_string(),
+                    networks: vec![0],
+                    public_key: wire::b64_encode(n.key.as_bytes()),
+                    public: n.public,
+                    polo_score: 0,
+                    hostname: n.hostname.clone(),
+                    tags: None,
+                    task_exec: false,
+                    real_addr: n.public.then(|| n.real_addr.clone()),
+                    external_id: None,
+                    version: n.version.clone(),
+                })
+            }
+            Request::Resolve(r) => {
+                let target = st.live(r.node_id)?;
+                let allowed = target.public
+                    || r.requester_id == r.node_id
+                    || st.trusted(r.requester_id, r.node_id);
+                if !allowed {
+                    return Err(format!(
+                        "resolve denied: node {} is private to node {}",
+                        r.node_id, r.requester_id
+                    ));
+                }
+                Response::ResolveOk(ResolveOk {
+                    node_id: target.id,
+                    real_addr: target.real_addr.clone(),
+                    lan_addrs: (!target.lan_addrs.is_empty()).then(|| target.lan_addrs.clone()),
+                    key_age_days: Some(unix.saturating_sub(target.key_created) / 86_400),
+                })
+            }
+            Request::SetHostname(r) => {
+                st.set_hostname(r.node_id, &r.hostname)?;
+                st.dirty();
+                Response::SetHostnameOk(SetHostnameOk {
+                    node_id: r.node_id,
+                    hostname: r.hostname,
+                })
+            }
+            Request::ResolveHostname(r) => {
+                let not_found = || format!("hostname \"{}\" not found", r.hostname);
+                let &id = st.hostnames.get(&r.hostname).ok_or_else(not_found)?;
+                let n = st.live(id).map_err(|_| not_found())?;
+                let requester = r.requester_id.unwrap_or(0);
+                if !(n.public || requester == id || st.trusted(requester, id)) {
+                    return Err(not_found());
+                }
+                Response::ResolveHostnameOk(ResolveHostnameOk {
+                    node_id: id,
+                    address: Addr::backbone(id).to_string(),
+                    public: n.public,
+                    hostname: r.hostname,
+                })
+            }
+            Request::SetVisibility(r) => {
+                if let Some(n) = st.nodes.get_mut(&r.node_id) {
+                    n.public = r.public;
+                }
+                st.dirty();
+                Response::SetVisibilityOk(SetVisibilityOk {
+                    node_id: r.node_id,
+                    visibility: if r.public { "public" } else { "private" }.into(),
+                })
+            }
+            Request::Deregister(NodeSigned { node_id, .. }) => {
+                st.release_hostname(node_id);
+                if let Some(n) = st.nodes.get_mut(&node_id) {
+                    n.live = false;
+                }
+                st.dirty();
+                Response::DeregisterOk(Empty {})
+            }
+            Request::RequestHandshake(r) => {
+                st.live(r.to_node_id)?;
+                if r.justification.len() > MAX_JUSTIFICATION {
+                    return Err("justification too long (max 1024 bytes)".into());
+                }
+                let inbox = st.hs_requests.entry(r.to_node_id).or_default();
+                if inbox.iter().any(|p| p.from == r.from_node_id) {
+                    return Err(format!(
+                        "handshake request already pending from node {}",
+                        r.from_node_id
+                    ));
+                }
+                if inbox.len() >= HANDSHAKE_INBOX {
+                    return Err(format!(
+                        "too many pending handshake requests for node {}",
+                        r.to_node_id
+                    ));
+                }
+                inbox.push(PendingRequest {
+                    from: r.from_node_id,
+                    justification: r.justification,
+                    timestamp: unix as i64,
+                });
+                Response::RequestHandshakeOk(RequestHandshakeOk {
+                    status: "delivered".into(),
+                })
+            }
+            Request::PollHandshakes(NodeSigned { node_id, .. }) => {
+                let requests = st
+                    .hs_requests
+                    .remove(&node_id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| HandshakeRequestEntry {
+                        from_node_id: p.from,
+                        justification: p.justification,
+                        timestamp: p.timestamp,
+                    })
+                    .collect();
+                let responses = st.hs_responses.remove(&node_id).unwrap_or_default().into();
+                Response::PollHandshakesOk(PollHandshakesOk {
+                    requests,
+                    responses,
+                })
+            }
+            Request::RespondHandshake(r) => {
+                if !st.nodes.contains_key(&r.peer_id) {
+                    return Err(not_found(r.peer_id));
+                }
+                if r.accept {
+                    st.add_trust(r.node_id, r.peer_id)?;
+                    st.dirty();
+                }
+                if let Some(inbox) = st.hs_requests.get_mut(&r.node_id) {
+                    inbox.retain(|p| p.from != r.peer_id);
+                }
+                let out = st.hs_responses.entry(r.peer_id).or_default();
+                if out.len() >= HANDSHAKE_INBOX {
+                    out.pop_front();
+                }
+                out.push_back(HandshakeResponseEntry {
+                    from_node_id: r.node_id,
+                    accept: r.accept,
+                    timestamp: unix as i64,
+                });
+                Response::RespondHandshakeOk(RespondHandshakeOk {
+                    accept: r.accept,
+                    peer_id: r.peer_id,
+                })
+            }
+            Request::ReportTrust(r) => {
+                st.live(r.peer_id)?;
+                st.add_trust(r.node_id, r.peer_id)?;
+                st.dirty();
+                Response::ReportTrustOk(Empty {})
+            }
+            Request::RevokeTrust(r) => {
+                if !st.remove_trust(r.node_id, r.peer_id) {
+                    return Err(format!("trust pair {}-{} not found", r.node_id, r.peer_id));
+                }
+                st.dirty();
+                Response::RevokeTrustOk(Empty {})
+            }
+            Request::CheckTrust(r) => Response::CheckTrustOk(CheckTrustOk {
+                trusted: st.trusted(r.node_id, r.peer_id),
+            }),
+            Request::Punch(r) => {
+                if r.requester_id != r.node_a && r.requester_id != r.node_b {
+                    return Err("punch: requester is not a participant".into());
+                }
+                let other = if r.requester_id == r.node_a {
+                    r.node_b
+                } else {
+                    r.node_a
+                };
+                let peer_node = st.live(other)?;
+                if !(peer_node.public || st.trusted(r.requester_id, other)) {
+                    return Err(format!("punch denied: node {other} is private"));
+                }
+                let a = st.live(r.node_a)?.real_addr.clone();
+                let b = st.live(r.node_b)?.real_addr.clone();
+                Response::PunchOk(PunchOk {
+                    node_a_addr: a,
+                    node_b_addr: b,
+                })
+            }
+        })
+    }
+
+    fn register(
+        st: &mut State,
+        r: wire::Register,
+        peer: SocketAddr,
+        now: Instant,
+        unix: u64,
+    ) -> Result<Response, String> {
+        let pk = wire::decode_public_key(&r.public_key)
+            .ok_or("registration rejected: bad public key encoding")?;
+        let key = VerifyingKey::from_bytes(&pk).map_err(|_| "registration rejected: bad key")?;
+        let port = listen_port(&r.listen_addr).ok_or("invalid listen_addr")?;
+        let lan_addrs = r.lan_addrs.unwrap_or_default();
+        if lan_addrs.len() > MAX_LAN_ADDRS {
+            return Err("too many lan_addrs".into());
+        }
+        let too_long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > MAX_TEXT_FIELD);
+        if too_long(&r.owner)
+            || too_long(&r.version)
+            || lan_addrs.iter().any(|a| a.len() > MAX_TEXT_FIELD)
+        {
+            return Err("registration field too long".into());
+        }
+        let real_addr = SocketAddr::new(canonical_ip(peer.ip()), port).to_string();
+
+        let id = match st.by_key.get(&pk) {
+            Some(&id) => id,
+            None => {
+                // Rule 3 of the reference (owner takeover) is deliberately
+                // not implemented: an unknown key always gets a new id.
+                if st.next_id > MAX_NODES {
+                    return Err("too many nodes".into());
+                }
+                let id = st.next_id;
+                st.next_id += 1;
+                st.by_key.insert(pk, id);
+                st.nodes.insert(
+                    id,
+                    Node {
+                        id,
+                        key,
+                        owner: None,
+                        live: false,
+                        last_seen: now,
+                        hostname: None,
+                        public: false,
+                        real_addr: String::new(),
+                        lan_addrs: Vec::new(),
+                        version: None,
+                        key_created: unix,
+                    },
+                );
+                id
+            }
+        };
+        let Some(n) = st.nodes.get_mut(&id) else {
+            return Err("registration rejected: index inconsistency".into());
+        };
+        n.live = true;
+        n.last_seen = now;
+        n.real_addr = real_addr.clone();
+        n.lan_addrs = lan_addrs;
+        if r.version.is_some() {
+            n.version = r.version;
+        }
+        if r.owner.is_some() {
+            n.owner = r.owner;
+        }
+        let mut hostname_error = None;
+        if let Some(h) = r.hostname.as_deref().filter(|h| !h.is_empty()) {
+            if let Err(e) = st.set_hostname(id, h) {
+                hostname_error = Some(e);
+            }
+        }
+        st.dirty();
+        let hostname = st.nodes.get(&id).and_then(|n| n.hostname.clone());
+        Ok(Response::RegisterOk(RegisterOk {
+            node_id: id,
+            network_id: 0,
+            address: Addr::backbone(id).to_string(),
+            public_key: r.public_key,
+            observed_addr: real_addr,
+            protocol_version: PROTOCOL_VERSION,
+            hostname,
+            hostname_error,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+    fn peer() -> SocketAddr {
+        "127.0.0.1:55555".parse().unwrap()
+    }
+    fn reg(r: &Registry, k: &SigningKey, now: Instant) -> u32 {
+        let req = Request::Register(wire::Register::new(
+            k.verifying_key().as_bytes(),
+            "0.0.0.0:4000",
+        ));
+        match r.handle(req, peer(), now).response {
+            Response::RegisterOk(ok) => ok.node_id,
+            other => panic!("{other:?}"),
+        }
+    }
+    fn signed(mut req: Request, k: &SigningKey) -> Request {
+        let (_, s) = req.signed_string().unwrap();
+        req.set_signature(&k.sign(s.as_bytes()).to_bytes());
+        req
+    }
+
+    #[test]
+    fn ids_are_stable_per_key_and_never_reused() {
+        let r = Registry::new();
+        let t = Instant::now();
+        assert_eq!(reg(&r, &key(1), t), 1);
+        assert_eq!(reg(&r, &key(2), t), 2);
+        assert_eq!(reg(&r, &key(1), t), 1);
+        let mut reaped = r.reap(t + Duration::from_secs(301), Duration::from_secs(300));
+        reaped.sort_unstable();
+        assert_eq!(reaped, vec![1, 2]);
+        assert_eq!(r.live_nodes(), 0);
+        assert_eq!(reg(&r, &key(2), t), 2);
+        assert_eq!(reg(&r, &key(3), t), 3);
+    }
+
+    #[test]
+    fn hostnames_are_exclusive_and_released_by_reaping() {
+        let r = Registry::new();
+        let t = Instant::now();
+        let (a, b) = (key(1), key(2));
+        reg(&r, &a, t);
+        reg(&r, &b, t);
+        let set = |k: &SigningKey, id: u32, h: &str| {
+            r.handle(
+                signed(
+                    Request::SetHostname(wire::SetHostname {
+                        node_id: id,
+                        hostname: h.into(),
+                        signature: None,
+                    }),
+                    k,
+                ),
+                peer(),
+                t,
+            )
+            .response
+        };
+        assert!(matches!(set(&a, 1, "alpha"), Response::SetHostnameOk(_)));
+        assert_eq!(
+            set(&b, 2, "alpha"),
+            Response::error("hostname \"alpha\" already in use by node 1")
+        );
+        // Node 2 signing for node 1 is refused.
+        assert_eq!(set(&b, 1, "beta"), Response::error("x"));
+        assert!(matches!(set(&a, 1, ""), Response::SetHostnameOk(_)));
+        assert!(matches!(set(&b, 2, "alpha"), Response::SetHostnameOk(_)));
+        assert!(set(&b, 2, "localhost").type_name() == "error");
+        assert!(set(&b, 2, &"a".repeat(64)).type_name() == "error");
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let r = Registry::new();
+        let t = Instant::now();
+        reg(&r, &key(1), t);
+        reg(&r, &key(2), t);
+        let (g, snap) = r.snapshot_if_newer(0).unwrap();
+        assert!(r.snapshot_if_newer(g).is_none());
+        let r2 = Registry::from_snapshot(snap.clone(), t).unwrap();
+        assert_eq!(
+            r2.snapshot_if_newer(0),
+            None,
+            "fresh registry starts at generation 0"
+        );
+        assert_eq!(reg(&r2, &key(2), t), 2);
+        assert_eq!(reg(&r2, &key(9), t), 3);
+        let mut bad = snap;
+        bad.nodes[1].id = 1;
+        assert!(Registry::from_snapshot(bad, t).is_err());
+    }
+}
