@@ -300,6 +300,11 @@ impl<'a> DataFrame<'a> {
 
     /// The frame in a new `Vec` (fails only on a body over 16 MiB).
     pub fn to_vec(&self) -> Result<Vec<u8>, Error> {
+        // Refuse before allocating.
+        self.emit(&mut []).or_else(|e| match e {
+            Error::BufferTooSmall { .. } => Ok(0),
+            e => Err(e),
+        })?;
         let mut v = vec![0u8; self.buffer_len()];
         self.emit(&mut v)?;
         Ok(v)
@@ -484,6 +489,11 @@ impl<'a> Event<'a> {
 
     /// The frame in a new `Vec`.
     pub fn to_vec(&self) -> Result<Vec<u8>, Error> {
+        // Refuse before allocating.
+        self.emit(&mut []).or_else(|e| match e {
+            Error::BufferTooSmall { .. } => Ok(0),
+            e => Err(e),
+        })?;
         let mut v = vec![0u8; self.buffer_len()];
         self.emit(&mut v)?;
         Ok(v)
@@ -638,6 +648,22 @@ mod tests {
             e.emit(&mut small),
             Err(Error::BufferTooSmall { .. })
         ));
+    }
+
+    #[test]
+    fn oversize_emit_is_refused() {
+        let big = vec![0u8; MAX_BODY_LEN + 1];
+        assert_eq!(
+            DataFrame::new(FrameType::Binary, &big).to_vec(),
+            Err(Error::FrameTooLarge(MAX_BODY_LEN as u32 + 1))
+        );
+        assert_eq!(
+            Event::new(b"t", &big).to_vec(),
+            Err(Error::EventPayloadTooLarge(MAX_EVENT_PAYLOAD_LEN + 1))
+        );
+        assert!(DataFrame::new(FrameType::Binary, &big[1..])
+            .to_vec()
+            .is_ok());
     }
 
     #[test]
