@@ -63,15 +63,24 @@ fn tunnel_key_agreement() {
     assert_eq!(b.x25519.shared_secret(&a.x25519.public()).unwrap(), shared);
 
     let h = &tc["hkdf"];
-    assert_eq!(str_of(&h["info_ascii"]).as_bytes(), pilot::crypto::tunnel::HKDF_INFO);
+    assert_eq!(
+        str_of(&h["info_ascii"]).as_bytes(),
+        pilot::crypto::tunnel::HKDF_INFO
+    );
     assert_eq!(str_of(&h["salt_hex"]), "");
     assert_eq!(h["okm_len"].as_u64(), Some(32));
     let prk: [u8; 32] = hex_n(&h["prk_hex"]);
     assert_eq!(hkdf_prk(&shared), prk);
     let key: [u8; 32] = hex_n(&h["aes256_key_hex"]);
     assert_eq!(tunnel_key_from_prk(&prk), key);
-    assert_eq!(derive_tunnel_key(&a.x25519, &b.x25519.public()).unwrap(), key);
-    assert_eq!(derive_tunnel_key(&b.x25519, &a.x25519.public()).unwrap(), key);
+    assert_eq!(
+        derive_tunnel_key(&a.x25519, &b.x25519.public()).unwrap(),
+        key
+    );
+    assert_eq!(
+        derive_tunnel_key(&b.x25519, &a.x25519.public()).unwrap(),
+        key
+    );
 }
 
 /// PILA frame bytes (§4.2), built here from the parts; `wire::frame` owns the
@@ -97,9 +106,24 @@ fn pila_signatures_and_frames() {
     assert_eq!(msg.to_vec(), hex_vec(&p["signed_message_hex"]));
     let sig: [u8; 64] = hex_n(&p["signature_hex"]);
     assert_eq!(sign_auth(&a.identity, a.id, &a.x25519.public()), sig);
-    assert!(verify_auth(&a.identity.public_key(), a.id, &a.x25519.public(), &sig));
-    assert!(!verify_auth(&b.identity.public_key(), a.id, &a.x25519.public(), &sig));
-    assert!(!verify_auth(&a.identity.public_key(), b.id, &a.x25519.public(), &sig));
+    assert!(verify_auth(
+        &a.identity.public_key(),
+        a.id,
+        &a.x25519.public(),
+        &sig
+    ));
+    assert!(!verify_auth(
+        &b.identity.public_key(),
+        a.id,
+        &a.x25519.public(),
+        &sig
+    ));
+    assert!(!verify_auth(
+        &a.identity.public_key(),
+        b.id,
+        &a.x25519.public(),
+        &sig
+    ));
     let frame = pila_frame(&a);
     assert_eq!(frame.len() as u64, p["frame_len"].as_u64().unwrap());
     assert_eq!(frame, hex_vec(&p["frame_hex"]));
@@ -109,11 +133,19 @@ fn pila_signatures_and_frames() {
     let fb = hex_vec(&tc["pila_b"]["frame_hex"]);
     assert_eq!(pila_frame(&b), fb);
     let sig_b: [u8; 64] = fb[72..136].try_into().unwrap();
-    assert!(verify_auth(&b.identity.public_key(), b.id, &b.x25519.public(), &sig_b));
+    assert!(verify_auth(
+        &b.identity.public_key(),
+        b.id,
+        &b.x25519.public(),
+        &sig_b
+    ));
 
     // PILK (§4.2) is just magic ‖ id ‖ X25519 key; check our reading of it.
     let pilk = hex_vec(&tc["pilk_a"]["frame_hex"]);
-    assert_eq!(pilk, [&b"PILK"[..], &a.id.to_be_bytes(), &a.x25519.public()].concat());
+    assert_eq!(
+        pilk,
+        [&b"PILK"[..], &a.id.to_be_bytes(), &a.x25519.public()].concat()
+    );
 }
 
 #[test]
@@ -151,12 +183,18 @@ fn pils_frames_seal_byte_exact_and_open() {
         assert_eq!(tx.next_send_counter(), Some(counter));
         let mut buf = vec![0u8; 20 + plaintext.len() + 16];
         buf[20..20 + plaintext.len()].copy_from_slice(&plaintext);
-        let n = tx.seal_in_place(sender_id, &mut buf, plaintext.len()).unwrap();
+        let n = tx
+            .seal_in_place(sender_id, &mut buf, plaintext.len())
+            .unwrap();
         assert_eq!(n, plaintext.len() + PILS_OVERHEAD);
         assert_eq!(buf, expected, "{}", f["name"]);
         assert_eq!(buf[20..], hex_vec(&f["ciphertext_and_tag_hex"])[..]);
 
-        let rx = if sender_id == 42 { &mut rx_b } else { &mut rx_a };
+        let rx = if sender_id == 42 {
+            &mut rx_b
+        } else {
+            &mut rx_a
+        };
         let mut wire = expected.clone();
         assert_eq!(rx.open_in_place(&mut wire, t).unwrap(), &plaintext[..]);
     }
@@ -165,18 +203,27 @@ fn pils_frames_seal_byte_exact_and_open() {
     // altered sender id rejected.
     let checks = &tc["checks"];
     assert_eq!(checks["receiver_accepts_frames_1_and_2"], Value::Bool(true));
-    assert_eq!(checks["receiver_rejects_replayed_frame_1"], Value::Bool(true));
+    assert_eq!(
+        checks["receiver_rejects_replayed_frame_1"],
+        Value::Bool(true)
+    );
     let mut replay = hex_vec(&frames[0]["frame_hex"]);
     assert_eq!(
         rx_b.open_in_place(&mut replay, t),
         Err(CryptoError::Replayed { counter: 1 })
     );
-    assert_eq!(checks["receiver_rejects_frame_with_altered_sender_id"], Value::Bool(true));
+    assert_eq!(
+        checks["receiver_rejects_frame_with_altered_sender_id"],
+        Value::Bool(true)
+    );
     // A fresh receiver (no replay state), so only the AAD can fail it.
     let mut fresh = Session::new(key, [0xcc; 4]);
     let mut altered = hex_vec(&frames[1]["frame_hex"]);
     altered[7] ^= 0x01;
-    assert_eq!(fresh.open_in_place(&mut altered, t), Err(CryptoError::AuthFailed));
+    assert_eq!(
+        fresh.open_in_place(&mut altered, t),
+        Err(CryptoError::AuthFailed)
+    );
     let mut genuine = hex_vec(&frames[1]["frame_hex"]);
     assert!(fresh.open_in_place(&mut genuine, t).is_ok());
 }
@@ -184,7 +231,10 @@ fn pils_frames_seal_byte_exact_and_open() {
 #[test]
 fn replay_window_reference_sequence() {
     let rw = vector("replay_window.json");
-    assert_eq!(rw["window_size"].as_u64(), Some(pilot::crypto::tunnel::WINDOW_SIZE));
+    assert_eq!(
+        rw["window_size"].as_u64(),
+        Some(pilot::crypto::tunnel::WINDOW_SIZE)
+    );
     let mut w = ReplayWindow::new();
     for (i, step) in rw["sequence"].as_array().unwrap().iter().enumerate() {
         let c = step["counter"].as_u64().unwrap();
@@ -258,7 +308,10 @@ fn identity_file_round_trip_byte_exact() {
     let bad = content.replace(&id.public_key_b64(), &other);
     std::fs::write(&path, bad).unwrap();
     let err = Identity::load(&path).unwrap_err().to_string();
-    assert!(err.contains(&path.display().to_string()) && err.contains("does not derive"), "{err}");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("does not derive"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -656,7 +656,9 @@ mod tests {
         // Mismatching keys.
         let a = Identity::from_seed(seed_a());
         let b = Identity::from_seed([9; 32]);
-        let mismatched = a.to_json().replace(&a.public_key_b64(), &b.public_key_b64());
+        let mismatched = a
+            .to_json()
+            .replace(&a.public_key_b64(), &b.public_key_b64());
         write(mismatched.as_bytes(), 0o600);
         check("does not derive");
         // Wrong permissions (a valid identity, but world-readable).
@@ -693,6 +695,9 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("elsewhere.json"), &path).unwrap();
         let err = Identity::load_or_create(&path, &mut OsRng).unwrap_err();
         assert_mentions_path(&err, &path, "cannot read");
-        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

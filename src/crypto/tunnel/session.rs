@@ -418,7 +418,10 @@ mod tests {
         let mut forged = seal(&mut tx, b"two");
         let mut genuine = forged.clone();
         forged[12..20].copy_from_slice(&u64::MAX.to_be_bytes());
-        assert_eq!(rx.open_in_place(&mut forged, t), Err(CryptoError::AuthFailed));
+        assert_eq!(
+            rx.open_in_place(&mut forged, t),
+            Err(CryptoError::AuthFailed)
+        );
         assert_eq!(rx.open_in_place(&mut genuine, t).unwrap(), b"two");
     }
 
@@ -495,7 +498,10 @@ mod tests {
         let mut forged = seal(&mut tx, b"y");
         let mut genuine = forged.clone();
         forged[8..12].copy_from_slice(&[7; 4]);
-        assert_eq!(rx.open_in_place(&mut forged, t), Err(CryptoError::AuthFailed));
+        assert_eq!(
+            rx.open_in_place(&mut forged, t),
+            Err(CryptoError::AuthFailed)
+        );
         assert_eq!(rx.peer_prefix(), Some([1; 4]));
         // Long after any grace period the current prefix still works.
         let later = t + Duration::from_secs(3600);
