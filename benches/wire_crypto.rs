@@ -16,7 +16,10 @@ const RX_PREFIX: [u8; 4] = [0xb1, 0xb2, 0xb3, 0xb4];
 
 fn frame_for(len: usize) -> Vec<u8> {
     let mut f = vec![0u8; len + PILS_OVERHEAD];
-    for (i, b) in f[PILS_HEADER_LEN..PILS_HEADER_LEN + len].iter_mut().enumerate() {
+    for (i, b) in f[PILS_HEADER_LEN..PILS_HEADER_LEN + len]
+        .iter_mut()
+        .enumerate()
+    {
         *b = i as u8;
     }
     f
