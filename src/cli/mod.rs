@@ -229,6 +229,10 @@ pub struct StartArgs {
     /// Registry heartbeat interval, e.g. 60s [default 60s].
     #[arg(long, value_name = "DURATION", hide = true)]
     pub heartbeat: Option<String>,
+    /// Extra argument passed to pilot-daemon as is (repeatable), e.g.
+    /// --daemon-arg=--syn-rate-per-source=1000.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub daemon_arg: Vec<String>,
     /// How long to wait for the daemon to get an address [default 15s].
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub wait: String,

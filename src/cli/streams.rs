@@ -104,7 +104,7 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
             "data": String::from_utf8_lossy(&received),
         });
         print_ok(true, &data, String::new);
-    } else if a.message.is_some() && !received.is_empty() {
+    } else if a.message.is_some() && got > 0 {
         println!();
     }
     Ok(())
