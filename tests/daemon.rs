@@ -44,19 +44,38 @@ fn nodes_get_distinct_addresses_and_find_each_other() {
     assert!(p["replies"][0]["rtt_us"].as_u64().unwrap() > 0);
     let human = a.ctl(&["ping", &ac, "--count", "2", "--interval", "50ms"]);
     assert_eq!(human.code, 0, "{human:?}");
-    assert_eq!(human.stdout.matches(" bytes from ").count(), 2, "{}", human.stdout);
-    assert!(human.stdout.contains("2 sent, 2 received, 0% loss"), "{}", human.stdout);
+    assert_eq!(
+        human.stdout.matches(" bytes from ").count(),
+        2,
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("2 sent, 2 received, 0% loss"),
+        "{}",
+        human.stdout
+    );
 
     // peers: a has encrypted direct tunnels to b and c; b sees a
     let peers = a.json(&["peers"]);
     let list = peers["peers"].as_array().unwrap();
     for want in [&ab, &ac] {
-        let p = list.iter().find(|p| &addr_of(p) == want).unwrap_or_else(|| panic!("{want} not in {peers}"));
+        let p = list
+            .iter()
+            .find(|p| &addr_of(p) == want)
+            .unwrap_or_else(|| panic!("{want} not in {peers}"));
         assert_eq!(p["encrypted"], true);
         assert_eq!(p["path"], "direct");
     }
     let bp = b.json(&["peers"]);
-    assert!(bp["peers"].as_array().unwrap().iter().any(|p| addr_of(p) == aa), "{bp}");
+    assert!(
+        bp["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| addr_of(p) == aa),
+        "{bp}"
+    );
     let human = a.ctl(&["peers"]);
     assert!(human.stdout.starts_with("ADDRESS"), "{}", human.stdout);
 
@@ -85,7 +104,10 @@ fn addresses_and_hostnames_survive_restarts() {
 
     // crash of the daemon (kill -9): stale pid and socket do not block a start
     a.kill9();
-    assert!(a.socket.exists(), "the crashed daemon's socket file should be left behind");
+    assert!(
+        a.socket.exists(),
+        "the crashed daemon's socket file should be left behind"
+    );
     let again = a.start(&rdv, &[]);
     assert_eq!(addr_of(&again), first);
 
@@ -117,7 +139,9 @@ fn tunnels_survive_a_rendezvous_outage_and_nodes_reregister() {
     let p = a.json(&["ping", &ab, "--count", "3", "--interval", "100ms"]);
     assert_eq!(p["received"], 3);
     // the daemon notices (1 s heartbeats, 3 failures)
-    assert!(wait_until(Duration::from_secs(10), || a.json(&["info"])["registered"] == false));
+    assert!(wait_until(Duration::from_secs(10), || a.json(&["info"])
+        ["registered"]
+        == false));
     // registry-backed commands say the registry is unreachable
     let o = a.ctl(&["--json", "find", "beta"]);
     assert_eq!(o.code, 1);
@@ -126,7 +150,8 @@ fn tunnels_survive_a_rendezvous_outage_and_nodes_reregister() {
     rdv.restart();
     for n in [&a, &b] {
         assert!(
-            wait_until(Duration::from_secs(20), || n.json(&["info"])["registered"] == true),
+            wait_until(Duration::from_secs(20), || n.json(&["info"])["registered"]
+                == true),
             "{} did not re-register:\n{}",
             n.name,
             n.log()
@@ -155,9 +180,14 @@ fn every_command_without_a_daemon_says_so() {
         let o = n.ctl(cmd);
         assert_eq!(o.code, 1, "{cmd:?}: {o:?}");
         assert!(o.stdout.is_empty(), "{cmd:?}: {o:?}");
-        assert_eq!(o.stderr.lines().count(), 1, "{cmd:?}: one line expected: {o:?}");
+        assert_eq!(
+            o.stderr.lines().count(),
+            1,
+            "{cmd:?}: one line expected: {o:?}"
+        );
         assert!(
-            o.stderr.starts_with("error: no daemon is running on ") && o.stderr.contains("pilotctl daemon start"),
+            o.stderr.starts_with("error: no daemon is running on ")
+                && o.stderr.contains("pilotctl daemon start"),
             "{cmd:?}: {o:?}"
         );
         let mut j = vec!["--json"];
@@ -167,7 +197,10 @@ fn every_command_without_a_daemon_says_so() {
         let v = o.json();
         assert_eq!(v["status"], "error");
         assert_eq!(v["code"], "daemon_not_running", "{cmd:?}: {v}");
-        assert!(v["message"].as_str().unwrap().contains("no daemon is running"));
+        assert!(v["message"]
+            .as_str()
+            .unwrap()
+            .contains("no daemon is running"));
     }
 }
 
@@ -177,12 +210,20 @@ fn malformed_addresses_and_unknown_names_get_clear_errors() {
     let a = Node::new("alpha");
     a.start(&rdv, &["--public"]);
     // malformed: network mismatch, bad characters, trailing port
-    for bad in ["1:0000.0000.0001", "0:0000.0000.00G1", "not_a_host!", "0:0000.0000.0001:80"] {
+    for bad in [
+        "1:0000.0000.0001",
+        "0:0000.0000.00G1",
+        "not_a_host!",
+        "0:0000.0000.0001:80",
+    ] {
         for cmd in [&["lookup", bad][..], &["ping", bad, "--count", "1"][..]] {
             let o = a.ctl(cmd);
             assert_eq!(o.code, 1, "{cmd:?}: {o:?}");
             assert_eq!(o.stderr.lines().count(), 1, "{o:?}");
-            assert!(o.stderr.contains("N:XXXX.YYYY.YYYY"), "expected form missing: {o:?}");
+            assert!(
+                o.stderr.contains("N:XXXX.YYYY.YYYY"),
+                "expected form missing: {o:?}"
+            );
             let mut j = vec!["--json"];
             j.extend_from_slice(cmd);
             let o = a.ctl(&j);
@@ -190,7 +231,11 @@ fn malformed_addresses_and_unknown_names_get_clear_errors() {
         }
     }
     // well-formed but unknown
-    for cmd in [&["find", "nosuchhost"][..], &["lookup", "nosuchhost"][..], &["lookup", "4000000"][..]] {
+    for cmd in [
+        &["find", "nosuchhost"][..],
+        &["lookup", "nosuchhost"][..],
+        &["lookup", "4000000"][..],
+    ] {
         let o = a.ctl(cmd);
         assert_eq!(o.code, 1, "{cmd:?}: {o:?}");
         assert!(o.stderr.contains("not found"), "{o:?}");
@@ -221,11 +266,23 @@ fn hostnames_can_be_set_cleared_and_are_exclusive() {
     // b cannot take a's name
     let o = b.ctl(&["--json", "set-hostname", "shared-name"]);
     assert_eq!(o.code, 1, "{o:?}");
-    assert!(o.json()["message"].as_str().unwrap().contains("already in use"), "{o:?}");
+    assert!(
+        o.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("already in use"),
+        "{o:?}"
+    );
     // clearing frees it
     a.json(&["clear-hostname"]);
-    assert_eq!(b.ctl(&["--json", "find", "shared-name"]).json()["code"], "not_found");
-    assert_eq!(b.json(&["set-hostname", "shared-name"])["hostname"], "shared-name");
+    assert_eq!(
+        b.ctl(&["--json", "find", "shared-name"]).json()["code"],
+        "not_found"
+    );
+    assert_eq!(
+        b.json(&["set-hostname", "shared-name"])["hostname"],
+        "shared-name"
+    );
 }
 
 #[test]
@@ -233,17 +290,31 @@ fn start_without_a_rendezvous_names_the_address_and_the_fix() {
     let a = Node::new("alpha");
     let port = common::free_tcp_port();
     let registry = format!("127.0.0.1:{port}");
-    let o = a.ctl(&["--json", "daemon", "start", "--registry", &registry, "--wait", "20s"]);
+    let o = a.ctl(&[
+        "--json",
+        "daemon",
+        "start",
+        "--registry",
+        &registry,
+        "--wait",
+        "20s",
+    ]);
     assert_eq!(o.code, 1, "{o:?}");
     let v = o.json();
     assert_eq!(v["code"], "start_failed", "{v}");
     let msg = v["message"].as_str().unwrap();
-    assert!(msg.contains(&registry) && msg.contains("pilot-rendezvous"), "{msg}");
+    assert!(
+        msg.contains(&registry) && msg.contains("pilot-rendezvous"),
+        "{msg}"
+    );
     // and nothing is left behind that blocks the next start
     assert!(!a.socket.exists());
     let o = a.ctl(&["daemon", "start", "--registry", &registry]);
     assert_eq!(o.code, 1);
-    assert!(o.stderr.starts_with("error: cannot reach the registry at"), "{o:?}");
+    assert!(
+        o.stderr.starts_with("error: cannot reach the registry at"),
+        "{o:?}"
+    );
 }
 
 #[test]

@@ -26,7 +26,9 @@ fn fill(buf: &mut [u8], state: &mut u64) {
 
 fn pilotctl(node: &Node) -> Command {
     let mut c = Command::new(PILOTCTL);
-    c.arg("--socket").arg(&node.socket).env("HOME", node.home.path());
+    c.arg("--socket")
+        .arg(&node.socket)
+        .env("HOME", node.home.path());
     c
 }
 
@@ -98,7 +100,10 @@ fn one_gib_through_pilotctl_connect_arrives_byte_exact() {
     assert!(listener.wait().unwrap().success());
     assert_eq!(n, TOTAL);
     assert_eq!(got_hash, sent_hash, "1 GiB arrived altered");
-    eprintln!("1 GiB in {secs:.1}s ({:.0} MB/s, debug build)", TOTAL as f64 / secs / 1e6);
+    eprintln!(
+        "1 GiB in {secs:.1}s ({:.0} MB/s, debug build)",
+        TOTAL as f64 / secs / 1e6
+    );
     // Nothing was dropped by the tunnel on the way.
     let info = b.json(&["info"]);
     assert_eq!(info["stats"]["dropped_crypto"], 0);
@@ -162,13 +167,20 @@ fn a_missing_listener_is_refused_at_once() {
     a.json(&["ping", &ab, "--count", "1"]);
     let start = Instant::now();
     let o = a.ctl(&["--json", "connect", &ab, "4242", "--message", "x"]);
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(o.code, 1, "{o:?}");
     let v = o.json();
     assert_eq!(v["code"], "refused", "{v}");
     assert!(v["message"].as_str().unwrap().contains("refused"), "{v}");
     let h = a.ctl(&["connect", &ab, "4242", "--message", "x"]);
-    assert_eq!(h.stderr.trim(), format!("error: connection refused by {ab}:4242"));
+    assert_eq!(
+        h.stderr.trim(),
+        format!("error: connection refused by {ab}:4242")
+    );
 }
 
 #[test]
@@ -178,12 +190,24 @@ fn a_vanished_peer_times_out_within_the_spec_timeline() {
     a.json(&["ping", &ab, "--count", "1"]);
     b.kill9();
     let start = Instant::now();
-    let o = a.ctl(&["--json", "connect", &ab, "7", "--message", "x", "--timeout", "40s"]);
+    let o = a.ctl(&[
+        "--json",
+        "connect",
+        &ab,
+        "7",
+        "--message",
+        "x",
+        "--timeout",
+        "40s",
+    ]);
     let took = start.elapsed();
     assert_eq!(o.code, 1, "{o:?}");
     assert_eq!(o.json()["code"], "timeout", "{o:?}");
     // spec §5.5: the SYN timeline gives up after about 29 s
-    assert!(took >= Duration::from_secs(25) && took <= Duration::from_secs(35), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(25) && took <= Duration::from_secs(35),
+        "{took:?}"
+    );
 }
 
 #[test]
@@ -193,14 +217,22 @@ fn echo_ping_messages_datagrams_and_connection_management() {
     // echo ping: one line per reply
     let p = a.ctl(&["ping", &ab, "--count", "3", "--interval", "50ms"]);
     assert_eq!(p.code, 0, "{p:?}");
-    assert_eq!(p.stdout.matches(&format!(" bytes from {ab}: seq=")).count(), 3, "{}", p.stdout);
+    assert_eq!(
+        p.stdout.matches(&format!(" bytes from {ab}: seq=")).count(),
+        3,
+        "{}",
+        p.stdout
+    );
     // connect --message to the echo port
     let m = a.json(&["connect", &ab, "7", "--message", "hello pilot"]);
     assert_eq!(m["data"], "hello pilot");
     assert_eq!(m["bytes_received"], 11);
     // data that looks like SACK passes intact (spec §12.3)
     let tricky = "SACK\u{1}aaaabbbbmore";
-    assert_eq!(a.json(&["connect", &ab, "7", "--message", tricky])["data"], tricky);
+    assert_eq!(
+        a.json(&["connect", &ab, "7", "--message", tricky])["data"],
+        tricky
+    );
 
     // datagrams
     let mut rx = pilotctl(&b)
@@ -216,11 +248,17 @@ fn echo_ping_messages_datagrams_and_connection_management() {
     let mut out = String::new();
     rx.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     assert!(rx.wait().unwrap().success(), "{out}");
-    let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(got.len(), 2, "{out}");
     assert_eq!(got[0]["data"]["data"], "first");
     assert_eq!(got[1]["data"]["data"], "second");
-    assert!(got[0]["data"]["from"].as_str().unwrap().starts_with(&addr_of(&a.json(&["info"]))));
+    assert!(got[0]["data"]["from"]
+        .as_str()
+        .unwrap()
+        .starts_with(&addr_of(&a.json(&["info"]))));
 
     // connections and disconnect: hold a stream open with a listener on b
     let mut lst = pilotctl(&b)
@@ -238,12 +276,18 @@ fn echo_ping_messages_datagrams_and_connection_management() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    holder.stdin.as_mut().unwrap().write_all(b"held open\n").unwrap();
+    holder
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"held open\n")
+        .unwrap();
     let mut id = 0;
     assert!(common::wait_until(Duration::from_secs(5), || {
         let c = a.json(&["connections"]);
         c["connections"].as_array().unwrap().iter().any(|x| {
-            let hit = x["remote"].as_str().unwrap().ends_with(":6000") && x["state"] == "Established";
+            let hit =
+                x["remote"].as_str().unwrap().ends_with(":6000") && x["state"] == "Established";
             if hit {
                 id = x["conn_id"].as_u64().unwrap();
             }

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{daemon_ctl, streams};
 use super::output::{kv, print_ok, table};
+use super::{daemon_ctl, streams};
 use super::{parse_duration, Cli, CliError, Command, DaemonCommand, PingArgs};
 use crate::config::{Config, Paths};
 use crate::ipc::proto::{FindData, HostnameData, InfoData, LookupData, PeersData, PingData};
@@ -45,7 +45,10 @@ pub(super) fn socket_path(cli: &Cli) -> std::path::PathBuf {
     paths.socket(cli.socket.as_deref(), &config)
 }
 
-pub(super) async fn call<T: serde::de::DeserializeOwned>(cli: &Cli, req: &Request) -> Result<T, CliError> {
+pub(super) async fn call<T: serde::de::DeserializeOwned>(
+    cli: &Cli,
+    req: &Request,
+) -> Result<T, CliError> {
     let mut c = Client::connect(&socket_path(cli)).await?;
     let v = c.request(req, IPC_TIMEOUT).await?;
     serde_json::from_value(v).map_err(|e| {
@@ -236,8 +239,9 @@ impl Pinger {
         match self {
             Pinger::Control(client, req) => {
                 let v = client.request(req, timeout + IPC_TIMEOUT).await?;
-                serde_json::from_value(v)
-                    .map_err(|e| CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}")))
+                serde_json::from_value(v).map_err(|e| {
+                    CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}"))
+                })
             }
             Pinger::Echo(e) => e.ping(seq, timeout).await,
         }
@@ -248,10 +252,16 @@ impl Pinger {
 pub(super) fn ping_options(a: &PingArgs) -> Result<(Duration, Duration), CliError> {
     check_target(&a.target)?;
     if a.count == 0 {
-        return Err(CliError::new(ErrorCode::InvalidArgument, "--count must be at least 1"));
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "--count must be at least 1",
+        ));
     }
     if a.size > 1024 {
-        return Err(CliError::new(ErrorCode::InvalidArgument, "--size must be at most 1024 bytes"));
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "--size must be at most 1024 bytes",
+        ));
     }
     Ok((parse_duration(&a.interval)?, parse_duration(&a.timeout)?))
 }

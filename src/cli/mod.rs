@@ -9,8 +9,8 @@
 
 mod commands;
 mod daemon_ctl;
-mod streams;
 pub mod output;
+mod streams;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -281,7 +281,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
         "h" => n * 3600.0,
         _ => return Err(bad()),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))

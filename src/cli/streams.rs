@@ -13,7 +13,9 @@ use tokio::net::UnixStream;
 
 use super::commands::{call, check_target, ping_options, run_pings, socket_path, Pinger};
 use super::output::{print_ok, table};
-use super::{parse_duration, BenchArgs, Cli, CliError, ConnectArgs, ListenArgs, PingArgs, RecvArgs, SendArgs};
+use super::{
+    parse_duration, BenchArgs, Cli, CliError, ConnectArgs, ListenArgs, PingArgs, RecvArgs, SendArgs,
+};
 use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, PingData, StreamData};
 use crate::ipc::{read_message, Client, ErrorCode, Request};
 
@@ -26,14 +28,21 @@ fn io_err(what: &str, e: std::io::Error) -> CliError {
 }
 
 /// Opens a stream through the daemon.
-async fn dial(cli: &Cli, target: &str, port: u16, timeout: Duration) -> Result<(UnixStream, StreamData), CliError> {
+async fn dial(
+    cli: &Cli,
+    target: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(UnixStream, StreamData), CliError> {
     let mut client = Client::connect(&socket_path(cli)).await?;
     let req = Request::Dial {
         target: target.to_string(),
         port,
         timeout_ms: timeout.as_millis() as u64,
     };
-    let v = client.request(&req, timeout + Duration::from_secs(15)).await?;
+    let v = client
+        .request(&req, timeout + Duration::from_secs(15))
+        .await?;
     let info: StreamData = serde_json::from_value(v)
         .map_err(|e| CliError::new(ErrorCode::Internal, format!("unexpected dial reply: {e}")))?;
     Ok((client.into_stream(), info))
@@ -61,7 +70,9 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
     let mut received = Vec::new();
     let (mut sent, mut got) = (0u64, 0u64);
     if let Some(m) = &a.message {
-        wr.write_all(m.as_bytes()).await.map_err(|e| io_err("stream", e))?;
+        wr.write_all(m.as_bytes())
+            .await
+            .map_err(|e| io_err("stream", e))?;
         sent = m.len() as u64;
         input_done = true;
     }
@@ -126,12 +137,20 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
     loop {
         let ev: ListenEvent = match read_message(&mut events).await {
             Ok(Some(ev)) => ev,
-            Ok(None) => return Err(CliError::new(ErrorCode::Internal, "the daemon closed the listener")),
+            Ok(None) => {
+                return Err(CliError::new(
+                    ErrorCode::Internal,
+                    "the daemon closed the listener",
+                ))
+            }
             Err(e) => return Err(CliError::new(ErrorCode::Internal, e.to_string())),
         };
         let ListenEvent::Accept { conn_id, remote } = ev;
         let mut c = Client::connect(&sock).await?;
-        if let Err(e) = c.request(&Request::Attach { conn_id }, Duration::from_secs(15)).await {
+        if let Err(e) = c
+            .request(&Request::Attach { conn_id }, Duration::from_secs(15))
+            .await
+        {
             if !cli.json {
                 eprintln!("stream from {remote} lost: {e}");
             }
@@ -152,7 +171,10 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
             if cli.json {
                 text.extend_from_slice(&buf[..n]);
             } else {
-                stdout.write_all(&buf[..n]).await.map_err(|e| io_err("stdout", e))?;
+                stdout
+                    .write_all(&buf[..n])
+                    .await
+                    .map_err(|e| io_err("stdout", e))?;
             }
         }
         stdout.flush().await.map_err(|e| io_err("stdout", e))?;
@@ -186,7 +208,11 @@ pub(super) async fn send(cli: &Cli, a: &SendArgs) -> Result<(), CliError> {
     )
     .await?;
     print_ok(cli.json, &v, || {
-        format!("sent {} bytes to {}", v["bytes"], v["to"].as_str().unwrap_or_default())
+        format!(
+            "sent {} bytes to {}",
+            v["bytes"],
+            v["to"].as_str().unwrap_or_default()
+        )
     });
     Ok(())
 }
@@ -196,7 +222,10 @@ pub(super) async fn recv(cli: &Cli, a: &RecvArgs) -> Result<(), CliError> {
     let idle = a.timeout.as_deref().map(parse_duration).transpose()?;
     let mut client = Client::connect(&socket_path(cli)).await?;
     client
-        .request(&Request::RecvDatagrams { port: a.port }, Duration::from_secs(15))
+        .request(
+            &Request::RecvDatagrams { port: a.port },
+            Duration::from_secs(15),
+        )
         .await?;
     let mut s = client.into_stream();
     if !cli.json {
@@ -219,11 +248,18 @@ pub(super) async fn recv(cli: &Cli, a: &RecvArgs) -> Result<(), CliError> {
         };
         let d = match d {
             Ok(Some(d)) => d,
-            Ok(None) => return Err(CliError::new(ErrorCode::Internal, "the daemon closed the receiver")),
+            Ok(None) => {
+                return Err(CliError::new(
+                    ErrorCode::Internal,
+                    "the daemon closed the receiver",
+                ))
+            }
             Err(e) => return Err(CliError::new(ErrorCode::Internal, e.to_string())),
         };
         n += 1;
-        print_ok(cli.json, &d, || format!("from {} ({} bytes): {}", d.from, d.bytes, d.data));
+        print_ok(cli.json, &d, || {
+            format!("from {} ({} bytes): {}", d.from, d.bytes, d.data)
+        });
     }
     Ok(())
 }
@@ -258,7 +294,10 @@ impl EchoStream {
             }
         };
         if back != msg {
-            return Err(CliError::new(ErrorCode::Internal, "the echo differs from what was sent"));
+            return Err(CliError::new(
+                ErrorCode::Internal,
+                "the echo differs from what was sent",
+            ));
         }
         Ok(PingData {
             address: self.address.clone(),
@@ -297,7 +336,10 @@ fn fill(buf: &mut [u8], state: &mut u64) {
 pub(super) async fn bench(cli: &Cli, a: &BenchArgs) -> Result<(), CliError> {
     check_target(&a.target)?;
     if a.size_mb == 0 || a.size_mb > 1 << 20 {
-        return Err(CliError::new(ErrorCode::InvalidArgument, "size_mb must be between 1 and 1048576"));
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "size_mb must be between 1 and 1048576",
+        ));
     }
     let timeout = parse_duration(&a.timeout)?;
     let total = a.size_mb << 20;
@@ -359,7 +401,10 @@ pub(super) async fn bench(cli: &Cli, a: &BenchArgs) -> Result<(), CliError> {
     let got_hash = r.map_err(|e| io_err("bench stream", e))?;
     let secs = start.elapsed().as_secs_f64();
     if sent_hash != got_hash {
-        return Err(CliError::new(ErrorCode::Internal, "the echoed bytes differ from the sent bytes"));
+        return Err(CliError::new(
+            ErrorCode::Internal,
+            "the echoed bytes differ from the sent bytes",
+        ));
     }
     let mbps = total as f64 / secs / 1e6;
     let data = serde_json::json!({
@@ -409,7 +454,10 @@ pub(super) async fn connections(cli: &Cli) -> Result<(), CliError> {
                 ]
             })
             .collect();
-        table(&["ID", "LOCAL", "REMOTE", "STATE", "PATH", "IN", "OUT"], &rows)
+        table(
+            &["ID", "LOCAL", "REMOTE", "STATE", "PATH", "IN", "OUT"],
+            &rows,
+        )
     });
     Ok(())
 }
@@ -418,7 +466,12 @@ pub(super) async fn connections(cli: &Cli) -> Result<(), CliError> {
 pub(super) async fn disconnect(cli: &Cli, id: u64, force: bool) -> Result<(), CliError> {
     let d: StreamData = call(cli, &Request::Disconnect { conn_id: id, force }).await?;
     print_ok(cli.json, &d, || {
-        format!("{} stream {} to {}", if force { "reset" } else { "closing" }, d.conn_id, d.remote)
+        format!(
+            "{} stream {} to {}",
+            if force { "reset" } else { "closing" },
+            d.conn_id,
+            d.remote
+        )
     });
     Ok(())
 }

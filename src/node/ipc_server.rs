@@ -97,7 +97,11 @@ async fn client(
         };
         // Requests that take over the connection.
         match req {
-            Request::Dial { target, port, timeout_ms } => {
+            Request::Dial {
+                target,
+                port,
+                timeout_ms,
+            } => {
                 let addr = match resolve_target(&shared, &target).await {
                     Ok(a) => a,
                     Err(r) => {
@@ -107,12 +111,24 @@ async fn client(
                 };
                 let timeout = Duration::from_millis(timeout_ms.clamp(100, 600_000));
                 let (link, end) = app_pair();
-                let resp = ask(&cmds, |reply| Cmd::Dial { addr, port, timeout, link, reply }).await;
+                let resp = ask(&cmds, |reply| Cmd::Dial {
+                    addr,
+                    port,
+                    timeout,
+                    link,
+                    reply,
+                })
+                .await;
                 return take_stream(stream, resp, end, cmds).await;
             }
             Request::Attach { conn_id } => {
                 let (link, end) = app_pair();
-                let resp = ask(&cmds, |reply| Cmd::Attach { conn_id, link, reply }).await;
+                let resp = ask(&cmds, |reply| Cmd::Attach {
+                    conn_id,
+                    link,
+                    reply,
+                })
+                .await;
                 return take_stream(stream, resp, end, cmds).await;
             }
             Request::Listen { port } => return listen(stream, port, cmds).await,
@@ -151,7 +167,11 @@ async fn take_stream(mut stream: UnixStream, resp: Response, end: AppEnd, cmds: 
 /// Moves bytes between an application's socket and the event loop.
 async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>) {
     let (mut rd, mut wr) = stream.into_split();
-    let AppEnd { mut rx, blocked, credits } = end;
+    let AppEnd {
+        mut rx,
+        blocked,
+        credits,
+    } = end;
     let reader = async {
         let mut buf = vec![0u8; APP_CHUNK];
         loop {
@@ -166,7 +186,11 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
                 Ok(p) => p.forget(),
                 Err(_) => return, // the stream is gone
             }
-            if cmds.send(Cmd::AppData(id, buf[..n].to_vec())).await.is_err() {
+            if cmds
+                .send(Cmd::AppData(id, buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -190,7 +214,12 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
 async fn listen(mut stream: UnixStream, port: u16, cmds: mpsc::Sender<Cmd>) {
     // Spec §7.2 step 9: an accept queue of 64.
     let (tx, mut rx) = mpsc::channel(64);
-    let resp = ask(&cmds, |reply| Cmd::Listen { port, events: tx, reply }).await;
+    let resp = ask(&cmds, |reply| Cmd::Listen {
+        port,
+        events: tx,
+        reply,
+    })
+    .await;
     let ok = matches!(resp, Response::Ok { .. });
     if write_message(&mut stream, &resp).await.is_err() || !ok {
         if ok {
@@ -214,7 +243,11 @@ async fn listen(mut stream: UnixStream, port: u16, cmds: mpsc::Sender<Cmd>) {
 /// Serves a datagram receiver until it leaves.
 async fn recv_datagrams(mut stream: UnixStream, port: u16, cmds: mpsc::Sender<Cmd>) {
     let (tx, rx) = oneshot::channel();
-    if cmds.send(Cmd::RecvDatagrams { port, reply: tx }).await.is_err() {
+    if cmds
+        .send(Cmd::RecvDatagrams { port, reply: tx })
+        .await
+        .is_err()
+    {
         return;
     }
     let Ok((resp, queue)) = rx.await else { return };
@@ -297,7 +330,14 @@ async fn handle(req: Request, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Resp
             Err(e) => reg_error(e),
         },
         Request::Connections => ask(cmds, Cmd::Connections).await,
-        Request::Disconnect { conn_id, force } => ask(cmds, |reply| Cmd::Disconnect { conn_id, force, reply }).await,
+        Request::Disconnect { conn_id, force } => {
+            ask(cmds, |reply| Cmd::Disconnect {
+                conn_id,
+                force,
+                reply,
+            })
+            .await
+        }
         Request::SendDatagram { target, port, data } => {
             let addr = match resolve_target(shared, &target).await {
                 Ok(a) => a,
@@ -311,9 +351,13 @@ async fn handle(req: Request, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Resp
             })
             .await
         }
-        Request::Dial { .. } | Request::Attach { .. } | Request::Listen { .. } | Request::RecvDatagrams { .. } => {
-            Response::error(ErrorCode::Internal, "stream requests are handled before this point")
-        }
+        Request::Dial { .. }
+        | Request::Attach { .. }
+        | Request::Listen { .. }
+        | Request::RecvDatagrams { .. } => Response::error(
+            ErrorCode::Internal,
+            "stream requests are handled before this point",
+        ),
         Request::Ping {
             target,
             size,

@@ -120,7 +120,11 @@ pub fn app_pair() -> (AppLink, AppEnd) {
             blocked: blocked.clone(),
             credits: credits.clone(),
         },
-        AppEnd { rx, blocked, credits },
+        AppEnd {
+            rx,
+            blocked,
+            credits,
+        },
     )
 }
 
@@ -238,7 +242,13 @@ impl Engine {
     // ------------------------------------------------------------ wire side
 
     /// A stream segment from `sender` (already authenticated and bound).
-    pub(super) fn on_stream_segment(&mut self, sender: u32, repr: &Repr, payload: &[u8], now: Instant) {
+    pub(super) fn on_stream_segment(
+        &mut self,
+        sender: u32,
+        repr: &Repr,
+        payload: &[u8],
+        now: Instant,
+    ) {
         let seg = Segment {
             flags: repr.flags,
             seq: repr.seq,
@@ -291,7 +301,9 @@ impl Engine {
         if !self.streams.global_bucket.take(adm.syn_rate, now) {
             return;
         }
-        if !self.streams.source_buckets.contains_key(&sender) && self.streams.source_buckets.len() >= MAX_TRACKED_SOURCES {
+        if !self.streams.source_buckets.contains_key(&sender)
+            && self.streams.source_buckets.len() >= MAX_TRACKED_SOURCES
+        {
             self.streams
                 .source_buckets
                 .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(10));
@@ -316,7 +328,9 @@ impl Engine {
         let app = if echo {
             App::Echo
         } else {
-            let Some(l) = self.streams.listeners.get_mut(&port) else { return };
+            let Some(l) = self.streams.listeners.get_mut(&port) else {
+                return;
+            };
             let ev = ListenEvent::Accept {
                 conn_id: id,
                 remote: SockAddr::new(repr.src, repr.src_port).to_string(),
@@ -355,21 +369,30 @@ impl Engine {
     }
 
     fn insert_stream(&mut self, id: u64, s: StreamConn) {
-        self.streams.by_tuple.insert((s.local_port, s.remote, s.remote_port), id);
+        self.streams
+            .by_tuple
+            .insert((s.local_port, s.remote, s.remote_port), id);
         *self.streams.ports_in_use.entry(s.local_port).or_default() += 1;
         self.streams.conns.insert(id, s);
     }
 
     fn remove_stream(&mut self, id: u64) {
-        let Some(s) = self.streams.conns.remove(&id) else { return };
-        self.streams.by_tuple.remove(&(s.local_port, s.remote, s.remote_port));
+        let Some(s) = self.streams.conns.remove(&id) else {
+            return;
+        };
+        self.streams
+            .by_tuple
+            .remove(&(s.local_port, s.remote, s.remote_port));
         if let Some(n) = self.streams.ports_in_use.get_mut(&s.local_port) {
             *n -= 1;
             if *n == 0 {
                 self.streams.ports_in_use.remove(&s.local_port);
             }
         }
-        if let Some(l) = s.listener_port.and_then(|p| self.streams.listeners.get_mut(&p)) {
+        if let Some(l) = s
+            .listener_port
+            .and_then(|p| self.streams.listeners.get_mut(&p))
+        {
             l.live = l.live.saturating_sub(1);
         }
         if let App::Attached(link) = &s.app {
@@ -384,7 +407,9 @@ impl Engine {
         let mut resend_pila = false;
         let peer;
         {
-            let Some(s) = self.streams.conns.get_mut(&id) else { return };
+            let Some(s) = self.streams.conns.get_mut(&id) else {
+                return;
+            };
             peer = s.peer;
             while let Some(ev) = s.conn.poll_event() {
                 match ev {
@@ -414,9 +439,18 @@ impl Engine {
                         if let Some((reply, _)) = s.dial.take() {
                             let to = SockAddr::new(s.remote, s.remote_port);
                             let r = match ev {
-                                Event::Refused => Response::error(ErrorCode::Refused, format!("connection refused by {to}")),
-                                Event::TimedOut => Response::error(ErrorCode::Timeout, format!("no answer from {to} (dial timeout)")),
-                                _ => Response::error(ErrorCode::Refused, format!("connection to {to} reset")),
+                                Event::Refused => Response::error(
+                                    ErrorCode::Refused,
+                                    format!("connection refused by {to}"),
+                                ),
+                                Event::TimedOut => Response::error(
+                                    ErrorCode::Timeout,
+                                    format!("no answer from {to} (dial timeout)"),
+                                ),
+                                _ => Response::error(
+                                    ErrorCode::Refused,
+                                    format!("connection to {to} reset"),
+                                ),
                             };
                             let _ = reply.send(r);
                         }
@@ -439,7 +473,9 @@ impl Engine {
         self.pump_from_app(id, now);
         self.deliver(id, now);
         self.flush_stream(id, now);
-        let Some(s) = self.streams.conns.get_mut(&id) else { return };
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
         if s.conn.state() == State::Closed {
             self.remove_stream(id);
             return;
@@ -456,7 +492,9 @@ impl Engine {
     /// Moves application bytes into the stream engine; closes once the
     /// application is done and everything was handed over.
     fn pump_from_app(&mut self, id: u64, now: Instant) {
-        let Some(s) = self.streams.conns.get_mut(&id) else { return };
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
         while let Some(front) = s.pending.front() {
             let n = s.conn.send(&front[s.pending_off..]);
             if n == 0 {
@@ -480,8 +518,12 @@ impl Engine {
 
     /// Hands in-order bytes to the application (or echoes them).
     fn deliver(&mut self, id: u64, now: Instant) {
-        let Engine { streams, app_buf, .. } = self;
-        let Some(s) = streams.conns.get_mut(&id) else { return };
+        let Engine {
+            streams, app_buf, ..
+        } = self;
+        let Some(s) = streams.conns.get_mut(&id) else {
+            return;
+        };
         match &mut s.app {
             App::Echo => {
                 loop {
@@ -528,9 +570,7 @@ impl Engine {
                     }
                 }
             }
-            App::Gone => {
-                while s.conn.recv(&mut app_buf[..APP_CHUNK]) > 0 {}
-            }
+            App::Gone => while s.conn.recv(&mut app_buf[..APP_CHUNK]) > 0 {},
             App::Pending(_) => {}
         }
     }
@@ -540,9 +580,13 @@ impl Engine {
         loop {
             let (peer, len) = {
                 let Engine { streams, sbuf, .. } = &mut *self;
-                let Some(s) = streams.conns.get_mut(&id) else { return };
+                let Some(s) = streams.conns.get_mut(&id) else {
+                    return;
+                };
                 let at = super::engine::PLAIN_AT;
-                let Some(t) = s.conn.poll_transmit(now, &mut sbuf[at + HEADER_LEN..]) else { return };
+                let Some(t) = s.conn.poll_transmit(now, &mut sbuf[at + HEADER_LEN..]) else {
+                    return;
+                };
                 let repr = Repr {
                     flags: t.flags,
                     protocol: Protocol::Stream,
@@ -571,7 +615,9 @@ impl Engine {
                 break;
             }
             self.streams.timers.pop();
-            let Some(s) = self.streams.conns.get_mut(&id) else { continue };
+            let Some(s) = self.streams.conns.get_mut(&id) else {
+                continue;
+            };
             if s.timer != Some(t) {
                 continue; // superseded
             }
@@ -589,7 +635,10 @@ impl Engine {
                 if now >= *deadline {
                     if let Some((reply, _)) = s.dial.take() {
                         let to = SockAddr::new(s.remote, s.remote_port);
-                        let _ = reply.send(Response::error(ErrorCode::Timeout, format!("no answer from {to} (dial timeout)")));
+                        let _ = reply.send(Response::error(
+                            ErrorCode::Timeout,
+                            format!("no answer from {to} (dial timeout)"),
+                        ));
                     }
                     s.conn.abort();
                     expired.push(id);
@@ -610,7 +659,15 @@ impl Engine {
     // ------------------------------------------------------ application side
 
     /// `dial`.
-    pub(super) fn dial(&mut self, addr: Addr, port: u16, timeout: Duration, link: AppLink, reply: oneshot::Sender<Response>, now: Instant) {
+    pub(super) fn dial(
+        &mut self,
+        addr: Addr,
+        port: u16,
+        timeout: Duration,
+        link: AppLink,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
         if addr.node == self.node_id || addr.node == 0 || addr.is_broadcast() {
             let _ = reply.send(Response::error(
                 ErrorCode::InvalidAddress,
@@ -631,7 +688,10 @@ impl Engine {
             }
         }
         if local_port == 0 {
-            let _ = reply.send(Response::error(ErrorCode::Refused, "no free ephemeral port"));
+            let _ = reply.send(Response::error(
+                ErrorCode::Refused,
+                "no free ephemeral port",
+            ));
             return;
         }
         let id = self.streams.next_id;
@@ -662,15 +722,25 @@ impl Engine {
     }
 
     /// `listen`.
-    pub(super) fn listen(&mut self, port: u16, events: mpsc::Sender<ListenEvent>, reply: oneshot::Sender<Response>) {
-        if port == 0 || (port == ECHO_PORT && self.streams.echo) || self.streams.listeners.contains_key(&port) {
+    pub(super) fn listen(
+        &mut self,
+        port: u16,
+        events: mpsc::Sender<ListenEvent>,
+        reply: oneshot::Sender<Response>,
+    ) {
+        if port == 0
+            || (port == ECHO_PORT && self.streams.echo)
+            || self.streams.listeners.contains_key(&port)
+        {
             let _ = reply.send(Response::error(
                 ErrorCode::InvalidArgument,
                 format!("port {port} is already in use"),
             ));
             return;
         }
-        self.streams.listeners.insert(port, Listener { events, live: 0 });
+        self.streams
+            .listeners
+            .insert(port, Listener { events, live: 0 });
         let _ = reply.send(Response::ok(&serde_json::json!({"port": port})));
     }
 
@@ -693,13 +763,25 @@ impl Engine {
     }
 
     /// `attach`.
-    pub(super) fn attach(&mut self, id: u64, link: AppLink, reply: oneshot::Sender<Response>, now: Instant) {
+    pub(super) fn attach(
+        &mut self,
+        id: u64,
+        link: AppLink,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
         let Some(s) = self.streams.conns.get_mut(&id) else {
-            let _ = reply.send(Response::error(ErrorCode::InvalidArgument, format!("no stream {id}")));
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidArgument,
+                format!("no stream {id}"),
+            ));
             return;
         };
         if !matches!(s.app, App::Pending(_)) {
-            let _ = reply.send(Response::error(ErrorCode::InvalidArgument, format!("stream {id} is already taken")));
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidArgument,
+                format!("stream {id} is already taken"),
+            ));
             return;
         }
         s.app = App::Attached(link);
@@ -709,7 +791,9 @@ impl Engine {
 
     /// Bytes from the application.
     pub(super) fn app_data(&mut self, id: u64, data: Vec<u8>, now: Instant) {
-        let Some(s) = self.streams.conns.get_mut(&id) else { return };
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
         if s.app_eof || s.close_requested {
             return;
         }
@@ -719,14 +803,18 @@ impl Engine {
 
     /// The application closed its sending side.
     pub(super) fn app_eof(&mut self, id: u64, now: Instant) {
-        let Some(s) = self.streams.conns.get_mut(&id) else { return };
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
         s.app_eof = true;
         self.after_io(id, now);
     }
 
     /// The application went away entirely.
     pub(super) fn app_gone(&mut self, id: u64, now: Instant) {
-        let Some(s) = self.streams.conns.get_mut(&id) else { return };
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
         s.app_eof = true;
         if let App::Attached(link) = &s.app {
             link.credits.close();
@@ -772,7 +860,11 @@ impl Engine {
             local: SockAddr::new(s.local, s.local_port).to_string(),
             remote: SockAddr::new(s.remote, s.remote_port).to_string(),
             state: state_name(s.conn.state()).into(),
-            path: self.peers.get(&s.peer).map_or("direct", |p| p.path_name()).into(),
+            path: self
+                .peers
+                .get(&s.peer)
+                .map_or("direct", |p| p.path_name())
+                .into(),
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
         }
@@ -795,15 +887,30 @@ impl Engine {
     // -------------------------------------------------------------- datagrams
 
     /// `send` (spec §8.1).
-    pub(super) fn send_datagram(&mut self, addr: Addr, port: u16, data: &[u8], now: Instant) -> Response {
+    pub(super) fn send_datagram(
+        &mut self,
+        addr: Addr,
+        port: u16,
+        data: &[u8],
+        now: Instant,
+    ) -> Response {
         if data.is_empty() {
-            return Response::error(ErrorCode::InvalidArgument, "empty datagrams are dropped by receivers; send at least one byte");
+            return Response::error(
+                ErrorCode::InvalidArgument,
+                "empty datagrams are dropped by receivers; send at least one byte",
+            );
         }
         if data.len() > 65_000 {
-            return Response::error(ErrorCode::InvalidArgument, "datagram larger than 65000 bytes");
+            return Response::error(
+                ErrorCode::InvalidArgument,
+                "datagram larger than 65000 bytes",
+            );
         }
         if addr.node == self.node_id || addr.node == 0 || addr.is_broadcast() {
-            return Response::error(ErrorCode::InvalidAddress, format!("cannot send to {addr}: not a remote node"));
+            return Response::error(
+                ErrorCode::InvalidAddress,
+                format!("cannot send to {addr}: not a remote node"),
+            );
         }
         let src_port = self.alloc_port();
         let repr = Repr {
@@ -819,7 +926,9 @@ impl Engine {
             payload_len: data.len(),
         };
         self.send_packet(addr.node, &repr, data, now);
-        Response::ok(&serde_json::json!({"to": SockAddr::new(addr, port).to_string(), "bytes": data.len()}))
+        Response::ok(
+            &serde_json::json!({"to": SockAddr::new(addr, port).to_string(), "bytes": data.len()}),
+        )
     }
 
     /// A datagram from `sender`.
@@ -827,7 +936,9 @@ impl Engine {
         if payload.is_empty() || !self.admits(sender) {
             return;
         }
-        let Some(tx) = self.streams.dgram_listeners.get(&repr.dst_port) else { return };
+        let Some(tx) = self.streams.dgram_listeners.get(&repr.dst_port) else {
+            return;
+        };
         let msg = DatagramData {
             from: SockAddr::new(repr.src, repr.src_port).to_string(),
             port: repr.dst_port,
@@ -840,9 +951,21 @@ impl Engine {
     }
 
     /// `recv`: register a datagram receiver.
-    pub(super) fn recv_datagrams(&mut self, port: u16, reply: oneshot::Sender<Response>) -> Option<mpsc::Receiver<DatagramData>> {
-        if self.streams.dgram_listeners.get(&port).is_some_and(|t| !t.is_closed()) {
-            let _ = reply.send(Response::error(ErrorCode::InvalidArgument, format!("port {port} already has a datagram receiver")));
+    pub(super) fn recv_datagrams(
+        &mut self,
+        port: u16,
+        reply: oneshot::Sender<Response>,
+    ) -> Option<mpsc::Receiver<DatagramData>> {
+        if self
+            .streams
+            .dgram_listeners
+            .get(&port)
+            .is_some_and(|t| !t.is_closed())
+        {
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidArgument,
+                format!("port {port} already has a datagram receiver"),
+            ));
             return None;
         }
         let (tx, rx) = mpsc::channel(DGRAM_QUEUE);

@@ -362,8 +362,7 @@ impl Connection {
         let before = self.rcv.window();
         let n = self.rcv.read(buf);
         self.readable_signalled = false;
-        if n > 0 && matches!(self.state, State::Established | State::FinWait) && !self.peer_closed
-        {
+        if n > 0 && matches!(self.state, State::Established | State::FinWait) && !self.peer_closed {
             // Window update when the window opens substantially from small.
             let after = self.rcv.window();
             let full = self.cfg.recv_window_segments.max(1);
@@ -944,10 +943,7 @@ impl Connection {
     }
 
     fn snd_nxt_wire(&self) -> u32 {
-        to_wire(
-            self.snd_base,
-            self.snd_nxt + self.fin_off.is_some() as u64,
-        )
+        to_wire(self.snd_base, self.snd_nxt + self.fin_off.is_some() as u64)
     }
 
     fn control(&self, flags: Flags, seq: u32, ack: u32, window: u16) -> Transmit {
@@ -1004,12 +1000,7 @@ impl Connection {
         }
         if self.probe_pending {
             self.probe_pending = false;
-            return Some(self.control(
-                Flags::ACK,
-                self.snd_nxt_wire(),
-                self.rcv_nxt_wire(),
-                0,
-            ));
+            return Some(self.control(Flags::ACK, self.snd_nxt_wire(), self.rcv_nxt_wire(), 0));
         }
         // An ACK that must carry SACK goes before data (data cannot carry it).
         if self.ack_now && self.rcv.has_ooo() {

@@ -17,12 +17,20 @@ pub const RENDEZVOUS: &str = env!("CARGO_BIN_EXE_pilot-rendezvous");
 
 /// A loopback port that was free a moment ago.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A loopback UDP port that was free a moment ago.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` every 50 ms until it returns true or `limit` passes.
@@ -69,7 +77,12 @@ impl Rendezvous {
             .open(self.dir.path().join("rendezvous.log"))
             .unwrap();
         let child = Command::new(RENDEZVOUS)
-            .args(["--registry-addr", &self.registry, "--beacon-addr", &self.beacon])
+            .args([
+                "--registry-addr",
+                &self.registry,
+                "--beacon-addr",
+                &self.beacon,
+            ])
             .arg("--store")
             .arg(self.store())
             .stdin(Stdio::null())
@@ -80,7 +93,8 @@ impl Rendezvous {
         self.child = Some(child);
         let addr = self.registry.clone();
         assert!(
-            wait_until(Duration::from_secs(10), || TcpStream::connect(&addr).is_ok()),
+            wait_until(Duration::from_secs(10), || TcpStream::connect(&addr)
+                .is_ok()),
             "rendezvous did not start; log:\n{}",
             self.log()
         );
@@ -121,8 +135,16 @@ pub struct Out {
 impl Out {
     /// The JSON document printed (stdout on success, stderr on error).
     pub fn json(&self) -> Value {
-        let text = if self.code == 0 { &self.stdout } else { &self.stderr };
-        let last = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or("");
+        let text = if self.code == 0 {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("");
         serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
 
@@ -211,7 +233,10 @@ impl Node {
     }
 
     pub fn address(&self) -> String {
-        self.json(&["info"])["address"].as_str().unwrap().to_string()
+        self.json(&["info"])["address"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub fn pid(&self) -> Option<i32> {
@@ -226,7 +251,9 @@ impl Node {
     pub fn kill9(&self) {
         if let Some(pid) = self.pid() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            wait_until(Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid));
+            wait_until(Duration::from_secs(5), || {
+                !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid)
+            });
         }
     }
 
@@ -237,7 +264,10 @@ impl Node {
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
