@@ -143,5 +143,42 @@ fn crypto_aead_backends(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, crypto_pils, crypto_aead_backends);
+/// Header parse + CRC check (spec §2.4) and emit, for a full 1,373-byte
+/// segment and an empty ACK.
+fn wire_header(c: &mut Criterion) {
+    use pilot::wire::address::Addr;
+    use pilot::wire::header::{emit_packet, parse_packet, Flags, Protocol, Repr};
+    let mut g = c.benchmark_group("header");
+    for payload_len in [0usize, 1373] {
+        let payload = vec![0xA5u8; payload_len];
+        let repr = Repr {
+            flags: Flags::ACK,
+            protocol: Protocol::Stream,
+            src: Addr::new(0, 42),
+            dst: Addr::new(0, 1000),
+            src_port: 49152,
+            dst_port: 1000,
+            seq: 1,
+            ack: 1,
+            window: 512,
+            payload_len,
+        };
+        let mut buf = vec![0u8; 34 + payload_len];
+        emit_packet(&repr, &payload, &mut buf).unwrap();
+        g.throughput(Throughput::Bytes(buf.len() as u64));
+        g.bench_function(format!("parse+crc/{payload_len}"), |b| {
+            b.iter(|| {
+                let (r, p) = parse_packet(std::hint::black_box(&buf)).unwrap();
+                std::hint::black_box((r.seq, p.len()))
+            })
+        });
+        let mut out = vec![0u8; buf.len()];
+        g.bench_function(format!("emit+crc/{payload_len}"), |b| {
+            b.iter(|| emit_packet(std::hint::black_box(&repr), &payload, &mut out).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, crypto_pils, crypto_aead_backends, wire_header);
 criterion_main!(benches);
