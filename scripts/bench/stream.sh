@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Stream benchmarks in one sitting on one machine (BENCHMARKS.md -> Streams):
+#   1. SIZE_MB (default 1 GiB) through one overlay stream between two daemons
+#      on loopback (pilotctl listen / pilotctl connect, release build),
+#   2. iperf3 over loopback with the same amount of data,
+#   3. overlay control-ping RTT vs raw UDP echo RTT (p50, p99),
+#   4. daemon RSS idle and with STREAMS (default 10,000) open streams.
+# Prints a table; the goals are in BENCHMARKS.md. Loopback only.
+#
+# Usage: scripts/bench/stream.sh            (env: SIZE_MB, STREAMS, PINGS)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SIZE_MB=${SIZE_MB:-1024}
+STREAMS=${STREAMS:-10000}
+PINGS=${PINGS:-1000}
+
+for tool in iperf3 python3; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is needed (apt-get install $tool)" >&2; exit 1; }
+done
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+echo "== building (release)"
+cargo build --release --quiet --bins --example udp_rtt --example hold_streams
+BIN=target/release
+EX=target/release/examples
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for n in a b; do
+    HOME="$work/$n" "$BIN/pilotctl" --socket "$work/$n.sock" daemon stop >/dev/null 2>&1 || true
+  done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+ctl() { local n=$1; shift; HOME="$work/$n" "$BIN/pilotctl" --socket "$work/$n.sock" "$@"; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+now() { date +%s.%N; }
+
+REG=127.0.0.1:$(free_port)
+BEA=127.0.0.1:$(free_port)
+"$BIN/pilot-rendezvous" --registry-addr "$REG" --beacon-addr "$BEA" --memory >"$work/rdv.log" 2>&1 &
+pids+=($!)
+sleep 0.3
+for n in a b; do
+  mkdir -p "$work/$n"
+  ctl "$n" daemon start --registry "$REG" --beacon "$BEA" --public \
+    --daemon-arg=--syn-rate-limit=1000000 --daemon-arg=--syn-rate-per-source=1000000 \
+    --daemon-arg=--max-conns-per-port=1000000 --daemon-arg=--log-level=warn >/dev/null
+done
+B_ADDR=$(ctl b --json info | json 'd["data"]["address"]')
+A_PID=$(ctl a --json info | json 'd["data"]["pid"]')
+B_PID=$(ctl b --json info | json 'd["data"]["pid"]')
+ctl a ping "$B_ADDR" --control --count 1 >/dev/null
+sleep 0.5
+IDLE_A=$(rss_kib "$A_PID")
+IDLE_B=$(rss_kib "$B_PID")
+
+echo "== overlay: ${SIZE_MB} MiB through one stream"
+ctl b listen 1000 >/dev/null 2>"$work/listen.err" &
+lp=$!
+for _ in $(seq 50); do grep -q listening "$work/listen.err" 2>/dev/null && break; sleep 0.1; done
+t0=$(now)
+head -c "${SIZE_MB}M" /dev/zero | ctl a connect "$B_ADDR" 1000 --linger 100ms >/dev/null
+wait "$lp"
+t1=$(now)
+OVERLAY=$(python3 -c "print(round($SIZE_MB*1048576/($t1-$t0)/1e6, 1))")
+grep -q "after $((SIZE_MB * 1048576)) bytes" "$work/listen.err" || { echo "error: listener did not get every byte:"; cat "$work/listen.err"; exit 1; }
+
+echo "== iperf3 over loopback: ${SIZE_MB} MiB"
+IP=$(free_port)
+iperf3 -s -1 -p "$IP" >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.5
+IPERF=$(iperf3 -c 127.0.0.1 -p "$IP" -n "${SIZE_MB}M" -J | json 'round(d["end"]["sum_received"]["bits_per_second"]/8/1e6, 1)')
+
+echo "== RTT: overlay control ping vs raw UDP echo ($PINGS each)"
+ctl a --json ping "$B_ADDR" --control --count "$PINGS" --interval 1ms >"$work/ping.json"
+read -r OV50 OV99 < <(json 'sorted(r["rtt_us"] for r in d["data"]["replies"])' <"$work/ping.json" |
+  python3 -c "import sys,ast; v=ast.literal_eval(sys.stdin.read()); print(v[len(v)//2], v[int((len(v)-1)*0.99)])")
+ctl a --json ping "$B_ADDR" --count 200 --interval 1ms >"$work/echo.json"
+read -r EC50 EC99 < <(json 'sorted(r["rtt_us"] for r in d["data"]["replies"])' <"$work/echo.json" |
+  python3 -c "import sys,ast; v=ast.literal_eval(sys.stdin.read()); print(v[len(v)//2], v[int((len(v)-1)*0.99)])")
+read -r RAW50 RAW99 < <("$EX/udp_rtt" "$PINGS" | json 'd["p50_us"], d["p99_us"]' | tr -d '(),')
+
+echo "== memory: $STREAMS open streams"
+mkfifo "$work/hold.in"
+"$EX/hold_streams" "$work/a.sock" "$B_ADDR" "$STREAMS" <"$work/hold.in" >"$work/hold.out" 2>&1 &
+hp=$!
+exec 9>"$work/hold.in"
+for _ in $(seq 1200); do grep -q '^ready' "$work/hold.out" && break; sleep 0.1; done
+HELD=$(awk '/^ready/ {print $2}' "$work/hold.out")
+FULL_A=$(rss_kib "$A_PID")
+FULL_B=$(rss_kib "$B_PID")
+exec 9>&-
+wait "$hp" || true
+
+python3 - "$OVERLAY" "$IPERF" "$OV50" "$OV99" "$RAW50" "$RAW99" "$EC50" "$EC99" "$IDLE_A" "$IDLE_B" "$FULL_A" "$FULL_B" "${HELD:-0}" "$SIZE_MB" <<'PY'
+import sys
+ov, ip, o50, o99, r50, r99, e50, e99, ia, ib, fa, fb, held, size = sys.argv[1:]
+ov, ip, o50, o99, r50, r99, e50, e99 = map(float, (ov, ip, o50, o99, r50, r99, e50, e99))
+ia, ib, fa, fb, held = map(int, (ia, ib, fa, fb, held))
+pct = 100 * ov / ip
+per = lambda full, idle: (full - idle) / max(held, 1)
+print()
+print(f"| measure | value | goal |")
+print(f"|---|---|---|")
+print(f"| overlay stream, {size} MiB one way | {ov:.1f} MB/s | >= 25% of iperf3 |")
+print(f"| iperf3 loopback, same size | {ip:.1f} MB/s | |")
+print(f"| overlay / iperf3 | {pct:.1f}% | {'met' if pct >= 25 else 'MISSED'} |")
+print(f"| overlay control ping p50 / p99 | {o50:.0f} / {o99:.0f} us | p50 <= raw p50 + 50 us: {'met' if o50 <= r50 + 50 else 'MISSED'} |")
+print(f"| raw UDP echo p50 / p99 | {r50:.0f} / {r99:.0f} us | |")
+print(f"| overlay echo-port ping p50 / p99 (stream + IPC) | {e50:.0f} / {e99:.0f} us | |")
+print(f"| daemon RSS idle (a / b) | {ia/1024:.1f} / {ib/1024:.1f} MB | <= 15 MB: {'met' if max(ia, ib) <= 15*1024 else 'MISSED'} |")
+print(f"| daemon RSS with {held} streams (a / b) | {fa/1024:.1f} / {fb/1024:.1f} MB | |")
+print(f"| per stream (a: dialler + IPC / b: echo) | {per(fa, ia):.1f} / {per(fb, ib):.1f} KB | <= 300 KB |")
+PY
