@@ -244,6 +244,9 @@ struct Outcome {
     packets: u64,
 }
 
+/// Run one transfer; retry with another seed if the handshake itself timed
+/// out (7 lost SYN exchanges: ≈ 1e-3 at 20% loss each way — the daemon's
+/// caller would redial, and so does the harness).
 fn run(
     a_to_b: u64,
     b_to_a: u64,
@@ -252,21 +255,52 @@ fn run(
     seed: u64,
     max_virtual: Duration,
 ) -> Outcome {
+    for attempt in 0..5u64 {
+        let s = seed.wrapping_add(attempt.wrapping_mul(0x9e37_79b9));
+        if let Some(o) = run_once(a_to_b, b_to_a, link.clone(), cfg.clone(), s, max_virtual) {
+            return o;
+        }
+    }
+    panic!("handshake timed out five times");
+}
+
+fn run_once(
+    a_to_b: u64,
+    b_to_a: u64,
+    link: LinkCfg,
+    cfg: Config,
+    seed: u64,
+    max_virtual: Duration,
+) -> Option<Outcome> {
     let t0 = Instant::now();
     let mut now = t0;
-    let mut link_ab = Link { cfg: link.clone(), rng: Rng(seed ^ 0xa), free_at: now };
-    let mut link_ba = Link { cfg: link, rng: Rng(seed ^ 0xb), free_at: now };
+    let mut link_ab = Link {
+        cfg: link.clone(),
+        rng: Rng(seed ^ 0xa),
+        free_at: now,
+    };
+    let mut link_ba = Link {
+        cfg: link,
+        rng: Rng(seed ^ 0xb),
+        free_at: now,
+    };
     let mut heap: BinaryHeap<Reverse<Queued>> = BinaryHeap::new();
     let mut next_id = 0u64;
     let isn_a = (seed as u32).wrapping_mul(2654435761);
     let isn_b = isn_a.rotate_left(13) ^ 0x5555;
 
-    let mut a = Side::new(Connection::connect(cfg.clone(), isn_a, now), a_to_b, b_to_a, seed ^ 1);
+    let mut a = Side::new(
+        Connection::connect(cfg.clone(), isn_a, now),
+        a_to_b,
+        b_to_a,
+        seed ^ 1,
+    );
     let mut b: Option<Side> = None;
     let mut buf = vec![0u8; 65536];
     let mut rbuf = vec![0u8; 65536];
     let mut spin = 0u32;
     let mut last_now = now;
+    let trace = std::env::var_os("SIM_TRACE").is_some();
 
     loop {
         // Application work and transmissions on both sides.
@@ -278,7 +312,13 @@ fn run(
             let Some(side) = side else { continue };
             let closed_before = side.conn.state() == State::Closed;
             while let Some(t) = side.conn.poll_transmit(now, &mut buf) {
-                let Transmit { flags, seq, ack, window, payload_len } = t;
+                let Transmit {
+                    flags,
+                    seq,
+                    ack,
+                    window,
+                    payload_len,
+                } = t;
                 if closed_before && flags != Flags::RST {
                     side.sent_after_closed += 1;
                 }
@@ -287,12 +327,32 @@ fn run(
                 }
                 side.packets_sent += 1;
                 let link = if to_b { &mut link_ab } else { &mut link_ba };
-                for at in link.send(now, payload_len) {
+                let arrivals = link.send(now, payload_len);
+                if trace {
+                    eprintln!(
+                        "{:>12?} {} {:?} seq={} ack={} win={} len={} -> {}",
+                        now - t0,
+                        if to_b { "A>B" } else { "B>A" },
+                        flags,
+                        seq,
+                        ack,
+                        window,
+                        payload_len,
+                        arrivals.len()
+                    );
+                }
+                for at in arrivals {
                     heap.push(Reverse(Queued {
                         at,
                         id: next_id,
                         to_b,
-                        pkt: Pkt { flags, seq, ack, window, payload: buf[..payload_len].to_vec() },
+                        pkt: Pkt {
+                            flags,
+                            seq,
+                            ack,
+                            window,
+                            payload: buf[..payload_len].to_vec(),
+                        },
                     }));
                     next_id += 1;
                 }
@@ -300,13 +360,19 @@ fn run(
         }
         // Next event.
         let mut next = heap.peek().map(|q| q.0.at);
-        for t in [a.conn.poll_timeout(), b.as_ref().and_then(|b| b.conn.poll_timeout())]
-            .into_iter()
-            .flatten()
+        for t in [
+            a.conn.poll_timeout(),
+            b.as_ref().and_then(|b| b.conn.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
         {
             next = Some(next.map_or(t, |n: Instant| n.min(t)));
         }
         let Some(next) = next else { break };
+        if a.events.contains(&Event::TimedOut) && !a.events.contains(&Event::Connected) {
+            return None;
+        }
         now = now.max(next);
         if now == last_now {
             spin += 1;
@@ -370,7 +436,12 @@ fn run(
     b.app(now, &mut rbuf);
     for s in [&a, &b] {
         assert_eq!(s.conn.state(), State::Closed, "events {:?}", s.events);
-        assert_eq!(s.events.last(), Some(&Event::Closed), "events {:?}", s.events);
+        assert_eq!(
+            s.events.last(),
+            Some(&Event::Closed),
+            "events {:?}",
+            s.events
+        );
         assert_eq!(s.sent_after_closed, 0);
         assert!(
             s.finacks_sent <= s.bare_fins_received,
@@ -385,8 +456,16 @@ fn run(
     assert!(b.events.contains(&Event::Connected));
     assert_eq!(a.received, b_to_a);
     assert_eq!(b.received, a_to_b);
-    assert_eq!(a.sent_hash.clone().finalize(), b.recv_hash.clone().finalize(), "a->b corrupted");
-    assert_eq!(b.sent_hash.clone().finalize(), a.recv_hash.clone().finalize(), "b->a corrupted");
+    assert_eq!(
+        a.sent_hash.clone().finalize(),
+        b.recv_hash.clone().finalize(),
+        "a->b corrupted"
+    );
+    assert_eq!(
+        b.sent_hash.clone().finalize(),
+        a.recv_hash.clone().finalize(),
+        "b->a corrupted"
+    );
     eprintln!(
         "{} / {} bytes: {:?} virtual, {} + {} packets",
         a_to_b,
@@ -395,7 +474,10 @@ fn run(
         a.packets_sent,
         b.packets_sent
     );
-    Outcome { virtual_time: now - t0, packets: a.packets_sent + b.packets_sent }
+    Some(Outcome {
+        virtual_time: now - t0,
+        packets: a.packets_sent + b.packets_sent,
+    })
 }
 
 const MIB: u64 = 1 << 20;
@@ -416,21 +498,62 @@ fn lossy(loss: f64) -> LinkCfg {
 /// duplicating, bandwidth-capped link.
 #[test]
 fn bulk_64mib_each_way_with_loss() {
-    let o = run(64 * MIB, 64 * MIB, lossy(0.01), Config::default(), 1, Duration::from_secs(3600));
-    eprintln!("64 MiB each way, 1% loss: {:?} virtual, {} packets", o.virtual_time, o.packets);
+    let o = run(
+        64 * MIB,
+        64 * MIB,
+        lossy(0.01),
+        Config::default(),
+        1,
+        Duration::from_secs(3600),
+    );
+    eprintln!(
+        "64 MiB each way, 1% loss: {:?} virtual, {} packets",
+        o.virtual_time, o.packets
+    );
 }
 
 #[test]
 fn clean_link_small_and_empty() {
-    run(0, 0, LinkCfg::clean(), Config::default(), 2, Duration::from_secs(60));
-    run(1, 0, LinkCfg::clean(), Config::default(), 3, Duration::from_secs(60));
-    run(100_000, 3, LinkCfg::clean(), Config::default(), 4, Duration::from_secs(60));
+    run(
+        0,
+        0,
+        LinkCfg::clean(),
+        Config::default(),
+        2,
+        Duration::from_secs(60),
+    );
+    run(
+        1,
+        0,
+        LinkCfg::clean(),
+        Config::default(),
+        3,
+        Duration::from_secs(60),
+    );
+    run(
+        100_000,
+        3,
+        LinkCfg::clean(),
+        Config::default(),
+        4,
+        Duration::from_secs(60),
+    );
 }
 
 #[test]
 fn heavy_loss_20_percent() {
-    let cfg = Config { max_transmissions: 16, ..Config::default() };
-    run(2 * MIB, 2 * MIB, lossy(0.20), cfg, 5, Duration::from_secs(3600));
+    let cfg = Config {
+        max_transmissions: 16,
+        ..Config::default()
+    };
+    run(
+        2 * MIB,
+        2 * MIB,
+        lossy(0.20),
+        cfg,
+        5,
+        Duration::from_secs(3600),
+    );
 }
 
 #[test]
@@ -442,13 +565,31 @@ fn heavy_reordering_and_duplication() {
         reorder_delay: Duration::from_millis(20),
         ..lossy(0.0)
     };
-    run(8 * MIB, 8 * MIB, link, Config::default(), 6, Duration::from_secs(3600));
+    run(
+        8 * MIB,
+        8 * MIB,
+        link,
+        Config::default(),
+        6,
+        Duration::from_secs(3600),
+    );
 }
 
 #[test]
 fn compact_config_narrow_link() {
-    let link = LinkCfg { bandwidth: 2_000_000, delay: Duration::from_millis(40), ..lossy(0.02) };
-    run(2 * MIB, MIB, link, Config::compact(), 7, Duration::from_secs(3600));
+    let link = LinkCfg {
+        bandwidth: 2_000_000,
+        delay: Duration::from_millis(40),
+        ..lossy(0.02)
+    };
+    run(
+        2 * MIB,
+        MIB,
+        link,
+        Config::compact(),
+        7,
+        Duration::from_secs(3600),
+    );
 }
 
 #[test]
@@ -460,14 +601,31 @@ fn tiny_window_and_buffers() {
         mss: 1000,
         ..Config::default()
     };
-    run(300_000, 200_000, lossy(0.05), cfg, 8, Duration::from_secs(3600));
+    run(
+        300_000,
+        200_000,
+        lossy(0.05),
+        cfg,
+        8,
+        Duration::from_secs(3600),
+    );
 }
 
 #[test]
 #[ignore = "64 MiB each way at 20% loss: minutes in the dev profile"]
 fn bulk_64mib_each_way_20_percent_loss() {
-    let cfg = Config { max_transmissions: 16, ..Config::default() };
-    run(64 * MIB, 64 * MIB, lossy(0.20), cfg, 9, Duration::from_secs(100_000));
+    let cfg = Config {
+        max_transmissions: 16,
+        ..Config::default()
+    };
+    run(
+        64 * MIB,
+        64 * MIB,
+        lossy(0.20),
+        cfg,
+        9,
+        Duration::from_secs(100_000),
+    );
 }
 
 /// Engine throughput: two engines on one thread, near-ideal link. Reports
@@ -489,7 +647,14 @@ fn throughput_report() {
     ] {
         let size = 256 * MIB;
         let t = std::time::Instant::now();
-        let o = run(size, size, link, Config::default(), 10, Duration::from_secs(100_000));
+        let o = run(
+            size,
+            size,
+            link,
+            Config::default(),
+            10,
+            Duration::from_secs(100_000),
+        );
         let wall = t.elapsed().as_secs_f64();
         eprintln!(
             "{name}: {} MiB each way; wall {:.2} s = {:.0} MB/s of payload processed (both directions); virtual {:.2} s = {:.0} MB/s per direction; {} packets",
@@ -504,7 +669,14 @@ fn throughput_report() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    // Fixed seed: the default run is deterministic; raise PROPTEST_CASES to
+    // explore more.
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5717_ea11),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn random_links_deliver_exactly(
         seed in any::<u64>(),

@@ -147,6 +147,7 @@ pub struct Connection {
     // --- close ---
     close_requested: bool,
     linger_deadline: Option<Instant>,
+    close_started: Instant,
     fin_off: Option<u64>,
     fin_pending: bool,
     fin_deadline: Option<Instant>,
@@ -220,6 +221,7 @@ impl Connection {
             synack_pending: false,
             close_requested: false,
             linger_deadline: None,
+            close_started: now,
             fin_off: None,
             fin_pending: false,
             fin_deadline: None,
@@ -338,6 +340,10 @@ impl Connection {
         self.rtt.rto()
     }
 
+    fn all_data_acked(&self) -> bool {
+        self.snd_una == self.sbuf_off + self.sbuf.len() as u64 && self.snd_una == self.snd_nxt
+    }
+
     fn can_send_app(&self) -> bool {
         matches!(self.state, State::SynSent | State::Established)
             && !self.close_requested
@@ -362,8 +368,7 @@ impl Connection {
         let before = self.rcv.window();
         let n = self.rcv.read(buf);
         self.readable_signalled = false;
-        if n > 0 && matches!(self.state, State::Established | State::FinWait) && !self.peer_closed
-        {
+        if n > 0 && matches!(self.state, State::Established | State::FinWait) && !self.peer_closed {
             // Window update when the window opens substantially from small.
             let after = self.rcv.window();
             let full = self.cfg.recv_window_segments.max(1);
@@ -383,6 +388,7 @@ impl Connection {
             State::Established => {
                 self.close_requested = true;
                 self.state = State::FinWait;
+                self.close_started = now;
                 self.linger_deadline = Some(now + self.cfg.close_linger);
             }
             _ => {}
@@ -458,6 +464,10 @@ impl Connection {
             let ev = match self.state {
                 State::SynSent => Event::Refused,
                 State::TimeWait => Event::Closed,
+                // Our FIN is out and all data was acknowledged: the peer has
+                // already dropped the connection (RST for an unknown
+                // connection); nothing was lost.
+                State::FinWait if self.fin_off.is_some() && self.all_data_acked() => Event::Closed,
                 _ => Event::Reset,
             };
             self.finish(ev);
@@ -804,6 +814,10 @@ impl Connection {
     }
 
     fn keepalive_deadline(&self) -> Option<Instant> {
+        if self.fin_off.is_some() {
+            // FIN retransmissions are the liveness check now.
+            return None;
+        }
         let idle = self.cfg.keepalive_idle?;
         if self.ka_probes == 0 {
             Some(self.last_recv.max(self.last_send_data) + idle)
@@ -845,8 +859,15 @@ impl Connection {
         }
         if due(self.fin_deadline) {
             if self.fin_tx >= self.cfg.max_transmissions {
-                self.rst_pending = true;
-                self.finish(Event::TimedOut);
+                if self.all_data_acked() {
+                    // Every byte was acknowledged before the FIN; only the
+                    // close handshake is unconfirmed (the peer's FIN|ACK, or
+                    // its answers after its TIME_WAIT ended, were lost).
+                    self.finish(Event::Closed);
+                } else {
+                    self.rst_pending = true;
+                    self.finish(Event::TimedOut);
+                }
                 return;
             }
             self.rtt.back_off();
@@ -854,9 +875,23 @@ impl Connection {
             self.fin_deadline = Some(now + self.rtt.rto());
         }
         if due(self.linger_deadline) {
-            // Bounded wait over: send FIN even though data is outstanding.
-            self.linger_deadline = None;
-            self.fin_pending = self.fin_off.is_none();
+            // No progress for `close_linger`. While a retransmission is
+            // scheduled, give it one more RTO (up to `close_timeout` after
+            // close()); then send FIN even though data is outstanding.
+            let hard = self.close_started + self.cfg.close_timeout;
+            match self.rto_deadline {
+                Some(r) if now < hard => {
+                    self.linger_deadline = Some(
+                        (r + self.rtt.rto())
+                            .min(hard)
+                            .max(now + Duration::from_millis(1)),
+                    );
+                }
+                _ => {
+                    self.linger_deadline = None;
+                    self.fin_pending = self.fin_off.is_none();
+                }
+            }
         }
         if matches!(self.state, State::Established | State::FinWait) {
             if due(self.keepalive_deadline()) {
@@ -944,10 +979,7 @@ impl Connection {
     }
 
     fn snd_nxt_wire(&self) -> u32 {
-        to_wire(
-            self.snd_base,
-            self.snd_nxt + self.fin_off.is_some() as u64,
-        )
+        to_wire(self.snd_base, self.snd_nxt + self.fin_off.is_some() as u64)
     }
 
     fn control(&self, flags: Flags, seq: u32, ack: u32, window: u16) -> Transmit {
@@ -1004,12 +1036,7 @@ impl Connection {
         }
         if self.probe_pending {
             self.probe_pending = false;
-            return Some(self.control(
-                Flags::ACK,
-                self.snd_nxt_wire(),
-                self.rcv_nxt_wire(),
-                0,
-            ));
+            return Some(self.control(Flags::ACK, self.snd_nxt_wire(), self.rcv_nxt_wire(), 0));
         }
         // An ACK that must carry SACK goes before data (data cannot carry it).
         if self.ack_now && self.rcv.has_ooo() {
@@ -1025,9 +1052,7 @@ impl Connection {
                     return Some(t);
                 }
             }
-            if self.close_requested
-                && (forced_fin || (self.snd_una == self.sbuf_off + self.sbuf.len() as u64))
-            {
+            if self.close_requested && (forced_fin || self.all_data_acked()) {
                 // Everything acknowledged (or linger over): bare FIN (§7.10).
                 let fin = self.snd_nxt;
                 self.fin_off = Some(fin);

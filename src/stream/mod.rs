@@ -106,6 +106,9 @@ pub struct Config {
     /// How long `close` waits without progress for outstanding data to be
     /// acknowledged before sending FIN anyway (§7.11 item 4, §12.2).
     pub close_linger: Duration,
+    /// Hard cap on that wait, counted from `close()`, while retransmissions
+    /// are still being attempted.
+    pub close_timeout: Duration,
     /// Restart the SYN backoff at this expiry (the daemon switches to relay
     /// there, §5.5); `None` for a plain doubling timeline.
     pub syn_relay_expiry: Option<u8>,
@@ -128,6 +131,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(120)),
             time_wait: Duration::from_secs(10),
             close_linger: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(60),
             syn_relay_expiry: Some(SYN_RELAY_EXPIRY),
         }
     }

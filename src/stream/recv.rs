@@ -238,7 +238,10 @@ mod tests {
         assert_eq!(&b[..8], b"abcdefgh");
         assert_eq!(r.window(), 8);
         // Overlapping re-segmented data only adds the new part.
-        assert_eq!(r.accept(6, b"ghij"), Accepted::InOrder { filled_gap: false });
+        assert_eq!(
+            r.accept(6, b"ghij"),
+            Accepted::InOrder { filled_gap: false }
+        );
         assert_eq!(r.read(&mut b), 2);
         assert_eq!(&b[..2], b"ij");
     }
@@ -252,7 +255,10 @@ mod tests {
         }
         assert_eq!(r.accept(50, &[0; 10]), Accepted::NoRoom);
         assert_eq!(r.window(), 1);
-        assert_eq!(r.accept(0, &[0; 10]), Accepted::InOrder { filled_gap: true });
+        assert_eq!(
+            r.accept(0, &[0; 10]),
+            Accepted::InOrder { filled_gap: true }
+        );
         assert_eq!(r.rcv_nxt(), 50);
     }
 

@@ -94,12 +94,14 @@ impl RttEstimator {
 
     /// RTT variation, if a sample was taken.
     pub fn rttvar(&self) -> Option<Duration> {
-        self.has_sample.then(|| Duration::from_nanos(self.rttvar_ns))
+        self.has_sample
+            .then(|| Duration::from_nanos(self.rttvar_ns))
     }
 
     /// Smallest sample seen.
     pub fn min_rtt(&self) -> Option<Duration> {
-        self.has_sample.then(|| Duration::from_nanos(self.min_rtt_ns))
+        self.has_sample
+            .then(|| Duration::from_nanos(self.min_rtt_ns))
     }
 }
 
@@ -118,9 +120,21 @@ mod tests {
             assert_eq!(e.rto(), INITIAL_RTO);
             for step in v[key].as_array().unwrap() {
                 e.sample(Duration::from_nanos(step["sample_ns"].as_u64().unwrap()));
-                assert_eq!(e.srtt().unwrap().as_nanos() as u64, step["srtt_ns"].as_u64().unwrap(), "{key} {step}");
-                assert_eq!(e.rttvar().unwrap().as_nanos() as u64, step["rttvar_ns"].as_u64().unwrap(), "{key} {step}");
-                assert_eq!(e.rto().as_nanos() as u64, step["rto_ns"].as_u64().unwrap(), "{key} {step}");
+                assert_eq!(
+                    e.srtt().unwrap().as_nanos() as u64,
+                    step["srtt_ns"].as_u64().unwrap(),
+                    "{key} {step}"
+                );
+                assert_eq!(
+                    e.rttvar().unwrap().as_nanos() as u64,
+                    step["rttvar_ns"].as_u64().unwrap(),
+                    "{key} {step}"
+                );
+                assert_eq!(
+                    e.rto().as_nanos() as u64,
+                    step["rto_ns"].as_u64().unwrap(),
+                    "{key} {step}"
+                );
                 n += 1;
             }
         }

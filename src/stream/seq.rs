@@ -68,6 +68,9 @@ mod tests {
         assert_eq!(unwrap_near(base, 0, base.wrapping_sub(1)), None);
         assert_eq!(unwrap_near(base, 5, base), Some(0));
         let far = (1u64 << 33) + 7;
-        assert_eq!(unwrap_near(base, far, to_wire(base, far + 100)), Some(far + 100));
+        assert_eq!(
+            unwrap_near(base, far, to_wire(base, far + 100)),
+            Some(far + 100)
+        );
     }
 }

@@ -292,7 +292,11 @@ mod tests {
             let lenient = Repr::parse_lenient(&Packet::new_unchecked(&payload[..]));
             assert_eq!(lenient.is_ok(), is_sack, "{name}");
             if is_sack {
-                assert_eq!(lenient.unwrap().blocks(), &blocks_of(&case["blocks"])[..], "{name}");
+                assert_eq!(
+                    lenient.unwrap().blocks(),
+                    &blocks_of(&case["blocks"])[..],
+                    "{name}"
+                );
             }
             // Our exact rule (§12.3) agrees except where the reference reads
             // trailing bytes as part of a SACK.
@@ -322,7 +326,12 @@ mod tests {
                         .filter(|t| !t.is_empty())
                         .map(|t| t.parse().unwrap())
                         .collect();
-                    all.chunks(2).map(|c| Block { left: c[0], right: c[1] }).collect()
+                    all.chunks(2)
+                        .map(|c| Block {
+                            left: c[0],
+                            right: c[1],
+                        })
+                        .collect()
                 }
                 other => panic!("unexpected blocks {other}"),
             };
