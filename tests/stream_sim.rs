@@ -118,11 +118,11 @@ impl Link {
         if start.duration_since(now) > self.cfg.queue_limit {
             return Vec::new(); // drop-tail
         }
-        let ser = if self.cfg.bandwidth == 0 {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(((len + OVERHEAD) as u64 * 1_000_000_000) / self.cfg.bandwidth)
-        };
+        let ser = Duration::from_nanos(
+            ((len + OVERHEAD) as u64 * 1_000_000_000)
+                .checked_div(self.cfg.bandwidth)
+                .unwrap_or(0),
+        );
         self.free_at = start + ser;
         if self.rng.chance(self.cfg.loss) {
             return Vec::new();

@@ -1175,13 +1175,12 @@ impl Connection {
             && !self.segs.is_empty()
             && !self.cfg.nodelay
             && !self.close_requested
+            && !self.nagle_expired
         {
-            if !self.nagle_expired {
-                if self.nagle_deadline.is_none() {
-                    self.nagle_deadline = Some(now + NAGLE_DELAY);
-                }
-                return None;
+            if self.nagle_deadline.is_none() {
+                self.nagle_deadline = Some(now + NAGLE_DELAY);
             }
+            return None;
         }
         self.nagle_deadline = None;
         self.nagle_expired = false;
@@ -1199,5 +1198,738 @@ impl Connection {
         self.snd_nxt += len as u64;
         self.pipe += len;
         Some(self.data_segment(start, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{rst_for, Config, Event, Segment, State, Transmit};
+
+    type Out = (Transmit, Vec<u8>);
+
+    fn drain(c: &mut Connection, now: Instant) -> Vec<Out> {
+        let mut v = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Some(t) = c.poll_transmit(now, &mut buf) {
+            v.push((t, buf[..t.payload_len].to_vec()));
+            assert!(v.len() < 100_000);
+        }
+        v
+    }
+
+    fn events(c: &mut Connection) -> Vec<Event> {
+        std::iter::from_fn(|| c.poll_event()).collect()
+    }
+
+    fn seg(o: &Out) -> Segment<'_> {
+        Segment {
+            flags: o.0.flags,
+            seq: o.0.seq,
+            ack: o.0.ack,
+            window: o.0.window,
+            payload: &o.1,
+        }
+    }
+
+    fn mk(flags: Flags, seq: u32, ack: u32, window: u16, payload: &[u8]) -> Segment<'_> {
+        Segment {
+            flags,
+            seq,
+            ack,
+            window,
+            payload,
+        }
+    }
+
+    /// A connected pair (a = initiator with ISN 1000, b = responder ISN 5000).
+    fn pair(cfg: Config, now: Instant) -> (Connection, Connection) {
+        let mut a = Connection::connect(cfg.clone(), 1000, now);
+        let syn = drain(&mut a, now);
+        assert_eq!(syn.len(), 1);
+        let mut b = Connection::accept(cfg, &seg(&syn[0]), 5000, now);
+        let synack = drain(&mut b, now);
+        a.handle_segment(&seg(&synack[0]), now);
+        let ack = drain(&mut a, now);
+        for o in &ack {
+            b.handle_segment(&seg(o), now);
+        }
+        events(&mut a);
+        events(&mut b);
+        (a, b)
+    }
+
+    /// Deliver everything both ways until quiet (no loss), running timers.
+    fn pump(a: &mut Connection, b: &mut Connection, mut now: Instant, until: Instant) -> Instant {
+        loop {
+            let mut moved = false;
+            for o in drain(a, now) {
+                b.handle_segment(&seg(&o), now);
+                moved = true;
+            }
+            for o in drain(b, now) {
+                a.handle_segment(&seg(&o), now);
+                moved = true;
+            }
+            if moved {
+                continue;
+            }
+            let next = [a.poll_timeout(), b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= until => {
+                    now = now.max(t);
+                    a.handle_timeout(now);
+                    b.handle_timeout(now);
+                }
+                _ => return now,
+            }
+        }
+    }
+
+    #[test]
+    fn handshake_fields() {
+        let now = Instant::now();
+        let cfg = Config::default();
+        let mut a = Connection::connect(cfg.clone(), 1000, now);
+        assert_eq!(a.state(), State::SynSent);
+        let syn = drain(&mut a, now);
+        assert_eq!(syn.len(), 1);
+        let t = syn[0].0;
+        assert_eq!((t.flags, t.seq, t.ack), (Flags::SYN, 1000, 0));
+        assert!(t.window > 0);
+        let mut b = Connection::accept(cfg, &seg(&syn[0]), 0, now);
+        assert_eq!(b.state(), State::Established);
+        assert_eq!(events(&mut b), vec![Event::Connected]);
+        let sa = drain(&mut b, now);
+        assert_eq!(sa.len(), 1);
+        let t = sa[0].0;
+        assert_eq!((t.flags, t.seq, t.ack), (Flags::SYN | Flags::ACK, 0, 1001));
+        a.handle_segment(&seg(&sa[0]), now);
+        assert_eq!(a.state(), State::Established);
+        assert_eq!(events(&mut a), vec![Event::Connected]);
+        let ack = drain(&mut a, now);
+        assert_eq!(ack.len(), 1);
+        let t = ack[0].0;
+        assert_eq!(
+            (t.flags, t.seq, t.ack, t.payload_len),
+            (Flags::ACK, 1001, 1, 0)
+        );
+        assert!(t.window > 0);
+        // A SYN|ACK on ESTABLISHED is ignored (§12.20).
+        a.handle_segment(&seg(&sa[0]), now);
+        assert!(drain(&mut a, now).is_empty());
+        // A retransmitted SYN gets the same SYN|ACK again.
+        b.handle_segment(&seg(&syn[0]), now);
+        let again = drain(&mut b, now);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, sa[0].0);
+    }
+
+    #[test]
+    fn refused() {
+        let now = Instant::now();
+        let mut a = Connection::connect(Config::default(), 7, now);
+        let syn = drain(&mut a, now);
+        let rst = rst_for(&seg(&syn[0])).unwrap();
+        assert_eq!(
+            (rst.flags, rst.seq, rst.ack, rst.window),
+            (Flags::RST, 0, 0, 0)
+        );
+        assert!(rst_for(&mk(Flags::RST, 0, 0, 0, b"")).is_none());
+        a.handle_segment(&mk(rst.flags, 0, 0, 0, b""), now);
+        assert_eq!(a.state(), State::Closed);
+        assert_eq!(events(&mut a), vec![Event::Refused]);
+        assert!(drain(&mut a, now).is_empty());
+        assert!(a.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn syn_timeline() {
+        let t0 = Instant::now();
+        let mut a = Connection::connect(Config::default(), 0, t0);
+        assert_eq!(drain(&mut a, t0).len(), 1);
+        let mut expiries = Vec::new();
+        while let Some(t) = a.poll_timeout() {
+            a.handle_timeout(t);
+            let ev = events(&mut a);
+            let sent = drain(&mut a, t);
+            let secs = (t - t0).as_secs();
+            for e in ev {
+                match e {
+                    Event::SynRetransmit { expiry } => {
+                        assert_eq!(sent.len(), 1);
+                        assert_eq!((sent[0].0.flags, sent[0].0.seq), (Flags::SYN, 0));
+                        assert_eq!(a.syn_expiries(), expiry);
+                        expiries.push((expiry, secs));
+                    }
+                    Event::TimedOut => expiries.push((a.syn_expiries(), secs)),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(
+            expiries,
+            vec![(1, 1), (2, 3), (3, 7), (4, 9), (5, 13), (6, 21), (7, 29)]
+        );
+        assert_eq!(a.state(), State::Closed);
+    }
+
+    #[test]
+    fn data_both_ways_and_clean_close() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(Config::default(), now);
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        assert_eq!(a.send(&data), data.len());
+        assert_eq!(b.send(b"hello"), 5);
+        let now = pump(&mut a, &mut b, now, now + Duration::from_secs(1));
+        let mut got = vec![0u8; 200_000];
+        let n = b.recv(&mut got);
+        assert_eq!(&got[..n], &data[..]);
+        assert_eq!(a.recv(&mut got), 5);
+        a.close(now);
+        assert_eq!(a.state(), State::FinWait);
+        let fin = drain(&mut a, now);
+        assert_eq!(fin.len(), 1);
+        assert_eq!(fin[0].0.flags, Flags::FIN);
+        assert_eq!(fin[0].0.window, 0);
+        assert_eq!(fin[0].0.ack, 0);
+        b.handle_segment(&seg(&fin[0]), now);
+        assert_eq!(b.state(), State::TimeWait);
+        assert!(b.is_read_closed());
+        assert!(events(&mut b).contains(&Event::PeerClosed { truncated: false }));
+        let fa = drain(&mut b, now);
+        assert_eq!(fa.len(), 1);
+        assert_eq!(fa[0].0.flags, Flags::FIN | Flags::ACK);
+        assert_eq!(fa[0].0.ack, fin[0].0.seq.wrapping_add(1));
+        a.handle_segment(&seg(&fa[0]), now);
+        assert_eq!(a.state(), State::TimeWait);
+        // FIN|ACK is never answered (§12.1), not even a second copy.
+        assert!(drain(&mut a, now).is_empty());
+        a.handle_segment(&seg(&fa[0]), now);
+        assert!(drain(&mut a, now).is_empty());
+        // TIME_WAIT is capped at 10 s from entry even with FIN|ACKs arriving.
+        let later = now + Duration::from_secs(9);
+        a.handle_segment(&seg(&fa[0]), later);
+        assert_eq!(a.poll_timeout(), Some(now + Duration::from_secs(10)));
+        let end = now + Duration::from_secs(10);
+        a.handle_timeout(end);
+        b.handle_timeout(end);
+        assert_eq!(a.state(), State::Closed);
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(events(&mut a).last(), Some(&Event::Closed));
+        assert!(drain(&mut a, end).is_empty() && drain(&mut b, end).is_empty());
+    }
+
+    #[test]
+    fn bare_fin_answered_once_per_copy() {
+        let now = Instant::now();
+        let (_a, mut b) = pair(Config::default(), now);
+        let fin = mk(Flags::FIN, 1001, 0, 0, b"");
+        b.handle_segment(&fin, now);
+        let out = drain(&mut b, now);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].0.flags, out[0].0.ack),
+            (Flags::FIN | Flags::ACK, 1002)
+        );
+        // A retransmitted bare FIN (TIME_WAIT) is answered again, once.
+        b.handle_segment(&fin, now + Duration::from_millis(300));
+        let out = drain(&mut b, now + Duration::from_millis(300));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0.flags, Flags::FIN | Flags::ACK);
+        // Nothing else is answered in TIME_WAIT.
+        b.handle_segment(&mk(Flags::ACK, 1002, 5001, 0, b""), now);
+        b.handle_segment(&mk(Flags::FIN | Flags::ACK, 1002, 5001, 0, b""), now);
+        assert!(drain(&mut b, now).is_empty());
+    }
+
+    #[test]
+    fn fin_ack_in_established_is_not_answered() {
+        let now = Instant::now();
+        let (_a, mut b) = pair(Config::default(), now);
+        b.handle_segment(&mk(Flags::FIN | Flags::ACK, 1001, 5001, 0, b""), now);
+        assert!(drain(&mut b, now).is_empty());
+        assert_eq!(b.state(), State::TimeWait);
+    }
+
+    #[test]
+    fn truncated_fin() {
+        let now = Instant::now();
+        let (_a, mut b) = pair(Config::default(), now);
+        b.handle_segment(&mk(Flags::ACK, 1001 + 10, 5001, 10, b"later"), now);
+        b.handle_segment(&mk(Flags::ACK, 1001, 5001, 10, b"early"), now);
+        // The FIN comes after "early" and a lost segment (seq 1006..1011).
+        b.handle_segment(&mk(Flags::FIN, 1001 + 15, 0, 0, b""), now);
+        let ev = events(&mut b);
+        assert!(
+            ev.contains(&Event::PeerClosed { truncated: true }),
+            "{ev:?}"
+        );
+        let mut buf = [0u8; 32];
+        assert_eq!(b.recv(&mut buf), 5);
+        assert_eq!(&buf[..5], b"early");
+    }
+
+    #[test]
+    fn keepalive_probe_answered_exactly_once() {
+        let now = Instant::now();
+        let (_a, mut b) = pair(Config::default(), now);
+        // Probe: empty ACK, window 0, seq == our rcv_nxt (1001).
+        b.handle_segment(&mk(Flags::ACK, 1001, 5001, 0, b""), now);
+        let out = drain(&mut b, now);
+        assert_eq!(out.len(), 1);
+        let t = out[0].0;
+        assert_eq!((t.flags, t.payload_len), (Flags::ACK, 0));
+        assert!(t.window > 0);
+        assert_eq!(t.ack, 1001);
+        // Pure ACKs with a non-zero window are never answered.
+        b.handle_segment(&mk(Flags::ACK, 1001, 5001, 7, b""), now);
+        assert!(drain(&mut b, now).is_empty());
+        // A window-0 ACK whose seq is not our rcv_nxt is not a probe.
+        b.handle_segment(&mk(Flags::ACK, 999, 5001, 0, b""), now);
+        assert!(drain(&mut b, now).is_empty());
+    }
+
+    #[test]
+    fn keepalive_probes_then_reset() {
+        let t0 = Instant::now();
+        let (mut a, _b) = pair(Config::default(), t0);
+        let mut probes = Vec::new();
+        while let Some(t) = a.poll_timeout() {
+            a.handle_timeout(t);
+            for o in drain(&mut a, t) {
+                probes.push(((t - t0).as_secs(), o.0.flags, o.0.window));
+            }
+        }
+        assert_eq!(
+            probes,
+            vec![
+                (60, Flags::ACK, 0),
+                (75, Flags::ACK, 0),
+                (90, Flags::ACK, 0),
+                (105, Flags::RST, 0)
+            ]
+        );
+        assert_eq!(events(&mut a), vec![Event::TimedOut]);
+    }
+
+    #[test]
+    fn answered_keepalive_keeps_connection() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(Config::default(), t0);
+        let end = pump(&mut a, &mut b, t0, t0 + Duration::from_secs(600));
+        assert_eq!(a.state(), State::Established);
+        assert_eq!(b.state(), State::Established);
+        assert!(end >= t0 + Duration::from_secs(540));
+    }
+
+    #[test]
+    fn idle_timeout_closes_gracefully() {
+        let t0 = Instant::now();
+        let cfg = Config {
+            keepalive_idle: None,
+            ..Config::default()
+        };
+        let (mut a, _b) = pair(cfg, t0);
+        let t = a.poll_timeout().unwrap();
+        assert_eq!(t, t0 + Duration::from_secs(120));
+        a.handle_timeout(t);
+        assert_eq!(a.state(), State::FinWait);
+        let out = drain(&mut a, t);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0.flags, Flags::FIN);
+    }
+
+    #[test]
+    fn eight_transmissions_then_rst() {
+        let t0 = Instant::now();
+        let (mut a, _b) = pair(Config::default(), t0);
+        a.send(b"lost forever");
+        let first = drain(&mut a, t0);
+        assert_eq!(first.len(), 1);
+        let mut sends = 1;
+        let mut rst = false;
+        while let Some(t) = a.poll_timeout() {
+            a.handle_timeout(t);
+            for o in drain(&mut a, t) {
+                if o.0.flags == Flags::RST {
+                    rst = true;
+                } else if o.0.payload_len > 0 {
+                    assert_eq!(o.1, b"lost forever");
+                    assert_eq!(o.0.seq, first[0].0.seq);
+                    sends += 1;
+                }
+            }
+        }
+        assert_eq!(sends, 8);
+        assert!(rst);
+        assert_eq!(events(&mut a), vec![Event::TimedOut]);
+    }
+
+    #[test]
+    fn sack_looking_data_is_split_and_delivered() {
+        let now = Instant::now();
+        // nodelay: the tail after the 4-byte cut would otherwise wait for
+        // Nagle (§7.9).
+        let cfg = Config {
+            nodelay: true,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair(cfg, now);
+        let mut data = b"SACK\x01".to_vec();
+        data.extend_from_slice(&[0xAB; 40]);
+        a.send(&data);
+        let out = drain(&mut a, now);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].1, b"SACK");
+        assert!(sack::parse_payload(&out[1].1).is_none());
+        for o in &out {
+            b.handle_segment(&seg(o), now);
+        }
+        let mut buf = [0u8; 64];
+        assert_eq!(b.recv(&mut buf), data.len());
+        assert_eq!(&buf[..data.len()], &data[..]);
+        // Received user data of SACK-like prefix but non-exact length is data.
+        let mut odd = b"SACK\x01".to_vec();
+        odd.extend_from_slice(&[1; 20]);
+        let (_a2, mut b2) = pair(Config::default(), now);
+        b2.handle_segment(&mk(Flags::ACK, 1001, 5001, 10, &odd), now);
+        assert_eq!(b2.recv(&mut buf), odd.len());
+    }
+
+    #[test]
+    fn retransmission_keeps_boundaries_and_sack_skips() {
+        let now = Instant::now();
+        let cfg = Config {
+            mss: 100,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair(cfg, now);
+        let data: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        a.send(&data);
+        let out = drain(&mut a, now);
+        assert_eq!(out.len(), 10);
+        // Lose segments 2 and 5; deliver the rest.
+        let mut acks = Vec::new();
+        for (i, o) in out.iter().enumerate() {
+            if i != 2 && i != 5 {
+                b.handle_segment(&seg(o), now);
+                acks.extend(drain(&mut b, now));
+            }
+        }
+        assert!(acks.iter().any(|o| sack::parse_payload(&o.1).is_some()));
+        let t = now + Duration::from_millis(50);
+        for o in &acks {
+            a.handle_segment(&seg(o), t);
+        }
+        // Timers: reorder window / RTO; collect retransmissions.
+        let mut retx = Vec::new();
+        let mut now2 = t;
+        while retx.len() < 2 {
+            now2 = a.poll_timeout().unwrap();
+            a.handle_timeout(now2);
+            retx.extend(
+                drain(&mut a, now2)
+                    .into_iter()
+                    .filter(|o| o.0.payload_len > 0),
+            );
+        }
+        let seqs: Vec<u32> = retx.iter().map(|o| o.0.seq).collect();
+        assert_eq!(seqs, vec![out[2].0.seq, out[5].0.seq]);
+        assert_eq!(retx[0].1, out[2].1);
+        assert_eq!(retx[1].1, out[5].1);
+        for o in &retx {
+            b.handle_segment(&seg(o), now2);
+        }
+        let mut buf = vec![0u8; 2000];
+        assert_eq!(b.recv(&mut buf), 1000);
+        assert_eq!(&buf[..1000], &data[..]);
+    }
+
+    #[test]
+    fn window_zero_is_no_update_and_never_advertised() {
+        let now = Instant::now();
+        let cfg = Config {
+            mss: 100,
+            recv_window_segments: 4,
+            recv_buffer_bytes: 400,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair(cfg, now);
+        // Peer window 0 must not become "unlimited" nor "stop".
+        a.handle_segment(&mk(Flags::ACK, 5001, 1001, 0, b""), now);
+        a.send(&[7u8; 1000]);
+        let out = drain(&mut a, now);
+        assert_eq!(
+            out.len(),
+            4,
+            "segments in flight limited by the peer window (4)"
+        );
+        for o in &out {
+            b.handle_segment(&seg(o), now);
+        }
+        let acks = drain(&mut b, now);
+        assert!(!acks.is_empty());
+        for o in &acks {
+            assert!(o.0.window >= 1, "never advertise 0");
+            a.handle_segment(&seg(o), now);
+        }
+        // b's buffer is full: a may send one more segment (window 1), which b
+        // drops without acknowledging it.
+        let more = drain(&mut a, now);
+        assert_eq!(more.len(), 1);
+        b.handle_segment(&seg(&more[0]), now);
+        let dup = drain(&mut b, now);
+        assert_eq!(dup.len(), 1);
+        assert_eq!(dup[0].0.ack, more[0].0.seq);
+        assert_eq!(dup[0].0.window, 1);
+        // Reading opens the window and sends an update.
+        let mut buf = [0u8; 1000];
+        assert_eq!(b.recv(&mut buf), 400);
+        let upd = drain(&mut b, now);
+        assert_eq!(upd.len(), 1);
+        assert!(upd[0].0.window >= 4);
+    }
+
+    #[test]
+    fn close_waits_for_ack_before_fin() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(Config::default(), now);
+        a.send(b"important");
+        let data = drain(&mut a, now);
+        a.close(now);
+        assert!(
+            drain(&mut a, now).is_empty(),
+            "no FIN while data is unacked"
+        );
+        b.handle_segment(&seg(&data[0]), now);
+        let t = now + Duration::from_millis(40);
+        b.handle_timeout(t);
+        let ack = drain(&mut b, t);
+        assert_eq!(ack.len(), 1, "delayed ACK after 40 ms");
+        a.handle_segment(&seg(&ack[0]), t);
+        let fin = drain(&mut a, t);
+        assert_eq!(fin.len(), 1);
+        assert_eq!(fin[0].0.flags, Flags::FIN);
+        assert_eq!(fin[0].0.seq, 1001 + 9);
+    }
+
+    #[test]
+    fn close_linger_is_bounded() {
+        let t0 = Instant::now();
+        let (mut a, _b) = pair(Config::default(), t0);
+        a.send(b"never acked");
+        drain(&mut a, t0);
+        a.close(t0);
+        let mut fin_at = None;
+        while let Some(t) = a.poll_timeout() {
+            a.handle_timeout(t);
+            if drain(&mut a, t).iter().any(|o| o.0.flags == Flags::FIN) {
+                fin_at = Some(t - t0);
+                break;
+            }
+            if a.state() == State::Closed {
+                break;
+            }
+        }
+        // Either the FIN went out within close_timeout, or the 8-transmission
+        // abort came first; both are bounded.
+        assert!(
+            fin_at.is_none_or(|d| d <= Duration::from_secs(61)),
+            "{fin_at:?}"
+        );
+    }
+
+    #[test]
+    fn reference_peer_interop() {
+        // We are the responder; the reference initiator uses ISN 0, window
+        // 512 and 4096-byte segments, and sends data before its final ACK.
+        let now = Instant::now();
+        let syn = mk(Flags::SYN, 0, 0, 512, b"");
+        let mut b = Connection::accept(Config::default(), &syn, 0x8000_0000, now);
+        let sa = drain(&mut b, now);
+        assert_eq!((sa[0].0.seq, sa[0].0.ack), (0x8000_0000, 1));
+        let big: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        b.handle_segment(&mk(Flags::ACK, 1, 0x8000_0001, 512, &big), now);
+        b.handle_segment(&mk(Flags::ACK, 4097, 0x8000_0001, 512, &big), now);
+        let acks = drain(&mut b, now);
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].0.ack, 8193);
+        let mut buf = vec![0u8; 10000];
+        assert_eq!(b.recv(&mut buf), 8192);
+
+        // We are the initiator; the reference answers with ISN 0 and a
+        // window of 3 segments: at most 3 segments may be outstanding.
+        let mut a = Connection::connect(Config::default(), 77, now);
+        drain(&mut a, now);
+        a.handle_segment(&mk(Flags::SYN | Flags::ACK, 0, 78, 3, b""), now);
+        assert_eq!(a.state(), State::Established);
+        a.send(&vec![1u8; 20_000]);
+        let out = drain(&mut a, now);
+        let data: Vec<_> = out.iter().filter(|o| o.0.payload_len > 0).collect();
+        assert_eq!(data.len(), 3);
+        assert!(data.iter().all(|o| o.0.ack == 1 && o.0.payload_len <= 1373));
+        // Reference ACK of the first segment (its window counts free slots).
+        let ack = data[0].0.seq.wrapping_add(data[0].0.payload_len as u32);
+        a.handle_segment(&mk(Flags::ACK, 1, ack, 3, b""), now);
+        assert_eq!(drain(&mut a, now).len(), 1);
+    }
+
+    #[test]
+    fn sack_vector_receiver_generation() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sack.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let g = &v["receiver_generation"];
+        let wire = hex::decode(g["ack_packet_wire_hex"].as_str().unwrap()).unwrap();
+        // §2.1 offsets.
+        let flags = Flags::from_bits_truncate(wire[0]);
+        let seq = u32::from_be_bytes(wire[20..24].try_into().unwrap());
+        let ack = u32::from_be_bytes(wire[24..28].try_into().unwrap());
+        let window = u16::from_be_bytes(wire[28..30].try_into().unwrap());
+        let plen = u16::from_be_bytes(wire[2..4].try_into().unwrap()) as usize;
+        let payload = &wire[34..34 + plen];
+        let expected_seq = g["expected_seq"].as_u64().unwrap() as u32;
+        assert_eq!(ack, expected_seq);
+
+        // A receiver whose rcv_nxt is expected_seq and whose snd_nxt is the
+        // vector's seq: peer ISN expected_seq − 1, our ISN seq − 1.
+        let now = Instant::now();
+        let cfg = Config {
+            recv_window_segments: 512,
+            recv_buffer_bytes: 4 << 20,
+            ..Config::default()
+        };
+        let syn = mk(Flags::SYN, expected_seq.wrapping_sub(1), 0, 512, b"");
+        let mut c = Connection::accept(cfg, &syn, seq.wrapping_sub(1), now);
+        drain(&mut c, now);
+        let body = vec![0x5a; 4096];
+        for s in g["out_of_order_segments"].as_array().unwrap() {
+            let sq = s["seq"].as_u64().unwrap() as u32;
+            let len = s["len"].as_u64().unwrap() as usize;
+            c.handle_segment(&mk(Flags::ACK, sq, seq, 512, &body[..len]), now);
+        }
+        let out = drain(&mut c, now);
+        let last = out.last().unwrap();
+        assert_eq!(last.0.flags, flags);
+        assert_eq!(last.0.seq, seq);
+        assert_eq!(last.0.ack, ack);
+        assert_eq!(last.0.window, window);
+        assert_eq!(&last.1[..], payload);
+        let blocks: Vec<(u32, u32)> = g["blocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["left"].as_u64().unwrap() as u32,
+                    b["right"].as_u64().unwrap() as u32,
+                )
+            })
+            .collect();
+        let got: Vec<(u32, u32)> = sack::parse_payload(&last.1)
+            .unwrap()
+            .blocks()
+            .iter()
+            .map(|b| (b.left, b.right))
+            .collect();
+        assert_eq!(got, blocks);
+    }
+
+    #[test]
+    fn isn_wraparound() {
+        let now = Instant::now();
+        let mut a = Connection::connect(Config::default(), u32::MAX - 5, now);
+        let syn = drain(&mut a, now);
+        let mut b = Connection::accept(
+            Config::default(),
+            &syn[0].0.into_seg(&syn[0].1),
+            u32::MAX,
+            now,
+        );
+        let sa = drain(&mut b, now);
+        a.handle_segment(&seg(&sa[0]), now);
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i ^ (i >> 8)) as u8).collect();
+        a.send(&data);
+        b.send(&data);
+        pump(&mut a, &mut b, now, now + Duration::from_secs(2));
+        let mut buf = vec![0u8; 60_000];
+        assert_eq!(b.recv(&mut buf), data.len());
+        assert_eq!(&buf[..data.len()], &data[..]);
+        assert_eq!(a.recv(&mut buf), data.len());
+        assert_eq!(&buf[..data.len()], &data[..]);
+    }
+
+    impl Transmit {
+        fn into_seg<'a>(self, payload: &'a [u8]) -> Segment<'a> {
+            Segment {
+                flags: self.flags,
+                seq: self.seq,
+                ack: self.ack,
+                window: self.window,
+                payload,
+            }
+        }
+    }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn arb_seg() -> impl Strategy<Value = (u8, u32, u32, u16, Vec<u8>, u16)> {
+            (
+                0u8..16,
+                prop_oneof![any::<u32>(), 990u32..1100, 4990u32..5200],
+                prop_oneof![any::<u32>(), 990u32..1100, 4990u32..5200],
+                any::<u16>(),
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                    (1u8..=4, proptest::collection::vec(any::<u32>(), 8)).prop_map(|(n, w)| {
+                        let mut v = b"SACK".to_vec();
+                        v.push(n);
+                        for x in w.iter().take(2 * n as usize) {
+                            v.extend_from_slice(&(x % 3000 + 4990).to_be_bytes());
+                        }
+                        v
+                    }),
+                ],
+                0u16..2000,
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+            #[test]
+            fn arbitrary_segments_never_panic(segs in proptest::collection::vec(arb_seg(), 1..60), writes in proptest::collection::vec(0usize..5000, 0..5)) {
+                let t0 = Instant::now();
+                let (mut a, _b) = pair(Config { mss: 300, ..Config::default() }, t0);
+                for w in writes { a.send(&vec![1u8; w]); }
+                let mut now = t0;
+                for (f, seq, ack, win, payload, dt) in segs {
+                    now += Duration::from_millis(dt as u64);
+                    a.handle_timeout(now);
+                    let s = mk(Flags::from_bits_truncate(f), seq, ack, win, &payload);
+                    a.handle_segment(&s, now);
+                    let out = drain(&mut a, now);
+                    for o in &out {
+                        prop_assert!(o.0.payload_len <= 300 || sack::parse_payload(&o.1).is_some());
+                        if o.0.payload_len > 0 && sack::parse_payload(&o.1).is_none() {
+                            prop_assert!(o.1.len() <= 4 || &o.1[..4] != b"SACK");
+                        }
+                        if o.0.flags == Flags::FIN | Flags::ACK {
+                            prop_assert!(s.flags == Flags::FIN);
+                        }
+                    }
+                    let mut buf = [0u8; 4096];
+                    a.recv(&mut buf);
+                    if let Some(t) = a.poll_timeout() {
+                        prop_assert!(t >= now || t + Duration::from_secs(3600) > now);
+                    }
+                }
+            }
+        }
     }
 }
