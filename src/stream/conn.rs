@@ -52,6 +52,9 @@ use super::{
 use crate::wire::header::Flags;
 use crate::wire::sack;
 
+/// Give buffer memory back after this long without data moving.
+const SHRINK_IDLE: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SegState {
     /// Sent and counted in `pipe`.
@@ -163,6 +166,7 @@ pub struct Connection {
     ka_probes: u8,
     ka_last_probe: Instant,
     probe_pending: bool,
+    shrink_deadline: Option<Instant>,
 
     // --- events ---
     events: VecDeque<Event>,
@@ -235,6 +239,7 @@ impl Connection {
             ka_probes: 0,
             ka_last_probe: now,
             probe_pending: false,
+            shrink_deadline: None,
             events: VecDeque::new(),
             readable_signalled: false,
             want_writable: false,
@@ -422,6 +427,7 @@ impl Connection {
         self.linger_deadline = None;
         self.fin_deadline = None;
         self.time_wait_deadline = None;
+        self.shrink_deadline = None;
         self.sbuf = ByteRing::default();
         self.rcv.shrink();
     }
@@ -447,6 +453,8 @@ impl Connection {
         self.linger_deadline = None;
         self.probe_pending = false;
         self.time_wait_deadline = Some(now + self.cfg.time_wait);
+        self.shrink_deadline = None;
+        self.rcv.shrink();
     }
 
     // ------------------------------------------------------------------
@@ -651,6 +659,8 @@ impl Connection {
         self.cwnd = self.cwnd.min(self.cfg.max_cwnd);
         self.dupacks = 0;
         self.rto_deadline = if self.segs.is_empty() {
+            // Every logged transmission is settled.
+            self.log.clear();
             None
         } else {
             Some(now + self.rtt.rto())
@@ -768,6 +778,7 @@ impl Connection {
         };
         match self.rcv.accept(off, seg.payload) {
             Accepted::InOrder { filled_gap } => {
+                self.shrink_deadline = Some(now + SHRINK_IDLE);
                 if !self.readable_signalled {
                     self.readable_signalled = true;
                     self.events.push_back(Event::Readable);
@@ -804,6 +815,7 @@ impl Connection {
         add(self.linger_deadline);
         add(self.time_wait_deadline);
         add(self.nagle_deadline);
+        add(self.shrink_deadline);
         if self.state == State::Established || self.state == State::FinWait {
             add(self.keepalive_deadline());
             if !self.close_requested {
@@ -842,6 +854,11 @@ impl Connection {
         if due(self.delack_deadline) {
             self.delack_deadline = None;
             self.ack_now = true;
+        }
+        if due(self.shrink_deadline) {
+            // Idle for a while: give buffer memory back (it regrows on demand).
+            self.shrink_deadline = None;
+            self.shrink_buffers();
         }
         if due(self.nagle_deadline) {
             self.nagle_deadline = None;
@@ -1117,6 +1134,7 @@ impl Connection {
             self.rto_deadline = Some(now + self.rtt.rto());
         }
         self.last_send_data = now;
+        self.shrink_deadline = Some(now + SHRINK_IDLE);
         x
     }
 
