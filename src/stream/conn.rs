@@ -1065,8 +1065,12 @@ impl Connection {
                 if let Some(t) = self.transmit_retx(now, payload_buf) {
                     return Some(t);
                 }
-                if let Some(t) = self.transmit_new(now, payload_buf) {
-                    return Some(t);
+                // Lost data goes before new data (the queue front is valid
+                // here: transmit_retx dropped stale entries).
+                if self.retx.is_empty() {
+                    if let Some(t) = self.transmit_new(now, payload_buf) {
+                        return Some(t);
+                    }
                 }
             }
             if self.close_requested && (forced_fin || self.all_data_acked()) {
