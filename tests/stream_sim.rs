@@ -447,12 +447,19 @@ fn run_once(
     a.app(now, &mut rbuf);
     b.app(now, &mut rbuf);
     for s in [&a, &b] {
-        assert_eq!(s.conn.state(), State::Closed, "events {:?}", s.events);
+        assert_eq!(
+            s.conn.state(),
+            State::Closed,
+            "events {:?} {:?}",
+            a.events,
+            b.events
+        );
         assert_eq!(
             s.events.last(),
             Some(&Event::Closed),
-            "events {:?}",
-            s.events
+            "events a {:?} b {:?}",
+            a.events,
+            b.events
         );
         assert_eq!(s.sent_after_closed, 0);
         assert!(
@@ -729,6 +736,10 @@ fn stress_random_links_large() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
+    let start: u64 = std::env::var("STRESS_START")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut r = Rng(0xdead_beef);
     for i in 0..cases {
         let link = LinkCfg {
@@ -758,6 +769,9 @@ fn stress_random_links_large() {
         };
         let a = r.below(4 * MIB);
         let b = r.below(4 * MIB);
+        if i < start {
+            continue;
+        }
         eprintln!("case {i}: {a}/{b} {link:?} mss {}", cfg.mss);
         run(a, b, link, cfg, i, Duration::from_secs(1_000_000));
     }

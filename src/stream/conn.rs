@@ -133,6 +133,7 @@ pub struct Connection {
     nagle_deadline: Option<Instant>,
     nagle_expired: bool,
     heard_since_rto: bool,
+    silent_rtos: u32,
 
     // --- receive side ---
     rcv: RecvBuffer,
@@ -214,6 +215,7 @@ impl Connection {
             nagle_deadline: None,
             nagle_expired: false,
             heard_since_rto: true,
+            silent_rtos: 0,
             rcv,
             unacked_segs: 0,
             ack_now: false,
@@ -953,14 +955,21 @@ impl Connection {
         let Some(front) = self.segs.front() else {
             return;
         };
-        if front.tx_count >= self.cfg.max_transmissions && !self.heard_since_rto {
+        if self.heard_since_rto {
+            self.silent_rtos = 0;
+        } else {
+            self.silent_rtos += 1;
+        }
+        self.heard_since_rto = false;
+        if front.tx_count >= self.cfg.max_transmissions && self.silent_rtos >= 2 {
             // §7.7: the segment was sent the maximum number of times and the
-            // timer expired again with the peer silent: reset.
+            // timer expired again with the peer silent (not a single packet
+            // during the last two timeouts: a live peer that refuses data
+            // for lack of buffer space keeps answering): reset.
             self.rst_pending = true;
             self.finish(Event::TimedOut);
             return;
         }
-        self.heard_since_rto = false;
         if self.recovery_point.is_none() {
             self.ssthresh = (self.cwnd / 2).max(2 * self.cfg.mss);
         }
@@ -1714,6 +1723,56 @@ mod tests {
         let upd = drain(&mut b, now);
         assert_eq!(upd.len(), 1);
         assert!(upd[0].0.window >= 4);
+    }
+
+    #[test]
+    fn stalled_reader_is_not_reset() {
+        let t0 = Instant::now();
+        let cfg = Config {
+            mss: 1000,
+            recv_window_segments: 8,
+            recv_buffer_bytes: 8000,
+            keepalive_idle: None,
+            idle_timeout: None,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair(cfg, t0);
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(a.send(&data), data.len());
+        // b's application does not read for ten minutes.
+        let t = pump(&mut a, &mut b, t0, t0 + Duration::from_secs(600));
+        assert_eq!(a.state(), State::Established);
+        assert_eq!(b.state(), State::Established);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut now = t;
+        while got.len() < data.len() {
+            loop {
+                let n = b.recv(&mut buf);
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            now = pump(&mut a, &mut b, now, now + Duration::from_secs(11));
+            assert!(now < t + Duration::from_secs(3600));
+        }
+        assert_eq!(got, data);
+    }
+
+    #[test]
+    fn writable_after_full_send_buffer() {
+        let now = Instant::now();
+        let cfg = Config {
+            send_buffer_bytes: 10_000,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair(cfg, now);
+        assert_eq!(a.send(&[3u8; 20_000]), 10_000);
+        assert_eq!(a.send(&[3u8; 10]), 0);
+        pump(&mut a, &mut b, now, now + Duration::from_secs(1));
+        assert!(events(&mut a).contains(&Event::Writable));
+        assert_eq!(a.send_capacity(), 10_000);
     }
 
     #[test]

@@ -87,9 +87,10 @@ pub struct Config {
     /// Send a sub-MSS remainder at once instead of waiting for outstanding data
     /// to be acknowledged (disables Nagle, §7.9).
     pub nodelay: bool,
-    /// Abort after a segment has been sent this many times and the next
-    /// retransmission timer expires with no packet from the peer in between
-    /// (§7.7: 8).
+    /// Abort when a segment has been sent this many times and the next
+    /// retransmission timer expires after two timeouts without any packet
+    /// from the peer (§7.7: 8; the silence condition keeps a live peer that
+    /// refuses data for lack of buffer space from being reset).
     pub max_transmissions: u8,
     /// Keepalive: probe after this much silence (§7.10: 60 s); `None` disables.
     pub keepalive_idle: Option<Duration>,

@@ -106,7 +106,11 @@ impl RecvBuffer {
             return Accepted::Duplicate;
         }
         self.max_seg = self.max_seg.max(data.len());
-        if end > self.read_off + self.cap as u64 {
+        // Beyond the byte cap: refuse, except an in-order segment into an
+        // empty buffer (a peer segment larger than the whole cap must still
+        // get through; memory stays below cap + one segment).
+        let empty_in_order = off <= self.rcv_nxt && self.rcv_nxt == self.read_off;
+        if end > self.read_off + self.cap as u64 && !empty_in_order {
             return Accepted::NoRoom;
         }
         if off > self.rcv_nxt {
@@ -260,6 +264,23 @@ mod tests {
             Accepted::InOrder { filled_gap: true }
         );
         assert_eq!(r.rcv_nxt(), 50);
+    }
+
+    #[test]
+    fn segment_larger_than_cap_into_empty_buffer() {
+        let mut r = RecvBuffer::new(4, 1000, 500);
+        assert_eq!(
+            r.accept(0, &[1; 1500]),
+            Accepted::InOrder { filled_gap: false }
+        );
+        assert_eq!(r.accept(1500, &[1; 1500]), Accepted::NoRoom);
+        assert_eq!(r.window(), 1);
+        let mut b = [0u8; 2000];
+        assert_eq!(r.read(&mut b), 1500);
+        assert_eq!(
+            r.accept(1500, &[1; 1500]),
+            Accepted::InOrder { filled_gap: false }
+        );
     }
 
     #[test]
