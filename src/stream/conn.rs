@@ -626,7 +626,7 @@ impl Connection {
             let s = self.segs.pop_front().unwrap();
             self.seg_id_front += 1;
             if s.state == SegState::InFlight {
-                self.pipe -= s.len as usize;
+                self.pipe = self.pipe.saturating_sub(s.len as usize);
                 if s.tx_count == 1 {
                     sample = Some(s.sent_at);
                 }
@@ -676,6 +676,29 @@ impl Connection {
         }
     }
 
+    /// Recompute the incremental bookkeeping from scratch (tests only).
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        let pipe: usize = self
+            .segs
+            .iter()
+            .filter(|s| s.state == SegState::InFlight)
+            .map(|s| s.len as usize)
+            .sum();
+        assert_eq!(pipe, self.pipe, "pipe");
+        let mut prev = self.sbuf_off;
+        for s in &self.segs {
+            assert_eq!(s.start, prev, "segments contiguous");
+            prev = s.end();
+        }
+        if self.fin_off.is_none() && matches!(self.state, State::Established | State::FinWait) {
+            assert_eq!(prev, self.snd_nxt, "segments end at snd_nxt");
+            assert!(self.snd_una <= self.snd_nxt);
+            assert!(self.sbuf_off <= self.snd_una);
+            assert!(self.snd_nxt <= self.sbuf_off + self.sbuf.len() as u64);
+        }
+    }
+
     fn seg_index(&self, id: u64) -> Option<usize> {
         let idx = id.checked_sub(self.seg_id_front)? as usize;
         (idx < self.segs.len()).then_some(idx)
@@ -716,7 +739,7 @@ impl Connection {
                     if sg.start >= ms && sg.end() <= me && sg.state != SegState::Sacked {
                         let (x, t, len, st) = (sg.xmit_id, sg.sent_at, sg.len, sg.state);
                         if st == SegState::InFlight {
-                            self.pipe -= len as usize;
+                            self.pipe = self.pipe.saturating_sub(len as usize);
                         }
                         self.segs[idx].state = SegState::Sacked;
                         self.rack_update(x, t, now);
@@ -764,7 +787,7 @@ impl Connection {
             return;
         }
         self.segs[i].state = SegState::Lost;
-        self.pipe -= self.segs[i].len as usize;
+        self.pipe = self.pipe.saturating_sub(self.segs[i].len as usize);
         self.retx.push_back(id);
         if self.recovery_point.is_none() {
             self.ssthresh = (self.cwnd / 2).max(2 * self.cfg.mss);
@@ -1293,6 +1316,8 @@ mod tests {
     /// Deliver everything both ways until quiet (no loss), running timers.
     fn pump(a: &mut Connection, b: &mut Connection, mut now: Instant, until: Instant) -> Instant {
         loop {
+            a.check_invariants();
+            b.check_invariants();
             let mut moved = false;
             for o in drain(a, now) {
                 b.handle_segment(&seg(&o), now);
@@ -2004,6 +2029,7 @@ mod tests {
                             prop_assert!(s.flags == Flags::FIN);
                         }
                     }
+                    a.check_invariants();
                     let mut buf = [0u8; 4096];
                     a.recv(&mut buf);
                     if let Some(t) = a.poll_timeout() {
