@@ -138,6 +138,7 @@ pub struct Connection {
     // --- receive side ---
     rcv: RecvBuffer,
     unacked_segs: u32,
+    adv_window: u16,
     ack_now: bool,
     delack_deadline: Option<Instant>,
 
@@ -218,6 +219,7 @@ impl Connection {
             silent_rtos: 0,
             rcv,
             unacked_segs: 0,
+            adv_window: 0,
             ack_now: false,
             delack_deadline: None,
             syn_pending: false,
@@ -372,14 +374,15 @@ impl Connection {
     /// Read in-order bytes; returns how many (0 when none are ready; see
     /// [`is_read_closed`](Self::is_read_closed) for end of stream).
     pub fn recv(&mut self, buf: &mut [u8]) -> usize {
-        let before = self.rcv.window();
         let n = self.rcv.read(buf);
         self.readable_signalled = false;
         if n > 0 && matches!(self.state, State::Established | State::FinWait) && !self.peer_closed {
-            // Window update when the window opens substantially from small.
-            let after = self.rcv.window();
-            let full = self.cfg.recv_window_segments.max(1);
-            if before <= full / 4 && after >= before.saturating_mul(2).max(before + 2) {
+            // Window update when the window opened substantially compared
+            // with what the peer last heard (it may be blocked on it).
+            let w = self.rcv.window();
+            let adv = self.adv_window;
+            let quarter = (self.cfg.recv_window_segments / 4).max(2);
+            if w > adv && (w >= adv.saturating_mul(2) || w - adv >= quarter) {
                 self.ack_now = true;
             }
         }
@@ -1019,8 +1022,11 @@ impl Connection {
     // Output
     // ------------------------------------------------------------------
 
-    fn window(&self) -> u16 {
-        self.rcv.window()
+    /// The window for an outgoing segment; remembered as what the peer
+    /// last heard.
+    fn window(&mut self) -> u16 {
+        self.adv_window = self.rcv.window();
+        self.adv_window
     }
 
     fn rcv_nxt_wire(&self) -> u32 {
@@ -1061,7 +1067,8 @@ impl Connection {
             State::SynSent => {
                 if self.syn_pending {
                     self.syn_pending = false;
-                    return Some(self.control(Flags::SYN, self.iss, 0, self.window()));
+                    let w = self.window();
+                    return Some(self.control(Flags::SYN, self.iss, 0, w));
                 }
                 return None;
             }
@@ -1069,11 +1076,12 @@ impl Connection {
         }
         if self.synack_pending {
             self.synack_pending = false;
+            let w = self.window();
             let t = self.control(
                 Flags::SYN | Flags::ACK,
                 self.iss,
                 self.irs.wrapping_add(1),
-                self.window(),
+                w,
             );
             return Some(t);
         }
@@ -1138,11 +1146,12 @@ impl Connection {
                 len = r.buffer_len();
             }
         }
+        let window = self.window();
         Transmit {
             flags: Flags::ACK,
             seq: self.snd_nxt_wire(),
             ack: self.rcv_nxt_wire(),
-            window: self.window(),
+            window,
             payload_len: len,
         }
     }
@@ -1150,11 +1159,12 @@ impl Connection {
     fn data_segment(&mut self, start: u64, len: usize) -> Transmit {
         self.acked_now();
         self.last_send_data = self.last_send_data.max(self.last_recv);
+        let window = self.window();
         Transmit {
             flags: Flags::ACK,
             seq: to_wire(self.snd_base, start),
             ack: self.rcv_nxt_wire(),
-            window: self.window(),
+            window,
             payload_len: len,
         }
     }
@@ -1742,12 +1752,19 @@ mod tests {
         assert_eq!(dup.len(), 1);
         assert_eq!(dup[0].0.ack, more[0].0.seq);
         assert_eq!(dup[0].0.window, 1);
-        // Reading opens the window and sends an update.
+        // Reading opens the window and sends an update, also when the
+        // application reads in small pieces.
         let mut buf = [0u8; 1000];
-        assert_eq!(b.recv(&mut buf), 400);
+        assert_eq!(b.recv(&mut buf[..100]), 100);
+        assert!(drain(&mut b, now).is_empty(), "window still 1");
+        assert_eq!(b.recv(&mut buf[..100]), 100);
         let upd = drain(&mut b, now);
         assert_eq!(upd.len(), 1);
-        assert!(upd[0].0.window >= 4);
+        assert_eq!(upd[0].0.window, 2);
+        assert_eq!(b.recv(&mut buf), 200);
+        let upd = drain(&mut b, now);
+        assert_eq!(upd.len(), 1);
+        assert_eq!(upd[0].0.window, 4);
     }
 
     #[test]
