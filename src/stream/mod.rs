@@ -16,6 +16,49 @@
 //! once per copy, window counted in segments and never 0, SACK only with the
 //! exact length, data never shaped like SACK, keepalive probes answered).
 //!
+//! # Driving a connection (daemon side)
+//!
+//! 1. Open with [`Connection::connect`] (initiator; a random ISN is
+//!    recommended) or, for a SYN that passed the listener, trust and rate
+//!    checks of §7.2, [`Connection::accept`]. A SYN for an existing 4-tuple is
+//!    a retransmission: pass it to that connection's `handle_segment` (it
+//!    re-answers SYN|ACK). A segment for no connection gets [`rst_for`] (or is
+//!    dropped for untrusted sources, §12.20).
+//! 2. After **every** input — `handle_segment` for each received stream
+//!    packet, `handle_timeout` when the deadline from `poll_timeout` passes,
+//!    and the application's `send` / `recv` / `close` — call `poll_transmit`
+//!    until it returns `None`, encoding each [`Transmit`] into a header (the
+//!    daemon adds addresses and ports) with its payload taken from the front
+//!    of the buffer passed in. That buffer is normally the part of the
+//!    datagram buffer after the 34-byte header and must hold at least
+//!    [`Config::mss`] bytes. Then re-arm the timer from `poll_timeout`, and
+//!    drain `poll_event`.
+//! 3. Events: [`Event::Connected`], [`Event::Readable`] / [`Event::Writable`]
+//!    (edge hints), [`Event::PeerClosed`] (end of stream once the readable
+//!    bytes are consumed; `truncated` reports data lost before a reference
+//!    peer's close), [`Event::SynRetransmit`] (the SYN timer expired; at
+//!    `expiry == 3` mark the peer as relay and resend PILA through the relay,
+//!    §5.5 and §4.8 item 4; [`Connection::syn_expiries`] gives the same
+//!    count), and one terminal event — [`Event::Closed`], [`Event::Reset`],
+//!    [`Event::Refused`] (dial: connection refused) or [`Event::TimedOut`]
+//!    (dial timeout after the 7th SYN expiry, ≈ 29 s; or the peer went
+//!    silent). After a terminal event the state is [`State::Closed`]; flush
+//!    `poll_transmit` once more (an RST may be pending), then drop the
+//!    connection. Unread data stays readable until then.
+//! 4. Daemon shutdown: [`Connection::abort`] sends RST; a graceful shutdown
+//!    calls [`Connection::close`] and keeps polling until `Closed`.
+//!
+//! # Memory
+//! Buffers grow on demand and are freed after 2 s without data movement, in
+//! TIME_WAIT and when closed; the caps in [`Config`] bound a connection at
+//! full window: about `send_buffer_bytes + recv_buffer_bytes` plus ≈ 50 bytes
+//! per segment in flight. [`Config::default`] (2 MiB + 2 MiB, max cwnd 2 MiB)
+//! reaches ≈ 2 MiB per RTT per direction, i.e. hundreds of MB/s when the RTT
+//! is a few milliseconds; [`Config::compact`] (128 KiB + 128 KiB, ≈ 260 KB
+//! at full window) suits daemons with 10,000 streams. Rings round their
+//! allocation up to a power of two, so caps that are powers of two waste
+//! nothing.
+//!
 //! Submodules: [`seq`] (serial arithmetic), [`rtt`] (RFC 6298 estimator),
 //! [`ring`] (byte ring), [`rangeset`] (merged ranges for SACK bookkeeping),
 //! [`recv`] (receive buffer and reassembly), `conn` (the state machine, the
