@@ -124,6 +124,13 @@ pub struct Connection {
     ssthresh: usize,
     recovery_point: Option<u64>,
     dupacks: u32,
+    /// Bytes `pipe` may exceed `cwnd` by: one MSS per duplicate ACK without
+    /// SACK in recovery (RFC 5681 inflation; with SACK, `pipe` already
+    /// shrinks).
+    extra_credit: usize,
+    /// Retransmissions allowed regardless of `cwnd` (the first one of a loss
+    /// episode goes out at once, RFC 6675).
+    retx_credit: u8,
     rtt: RttEstimator,
     rack: Option<Rack>,
     next_xmit_id: u64,
@@ -207,6 +214,8 @@ impl Connection {
             ssthresh,
             recovery_point: None,
             dupacks: 0,
+            extra_credit: 0,
+            retx_credit: 0,
             rtt: RttEstimator::default(),
             rack: None,
             next_xmit_id: 0,
@@ -609,6 +618,9 @@ impl Connection {
             && self.fin_off.is_none()
         {
             self.dupacks += 1;
+            if seg.payload.is_empty() && self.dupacks >= DUP_ACK_THRESHOLD {
+                self.extra_credit += self.cfg.mss;
+            }
             if self.dupacks == DUP_ACK_THRESHOLD {
                 let id = self.seg_id_front;
                 if self.segs[0].state == SegState::InFlight {
@@ -663,6 +675,7 @@ impl Connection {
         }
         self.cwnd = self.cwnd.min(self.cfg.max_cwnd);
         self.dupacks = 0;
+        self.extra_credit = 0;
         self.rto_deadline = if self.segs.is_empty() {
             // Every logged transmission is settled.
             self.log.clear();
@@ -796,6 +809,7 @@ impl Connection {
             self.ssthresh = (self.cwnd / 2).max(2 * self.cfg.mss);
             self.cwnd = self.ssthresh;
             self.recovery_point = Some(self.snd_nxt);
+            self.retx_credit = 1;
         }
     }
 
@@ -1013,6 +1027,7 @@ impl Connection {
             }
         }
         self.pipe = 0;
+        self.extra_credit = 0;
         self.log.clear();
         self.rtt.back_off();
         self.rto_deadline = Some(now + self.rtt.rto());
@@ -1195,8 +1210,11 @@ impl Connection {
                 continue;
             }
             let len = self.segs[i].len as usize;
-            if self.pipe > 0 && self.pipe + len > self.cwnd {
-                return None;
+            if self.pipe > 0 && self.pipe + len > self.cwnd + self.extra_credit {
+                if self.retx_credit == 0 {
+                    return None;
+                }
+                self.retx_credit -= 1;
             }
             if len > buf.len() {
                 return None;
@@ -1223,7 +1241,9 @@ impl Connection {
         if unsent == 0 {
             return None;
         }
-        if self.pipe >= self.cwnd || self.segs.len() >= self.peer_window as usize {
+        if self.pipe >= self.cwnd + self.extra_credit
+            || self.segs.len() >= self.peer_window as usize
+        {
             return None;
         }
         let mut len = unsent.min(self.cfg.mss).min(buf.len());
@@ -1765,6 +1785,65 @@ mod tests {
         let upd = drain(&mut b, now);
         assert_eq!(upd.len(), 1);
         assert_eq!(upd[0].0.window, 4);
+    }
+
+    #[test]
+    fn fast_retransmit_on_three_duplicate_acks() {
+        // A peer that does not SACK (plain duplicate ACKs), and one that does
+        // (§12.19: duplicates carrying SACK count too).
+        for with_sack in [false, true] {
+            let now = Instant::now();
+            let cfg = Config {
+                mss: 100,
+                ..Config::default()
+            };
+            let (mut a, _b) = pair(cfg, now);
+            a.send(&[9u8; 1000]);
+            let out = drain(&mut a, now);
+            assert_eq!(out.len(), 10);
+            let first = out[0].0.seq;
+            let t = now + Duration::from_millis(1);
+            let mut payload = Vec::new();
+            if with_sack {
+                let r = sack::Repr::new(&[sack::Block {
+                    left: first.wrapping_add(100),
+                    right: first.wrapping_add(400),
+                }]);
+                payload = vec![0u8; r.buffer_len()];
+                r.emit(&mut sack::Packet::new_unchecked(&mut payload[..]));
+            }
+            let mut retx = Vec::new();
+            for i in 0..3 {
+                a.handle_segment(&mk(Flags::ACK, 5001, first, 50, &payload), t);
+                retx.extend(drain(&mut a, t));
+                // Without SACK, the 3rd duplicate triggers; with SACK, RACK
+                // may already act on the first (segment 0 was sent before
+                // the SACKed ones and is older than their RTT).
+                if i < 2 && !with_sack {
+                    assert!(
+                        retx.is_empty(),
+                        "no retransmission before the 3rd duplicate"
+                    );
+                }
+            }
+            assert_eq!(retx.len(), 1, "sack={with_sack}");
+            assert_eq!(retx[0].0.seq, first);
+            assert_eq!(retx[0].1, out[0].1);
+            assert!(a.cwnd() < 10 * 100, "window reduced");
+        }
+    }
+
+    #[test]
+    fn delayed_ack_every_second_segment() {
+        let now = Instant::now();
+        let (_a, mut b) = pair(Config::default(), now);
+        b.handle_segment(&mk(Flags::ACK, 1001, 5001, 10, b"one"), now);
+        assert!(drain(&mut b, now).is_empty(), "first segment: delayed");
+        assert_eq!(b.poll_timeout(), Some(now + DELAYED_ACK));
+        b.handle_segment(&mk(Flags::ACK, 1004, 5001, 10, b"two"), now);
+        let out = drain(&mut b, now);
+        assert_eq!(out.len(), 1, "second segment: ACK now");
+        assert_eq!(out[0].0.ack, 1007);
     }
 
     #[test]
