@@ -159,6 +159,7 @@ struct Side {
     bare_fins_received: u32,
     sent_after_closed: u32,
     packets_sent: u64,
+    max_memory: usize,
 }
 
 impl Side {
@@ -180,6 +181,7 @@ impl Side {
             bare_fins_received: 0,
             sent_after_closed: 0,
             packets_sent: 0,
+            max_memory: 0,
         }
     }
 
@@ -224,6 +226,7 @@ impl Side {
             self.recv_hash.update(&rbuf[..n]);
             self.received += n as u64;
         }
+        self.max_memory = self.max_memory.max(self.conn.memory());
         while let Some(e) = self.conn.poll_event() {
             // Readable/Writable are edge hints; keep the log short.
             if !matches!(e, Event::Readable | Event::Writable) {
@@ -246,6 +249,8 @@ struct Outcome {
     virtual_time: Duration,
     /// Virtual time until both sides had read everything.
     transfer_time: Duration,
+    /// Largest buffer memory of either side.
+    max_memory: usize,
     packets: u64,
 }
 
@@ -497,6 +502,7 @@ fn run_once(
     Some(Outcome {
         virtual_time: now - t0,
         transfer_time: transfer_done.unwrap_or(now) - t0,
+        max_memory: a.max_memory.max(b.max_memory),
         packets: a.packets_sent + b.packets_sent,
     })
 }
@@ -528,9 +534,12 @@ fn bulk_64mib_each_way_with_loss() {
         Duration::from_secs(3600),
     );
     eprintln!(
-        "64 MiB each way, 1% loss: {:?} virtual, {} packets",
-        o.virtual_time, o.packets
+        "64 MiB each way, 1% loss: {:?} virtual, {} packets, peak buffer memory {} KiB",
+        o.virtual_time,
+        o.packets,
+        o.max_memory / 1024
     );
+    assert!(o.max_memory <= 5 << 20, "{}", o.max_memory);
 }
 
 #[test]
@@ -594,6 +603,25 @@ fn heavy_reordering_and_duplication() {
         6,
         Duration::from_secs(3600),
     );
+}
+
+#[test]
+fn compact_config_memory() {
+    let link = LinkCfg {
+        bandwidth: 100_000_000,
+        delay: Duration::from_millis(2),
+        ..lossy(0.01)
+    };
+    let o = run(
+        8 * MIB,
+        8 * MIB,
+        link,
+        Config::compact(),
+        11,
+        Duration::from_secs(3600),
+    );
+    eprintln!("compact: peak buffer memory {} KiB", o.max_memory / 1024);
+    assert!(o.max_memory <= 300_000, "{}", o.max_memory);
 }
 
 #[test]
