@@ -1023,6 +1023,13 @@ impl Connection {
                     self.retx.push_back(self.seg_id_front + i as u64);
                 }
                 SegState::Lost => self.retx.push_back(self.seg_id_front + i as u64),
+                // The cumulative ACK point is retransmitted even if it was
+                // reported SACKed: a receiver that reneged (or lied) must not
+                // stall the stream forever.
+                SegState::Sacked if i == 0 => {
+                    s.state = SegState::Lost;
+                    self.retx.push_back(self.seg_id_front);
+                }
                 SegState::Sacked => {}
             }
         }
