@@ -1180,7 +1180,6 @@ impl Connection {
 
     fn data_segment(&mut self, start: u64, len: usize) -> Transmit {
         self.acked_now();
-        self.last_send_data = self.last_send_data.max(self.last_recv);
         let window = self.window();
         Transmit {
             flags: Flags::ACK,
@@ -1247,6 +1246,15 @@ impl Connection {
         let unsent = (end - self.snd_nxt) as usize;
         if unsent == 0 {
             return None;
+        }
+        if self.segs.is_empty()
+            && now.saturating_duration_since(self.last_send_data) > self.rtt.rto()
+        {
+            // Restart window after idle (RFC 5681 §4.1): no full-cwnd burst
+            // into a path whose state is unknown again.
+            self.cwnd = self
+                .cwnd
+                .min((INITIAL_CWND_SEGMENTS * self.cfg.mss).min(self.cfg.max_cwnd));
         }
         if self.pipe >= self.cwnd + self.extra_credit
             || self.segs.len() >= self.peer_window as usize
