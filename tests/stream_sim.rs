@@ -804,3 +804,44 @@ fn stress_random_links_large() {
         run(a, b, link, cfg, i, Duration::from_secs(1_000_000));
     }
 }
+
+/// Reno (the reference's AIMD) against CUBIC on a few paths; prints virtual
+/// transfer times. `cargo test --test stream_sim controller -- --ignored --nocapture`
+#[test]
+#[ignore = "comparison report"]
+fn controller_comparison() {
+    use pilot::stream::Controller;
+    let paths = [
+        ("LAN 1 ms, 0.1% loss", Duration::from_micros(500), 0.001),
+        ("WAN 50 ms, 0.01% loss", Duration::from_millis(25), 0.0001),
+        ("WAN 50 ms, 0.1% loss", Duration::from_millis(25), 0.001),
+        ("WAN 100 ms, 1% loss", Duration::from_millis(50), 0.01),
+    ];
+    for (name, delay, loss) in paths {
+        for cc in [Controller::Reno, Controller::Cubic] {
+            let link = LinkCfg {
+                loss,
+                dup: 0.0,
+                reorder: 0.0,
+                reorder_delay: Duration::ZERO,
+                delay,
+                bandwidth: 100_000_000,
+                queue_limit: Duration::from_millis(50),
+            };
+            let cfg = Config {
+                congestion: cc,
+                send_buffer_bytes: 16 << 20,
+                recv_buffer_bytes: 16 << 20,
+                max_cwnd: 16 << 20,
+                recv_window_segments: 16384,
+                ..Config::default()
+            };
+            let size = 64 * MIB;
+            let o = run(size, 0, link, cfg, 12, Duration::from_secs(1_000_000));
+            eprintln!(
+                "{name} {cc:?}: {:.1} MB/s",
+                size as f64 / o.transfer_time.as_secs_f64() / 1e6
+            );
+        }
+    }
+}

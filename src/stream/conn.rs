@@ -39,6 +39,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::cc::Congestion;
 use super::rangeset::RangeSet;
 use super::recv::{Accepted, RecvBuffer};
 use super::ring::ByteRing;
@@ -46,8 +47,7 @@ use super::rtt::RttEstimator;
 use super::seq::{to_wire, unwrap_near};
 use super::{
     Config, Event, Segment, State, Transmit, ACK_EVERY_SEGMENTS, DELAYED_ACK, DUP_ACK_THRESHOLD,
-    INITIAL_CWND_SEGMENTS, MAX_FINACK_QUEUE, NAGLE_DELAY, SYN_INITIAL_RTO, SYN_MAX_EXPIRIES,
-    SYN_MAX_RTO,
+    MAX_FINACK_QUEUE, NAGLE_DELAY, SYN_INITIAL_RTO, SYN_MAX_EXPIRIES, SYN_MAX_RTO,
 };
 use crate::wire::header::Flags;
 use crate::wire::sack;
@@ -120,8 +120,7 @@ pub struct Connection {
     sacked: RangeSet,
     scratch: Vec<(u64, u64)>,
     pipe: usize,
-    cwnd: usize,
-    ssthresh: usize,
+    cc: Congestion,
     recovery_point: Option<u64>,
     dupacks: u32,
     /// Bytes `pipe` may exceed `cwnd` by: one MSS per duplicate ACK without
@@ -190,8 +189,7 @@ impl Connection {
         cfg.max_cwnd = cfg.max_cwnd.max(2 * cfg.mss);
         cfg.max_transmissions = cfg.max_transmissions.max(1);
         let rcv = RecvBuffer::new(cfg.recv_window_segments, cfg.recv_buffer_bytes, cfg.mss);
-        let cwnd = (INITIAL_CWND_SEGMENTS * cfg.mss).min(cfg.max_cwnd);
-        let ssthresh = cfg.initial_ssthresh.max(2 * cfg.mss);
+        let cc = Congestion::new(cfg.congestion, cfg.mss, cfg.max_cwnd, cfg.initial_ssthresh);
         Connection {
             state: State::SynSent,
             responder: false,
@@ -210,8 +208,7 @@ impl Connection {
             sacked: RangeSet::default(),
             scratch: Vec::new(),
             pipe: 0,
-            cwnd,
-            ssthresh,
+            cc,
             recovery_point: None,
             dupacks: 0,
             extra_credit: 0,
@@ -350,7 +347,7 @@ impl Connection {
 
     /// Current congestion window in bytes (diagnostics).
     pub fn cwnd(&self) -> usize {
-        self.cwnd
+        self.cc.cwnd()
     }
 
     /// Current retransmission timeout (diagnostics).
@@ -623,7 +620,9 @@ impl Connection {
             }
             if self.dupacks == DUP_ACK_THRESHOLD {
                 let id = self.seg_id_front;
-                if self.segs[0].state == SegState::InFlight {
+                // Only a segment not yet retransmitted: a lost
+                // retransmission is RACK's or the RTO's to find.
+                if self.segs[0].state == SegState::InFlight && self.segs[0].tx_count == 1 {
                     self.mark_lost(id);
                 }
             }
@@ -668,12 +667,9 @@ impl Connection {
             if ack >= rp {
                 self.recovery_point = None;
             }
-        } else if self.cwnd < self.ssthresh {
-            self.cwnd += acked;
         } else {
-            self.cwnd += (self.cfg.mss * acked / self.cwnd.max(1)).max(1);
+            self.cc.on_ack(acked, now, self.rtt.srtt());
         }
-        self.cwnd = self.cwnd.min(self.cfg.max_cwnd);
         self.dupacks = 0;
         self.extra_credit = 0;
         self.rto_deadline = if self.segs.is_empty() {
@@ -806,8 +802,7 @@ impl Connection {
         self.pipe = self.pipe.saturating_sub(self.segs[i].len as usize);
         self.retx.push_back(id);
         if self.recovery_point.is_none() {
-            self.ssthresh = (self.cwnd / 2).max(2 * self.cfg.mss);
-            self.cwnd = self.ssthresh;
+            self.cc.on_congestion_event();
             self.recovery_point = Some(self.snd_nxt);
             self.retx_credit = 1;
         }
@@ -1010,10 +1005,7 @@ impl Connection {
             self.finish(Event::TimedOut);
             return;
         }
-        if self.recovery_point.is_none() {
-            self.ssthresh = (self.cwnd / 2).max(2 * self.cfg.mss);
-        }
-        self.cwnd = (INITIAL_CWND_SEGMENTS * self.cfg.mss).min(self.cfg.max_cwnd);
+        self.cc.on_rto(self.recovery_point.is_none());
         self.recovery_point = Some(self.snd_nxt);
         self.retx.clear();
         for (i, s) in self.segs.iter_mut().enumerate() {
@@ -1216,7 +1208,7 @@ impl Connection {
                 continue;
             }
             let len = self.segs[i].len as usize;
-            if self.pipe > 0 && self.pipe + len > self.cwnd + self.extra_credit {
+            if self.pipe > 0 && self.pipe + len > self.cc.cwnd() + self.extra_credit {
                 if self.retx_credit == 0 {
                     return None;
                 }
@@ -1252,11 +1244,9 @@ impl Connection {
         {
             // Restart window after idle (RFC 5681 §4.1): no full-cwnd burst
             // into a path whose state is unknown again.
-            self.cwnd = self
-                .cwnd
-                .min((INITIAL_CWND_SEGMENTS * self.cfg.mss).min(self.cfg.max_cwnd));
+            self.cc.restart_after_idle();
         }
-        if self.pipe >= self.cwnd + self.extra_credit
+        if self.pipe >= self.cc.cwnd() + self.extra_credit
             || self.segs.len() >= self.peer_window as usize
         {
             return None;
@@ -1841,7 +1831,12 @@ mod tests {
                     );
                 }
             }
-            assert_eq!(retx.len(), 1, "sack={with_sack}");
+            assert_eq!(
+                retx.len(),
+                1,
+                "sack={with_sack} {:?}",
+                retx.iter().map(|o| (o.0, first)).collect::<Vec<_>>()
+            );
             assert_eq!(retx[0].0.seq, first);
             assert_eq!(retx[0].1, out[0].1);
             assert!(a.cwnd() < 10 * 100, "window reduced");

@@ -61,13 +61,14 @@
 //!
 //! Submodules: [`seq`] (serial arithmetic), [`rtt`] (RFC 6298 estimator),
 //! [`ring`] (byte ring), [`rangeset`] (merged ranges for SACK bookkeeping),
-//! [`recv`] (receive buffer and reassembly), `conn` (the state machine, the
-//! send scoreboard, loss recovery and congestion control).
+//! [`recv`] (receive buffer and reassembly), [`cc`] (congestion control),
+//! `conn` (the state machine, the send scoreboard and loss recovery).
 
 use std::time::Duration;
 
 use crate::wire::header::Flags;
 
+pub mod cc;
 mod conn;
 pub mod rangeset;
 pub mod recv;
@@ -75,6 +76,7 @@ pub mod ring;
 pub mod rtt;
 pub mod seq;
 
+pub use cc::Controller;
 pub use conn::Connection;
 
 /// Default payload bytes per segment: a whole encrypted datagram fits a
@@ -124,6 +126,9 @@ pub struct Config {
     /// Upper bound of the congestion window in bytes. The reference uses 1 MiB
     /// (§7.7); larger is interoperable.
     pub max_cwnd: usize,
+    /// Congestion controller ([`Controller::Cubic`] by default; the
+    /// reference's AIMD is [`Controller::Reno`]). Sender-side only.
+    pub congestion: Controller,
     /// Initial slow-start threshold in bytes. The reference uses 512 KiB;
     /// `usize::MAX` (the default) lets slow start find the path.
     pub initial_ssthresh: usize,
@@ -166,6 +171,7 @@ impl Default for Config {
             send_buffer_bytes: 2 << 20,
             recv_buffer_bytes: 2 << 20,
             max_cwnd: 2 << 20,
+            congestion: Controller::Cubic,
             initial_ssthresh: usize::MAX,
             nodelay: false,
             max_transmissions: 8,
