@@ -200,7 +200,7 @@ mod tests {
         c.on_congestion_event();
         assert_eq!(c.cwnd(), 700_000);
         // One window of ACKs per RTT: back at w_max after about K seconds.
-        let k = ((1_000_000.0 - 700_000.0) / (CUBIC_C * 1000.0) as f64).cbrt();
+        let k: f64 = ((1_000_000.0 - 700_000.0) / (CUBIC_C * 1000.0)).cbrt();
         let mut now = t0;
         while now < t0 + Duration::from_secs_f64(k + 1.0) {
             now += rtt;
