@@ -30,11 +30,14 @@
 //!   outstanding (§7.5, counting segments).
 //!
 //! # Congestion control
-//! AIMD as in §7.7: slow start, congestion avoidance `+MSS·acked/cwnd`, one
-//! multiplicative decrease (`ssthresh = cwnd/2`, `cwnd = ssthresh`) per loss
-//! episode (an episode ends when the cumulative ACK passes the highest
-//! sequence sent when it began), 10·MSS after an RTO. Caps are configurable
-//! (the reference's 1 MiB is too small for fast paths).
+//! The window itself is [`super::cc`] (CUBIC by default, the reference's AIMD
+//! on request). This module decides *when* it reacts: one multiplicative
+//! decrease per loss episode (an episode ends when the cumulative ACK passes
+//! the highest sequence sent when it began), no growth during an episode, the
+//! first retransmission of an episode sent regardless of the window, Reno
+//! inflation for duplicate ACKs without SACK, 10·MSS after an RTO, and a
+//! restart window after idle. Caps are configurable (the reference's 1 MiB is
+//! too small for fast paths).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
