@@ -756,7 +756,8 @@ proptest! {
 }
 
 /// Wider random exploration with larger transfers; run with
-/// `cargo test --test stream_sim stress -- --ignored`.
+/// `cargo test --test stream_sim stress -- --ignored` (env: STRESS_CASES,
+/// STRESS_SEED, STRESS_START to resume at a case).
 #[test]
 #[ignore = "stress: a few minutes"]
 fn stress_random_links_large() {
@@ -768,7 +769,11 @@ fn stress_random_links_large() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut r = Rng(0xdead_beef);
+    let seed: u64 = std::env::var("STRESS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0xdead_beef);
+    let mut r = Rng(seed);
     for i in 0..cases {
         let link = LinkCfg {
             loss: (r.below(25) as f64) / 100.0,
