@@ -1534,6 +1534,11 @@ mod tests {
         let out = drain(&mut b, now + Duration::from_millis(300));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0.flags, Flags::FIN | Flags::ACK);
+        // TIME_WAIT is not extended by retransmitted FINs (§12.1 cap).
+        let late = now + Duration::from_secs(9);
+        b.handle_segment(&fin, late);
+        assert_eq!(drain(&mut b, late).len(), 1);
+        assert_eq!(b.poll_timeout(), Some(now + Duration::from_secs(10)));
         // Nothing else is answered in TIME_WAIT.
         b.handle_segment(&mk(Flags::ACK, 1002, 5001, 0, b""), now);
         b.handle_segment(&mk(Flags::FIN | Flags::ACK, 1002, 5001, 0, b""), now);

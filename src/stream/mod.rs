@@ -114,7 +114,8 @@ const MAX_FINACK_QUEUE: usize = 4;
 /// less than the caps; the caps bound a connection at full window.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Payload bytes per segment we send ([`DEFAULT_MSS`]). Larger received
+    /// Payload bytes per segment we send ([`DEFAULT_MSS`]; §12.4 suggests
+    /// 1150 where paths may only carry the IPv6 minimum MTU). Larger received
     /// segments are accepted (reference MSS 4096).
     pub mss: usize,
     /// Receive window in segments (§7.5); also the cap on buffered segments.
