@@ -251,6 +251,8 @@ struct Outcome {
     transfer_time: Duration,
     /// Largest buffer memory of either side.
     max_memory: usize,
+    /// Sender statistics of the initiator.
+    stats_a: pilot::stream::Stats,
     packets: u64,
 }
 
@@ -503,6 +505,7 @@ fn run_once(
         virtual_time: now - t0,
         transfer_time: transfer_done.unwrap_or(now) - t0,
         max_memory: a.max_memory.max(b.max_memory),
+        stats_a: a.conn.stats(),
         packets: a.packets_sent + b.packets_sent,
     })
 }
@@ -844,8 +847,9 @@ fn controller_comparison() {
             let size = 64 * MIB;
             let o = run(size, 0, link, cfg, 12, Duration::from_secs(1_000_000));
             eprintln!(
-                "{name} {cc:?}: {:.1} MB/s",
-                size as f64 / o.transfer_time.as_secs_f64() / 1e6
+                "{name} {cc:?}: {:.1} MB/s {:?}",
+                size as f64 / o.transfer_time.as_secs_f64() / 1e6,
+                o.stats_a
             );
         }
     }

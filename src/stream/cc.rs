@@ -72,6 +72,11 @@ impl Congestion {
         }
     }
 
+    /// True while below the slow-start threshold.
+    pub fn in_slow_start(&self) -> bool {
+        self.cwnd < self.ssthresh
+    }
+
     /// Current window in bytes.
     pub fn cwnd(&self) -> usize {
         self.cwnd

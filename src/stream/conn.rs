@@ -55,6 +55,10 @@ use super::{
 use crate::wire::header::Flags;
 use crate::wire::sack;
 
+/// Pacing bucket depth in segments (our choice: enough to keep ACK-clocked
+/// transfers unpaced, small enough for default socket buffers).
+const PACING_BURST_SEGMENTS: usize = 16;
+
 /// Give buffer memory back after this long without data moving.
 const SHRINK_IDLE: Duration = Duration::from_secs(2);
 
@@ -96,6 +100,21 @@ struct LogEntry {
 struct Rack {
     xmit_id: u64,
     rtt: Duration,
+}
+
+/// Counters for diagnostics (`Connection::stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Data segments sent for the first time.
+    pub segments_sent: u64,
+    /// Data segments retransmitted.
+    pub retransmissions: u64,
+    /// Retransmission timer expiries.
+    pub rtos: u64,
+    /// Loss episodes entered through fast retransmit / RACK.
+    pub fast_recoveries: u64,
+    /// Data segments received (including duplicates).
+    pub segments_received: u64,
 }
 
 /// One reliable stream (see the module docs of [`crate::stream`]).
@@ -140,6 +159,9 @@ pub struct Connection {
     reorder_deadline: Option<Instant>,
     peer_window: u16,
     nagle_deadline: Option<Instant>,
+    pacing_tokens: f64,
+    pacing_last: Instant,
+    pacing_deadline: Option<Instant>,
     nagle_expired: bool,
     heard_since_rto: bool,
     silent_rtos: u32,
@@ -181,6 +203,7 @@ pub struct Connection {
 
     // --- events ---
     events: VecDeque<Event>,
+    stats: Stats,
     readable_signalled: bool,
     want_writable: bool,
 }
@@ -223,6 +246,9 @@ impl Connection {
             reorder_deadline: None,
             peer_window: 1,
             nagle_deadline: None,
+            pacing_tokens: (PACING_BURST_SEGMENTS * cfg.mss) as f64,
+            pacing_last: now,
+            pacing_deadline: None,
             nagle_expired: false,
             heard_since_rto: true,
             silent_rtos: 0,
@@ -254,6 +280,7 @@ impl Connection {
             probe_pending: false,
             shrink_deadline: None,
             events: VecDeque::new(),
+            stats: Stats::default(),
             readable_signalled: false,
             want_writable: false,
             cfg,
@@ -346,6 +373,11 @@ impl Connection {
         self.log.shrink_to_fit();
         self.retx.shrink_to_fit();
         self.scratch = Vec::new();
+    }
+
+    /// Counters (diagnostics).
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// Current congestion window in bytes (diagnostics).
@@ -456,6 +488,7 @@ impl Connection {
         self.reorder_deadline = None;
         self.nagle_deadline = None;
         self.nagle_expired = false;
+        self.pacing_deadline = None;
     }
 
     fn enter_time_wait(&mut self, now: Instant) {
@@ -806,6 +839,7 @@ impl Connection {
         self.retx.push_back(id);
         if self.recovery_point.is_none() {
             self.cc.on_congestion_event();
+            self.stats.fast_recoveries += 1;
             self.recovery_point = Some(self.snd_nxt);
             self.retx_credit = 1;
         }
@@ -816,6 +850,7 @@ impl Connection {
             self.ack_now = true;
             return;
         };
+        self.stats.segments_received += 1;
         match self.rcv.accept(off, seg.payload) {
             Accepted::InOrder { filled_gap } => {
                 self.shrink_deadline = Some(now + SHRINK_IDLE);
@@ -855,6 +890,7 @@ impl Connection {
         add(self.linger_deadline);
         add(self.time_wait_deadline);
         add(self.nagle_deadline);
+        add(self.pacing_deadline);
         add(self.shrink_deadline);
         if self.state == State::Established || self.state == State::FinWait {
             add(self.keepalive_deadline());
@@ -899,6 +935,9 @@ impl Connection {
             // Idle for a while: give buffer memory back (it regrows on demand).
             self.shrink_deadline = None;
             self.shrink_buffers();
+        }
+        if due(self.pacing_deadline) {
+            self.pacing_deadline = None;
         }
         if due(self.nagle_deadline) {
             self.nagle_deadline = None;
@@ -1009,6 +1048,7 @@ impl Connection {
             return;
         }
         self.cc.on_rto(self.recovery_point.is_none());
+        self.stats.rtos += 1;
         self.recovery_point = Some(self.snd_nxt);
         self.retx.clear();
         for (i, s) in self.segs.iter_mut().enumerate() {
@@ -1200,6 +1240,36 @@ impl Connection {
         x
     }
 
+    /// Pacing (token bucket): may `len` bytes of data go out now? The rate
+    /// is a multiple of cwnd/SRTT (2× in slow start, 1.25× after), bursts up
+    /// to [`PACING_BURST_SEGMENTS`]; spreads a window over the RTT instead of
+    /// dumping it into socket buffers and router queues at once.
+    fn pace(&mut self, len: usize, now: Instant) -> bool {
+        if !self.cfg.pacing {
+            return true;
+        }
+        let Some(srtt) = self.rtt.srtt() else {
+            return true;
+        };
+        let gain = if self.cc.in_slow_start() { 2.0 } else { 1.25 };
+        let rate = gain * self.cc.cwnd() as f64 / srtt.as_secs_f64().max(1e-6);
+        let burst = (PACING_BURST_SEGMENTS * self.cfg.mss) as f64;
+        let dt = now
+            .saturating_duration_since(self.pacing_last)
+            .as_secs_f64();
+        self.pacing_last = now;
+        self.pacing_tokens = (self.pacing_tokens + dt * rate).min(burst);
+        if self.pacing_tokens >= len as f64 {
+            self.pacing_tokens -= len as f64;
+            self.pacing_deadline = None;
+            true
+        } else {
+            let wait = (len as f64 - self.pacing_tokens) / rate;
+            self.pacing_deadline = Some(now + Duration::from_secs_f64(wait.max(1e-6)));
+            false
+        }
+    }
+
     fn transmit_retx(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(&id) = self.retx.front() {
             let Some(i) = self.seg_index(id) else {
@@ -1211,14 +1281,12 @@ impl Connection {
                 continue;
             }
             let len = self.segs[i].len as usize;
-            if self.pipe > 0 && self.pipe + len > self.cc.cwnd() + self.extra_credit {
-                if self.retx_credit == 0 {
-                    return None;
-                }
-                self.retx_credit -= 1;
-            }
-            if len > buf.len() {
+            let cwnd_ok = self.pipe == 0 || self.pipe + len <= self.cc.cwnd() + self.extra_credit;
+            if (!cwnd_ok && self.retx_credit == 0) || len > buf.len() || !self.pace(len, now) {
                 return None;
+            }
+            if !cwnd_ok {
+                self.retx_credit -= 1;
             }
             self.retx.pop_front();
             let start = self.segs[i].start;
@@ -1228,6 +1296,7 @@ impl Connection {
             let s = &mut self.segs[i];
             s.state = SegState::InFlight;
             s.tx_count = s.tx_count.saturating_add(1);
+            self.stats.retransmissions += 1;
             s.sent_at = now;
             s.xmit_id = x;
             self.pipe += len;
@@ -1274,6 +1343,9 @@ impl Connection {
             }
             return None;
         }
+        if !self.pace(len, now) {
+            return None;
+        }
         self.nagle_deadline = None;
         self.nagle_expired = false;
         let start = self.snd_nxt;
@@ -1289,6 +1361,7 @@ impl Connection {
         });
         self.snd_nxt += len as u64;
         self.pipe += len;
+        self.stats.segments_sent += 1;
         Some(self.data_segment(start, len))
     }
 }

@@ -77,7 +77,7 @@ pub mod rtt;
 pub mod seq;
 
 pub use cc::Controller;
-pub use conn::Connection;
+pub use conn::{Connection, Stats};
 
 /// Default payload bytes per segment: a whole encrypted datagram fits a
 /// 1,500-byte path without fragmentation even through the relay: 1500 − 40
@@ -130,6 +130,9 @@ pub struct Config {
     /// Congestion controller ([`Controller::Cubic`] by default; the
     /// reference's AIMD is [`Controller::Reno`]). Sender-side only.
     pub congestion: Controller,
+    /// Pace data at a multiple of cwnd/SRTT instead of sending whole windows
+    /// back to back (default on; sender-side only).
+    pub pacing: bool,
     /// Initial slow-start threshold in bytes. The reference uses 512 KiB;
     /// `usize::MAX` (the default) lets slow start find the path.
     pub initial_ssthresh: usize,
@@ -173,6 +176,7 @@ impl Default for Config {
             recv_buffer_bytes: 2 << 20,
             max_cwnd: 2 << 20,
             congestion: Controller::Cubic,
+            pacing: true,
             initial_ssthresh: usize::MAX,
             nodelay: false,
             max_transmissions: 8,
