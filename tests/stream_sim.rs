@@ -854,3 +854,260 @@ fn controller_comparison() {
         }
     }
 }
+
+/// A model of the reference *receiver* (§7.3, §7.6, §7.8, §7.10 as the
+/// reference implements them): ISN 0, exact-seq reassembly with at most 128
+/// buffered out-of-order segments, duplicates ignored, SACK = the lowest four
+/// merged blocks, delayed ACK (2 segments / 40 ms), window = free slots of a
+/// 512-slot queue (its application reads at once), every FIN — bare or not —
+/// answered with FIN|ACK, and any ACK payload that passes the lenient SACK
+/// rule swallowed as SACK.
+struct RefReceiver {
+    established: bool,
+    base: u32,
+    rcv_nxt: u64,
+    ooo: std::collections::BTreeMap<u64, Vec<u8>>,
+    hash: Sha256,
+    received: u64,
+    unacked: u32,
+    delack: Option<Instant>,
+    out: Vec<Pkt>,
+    fins_answered: u32,
+}
+
+impl RefReceiver {
+    fn ack(&mut self) {
+        let mut payload = Vec::new();
+        if !self.ooo.is_empty() {
+            let mut blocks: Vec<(u64, u64)> = Vec::new();
+            for (&s, d) in &self.ooo {
+                let e = s + d.len() as u64;
+                match blocks.last_mut() {
+                    Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                    _ => blocks.push((s, e)),
+                }
+            }
+            let r = pilot::wire::sack::Repr::new(
+                &blocks
+                    .iter()
+                    .map(|&(s, e)| pilot::wire::sack::Block {
+                        left: self.base.wrapping_add(s as u32),
+                        right: self.base.wrapping_add(e as u32),
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            payload = vec![0u8; r.buffer_len()];
+            r.emit(&mut pilot::wire::sack::Packet::new_unchecked(
+                &mut payload[..],
+            ));
+        }
+        self.out.push(Pkt {
+            flags: Flags::ACK,
+            seq: 1,
+            ack: self.base.wrapping_add(self.rcv_nxt as u32),
+            window: 512,
+            payload,
+        });
+        self.unacked = 0;
+        self.delack = None;
+    }
+
+    fn handle(&mut self, seg: &Segment, now: Instant) {
+        let f = seg.flags;
+        if f.contains(Flags::SYN) && !f.contains(Flags::ACK) {
+            if !self.established {
+                self.established = true;
+                self.base = seg.seq.wrapping_add(1);
+            }
+            self.out.push(Pkt {
+                flags: Flags::SYN | Flags::ACK,
+                seq: 0,
+                ack: self.base,
+                window: 512,
+                payload: Vec::new(),
+            });
+            return;
+        }
+        if !self.established || f.contains(Flags::RST) {
+            return;
+        }
+        if f.contains(Flags::FIN) {
+            self.fins_answered += 1;
+            self.out.push(Pkt {
+                flags: Flags::FIN | Flags::ACK,
+                seq: 1,
+                ack: seg.seq.wrapping_add(1),
+                window: 0,
+                payload: Vec::new(),
+            });
+            return;
+        }
+        if !f.contains(Flags::ACK) || seg.payload.is_empty() {
+            return;
+        }
+        let lenient = pilot::wire::sack::Repr::parse_lenient(
+            &pilot::wire::sack::Packet::new_unchecked(seg.payload),
+        );
+        assert!(
+            lenient.is_err(),
+            "our sender emitted data the reference reads as SACK"
+        );
+        let off = self.rcv_nxt as i64
+            + seg
+                .seq
+                .wrapping_sub(self.base.wrapping_add(self.rcv_nxt as u32)) as i32
+                as i64;
+        let off = off as u64;
+        if off == self.rcv_nxt {
+            self.hash.update(seg.payload);
+            self.received += seg.payload.len() as u64;
+            self.rcv_nxt += seg.payload.len() as u64;
+            while let Some(d) = self.ooo.remove(&self.rcv_nxt) {
+                self.hash.update(&d);
+                self.received += d.len() as u64;
+                self.rcv_nxt += d.len() as u64;
+            }
+        } else if off > self.rcv_nxt {
+            if !self.ooo.contains_key(&off) && self.ooo.len() < 128 {
+                self.ooo.insert(off, seg.payload.to_vec());
+            }
+        }
+        if !self.ooo.is_empty() {
+            self.ack();
+        } else {
+            self.unacked += 1;
+            if self.unacked >= 2 {
+                self.ack();
+            } else if self.delack.is_none() {
+                self.delack = Some(now + Duration::from_millis(40));
+            }
+        }
+    }
+}
+
+/// Our sender against the reference-receiver model over a lossy link.
+fn run_vs_reference(size: u64, link: LinkCfg, cfg: Config, seed: u64) {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut l_ab = Link {
+        cfg: link.clone(),
+        rng: Rng(seed ^ 0xa),
+        free_at: now,
+    };
+    let mut l_ba = Link {
+        cfg: link,
+        rng: Rng(seed ^ 0xb),
+        free_at: now,
+    };
+    let mut heap: BinaryHeap<Reverse<Queued>> = BinaryHeap::new();
+    let mut next_id = 0u64;
+    let mut a = Side::new(Connection::connect(cfg, seed as u32, now), size, 0, seed);
+    let mut r = RefReceiver {
+        established: false,
+        base: 0,
+        rcv_nxt: 0,
+        ooo: Default::default(),
+        hash: Sha256::new(),
+        received: 0,
+        unacked: 0,
+        delack: None,
+        out: Vec::new(),
+        fins_answered: 0,
+    };
+    let mut buf = vec![0u8; 65536];
+    let mut rbuf = vec![0u8; 65536];
+    loop {
+        a.app(now, &mut rbuf);
+        while let Some(t) = a.conn.poll_transmit(now, &mut buf) {
+            if t.flags == Flags::FIN | Flags::ACK {
+                a.finacks_sent += 1;
+            }
+            for at in l_ab.send(now, t.payload_len) {
+                heap.push(Reverse(Queued {
+                    at,
+                    id: next_id,
+                    to_b: true,
+                    pkt: Pkt {
+                        flags: t.flags,
+                        seq: t.seq,
+                        ack: t.ack,
+                        window: t.window,
+                        payload: buf[..t.payload_len].to_vec(),
+                    },
+                }));
+                next_id += 1;
+            }
+        }
+        for p in std::mem::take(&mut r.out) {
+            for at in l_ba.send(now, p.payload.len()) {
+                heap.push(Reverse(Queued {
+                    at,
+                    id: next_id,
+                    to_b: false,
+                    pkt: p.clone(),
+                }));
+                next_id += 1;
+            }
+        }
+        let next = [heap.peek().map(|q| q.0.at), a.conn.poll_timeout(), r.delack]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next else { break };
+        now = now.max(next);
+        assert!(
+            now - t0 < Duration::from_secs(100_000),
+            "stuck: {} of {size}",
+            r.received
+        );
+        while heap.peek().is_some_and(|q| q.0.at <= now) {
+            let Reverse(q) = heap.pop().unwrap();
+            let seg = Segment {
+                flags: q.pkt.flags,
+                seq: q.pkt.seq,
+                ack: q.pkt.ack,
+                window: q.pkt.window,
+                payload: &q.pkt.payload,
+            };
+            if q.to_b {
+                r.handle(&seg, now);
+            } else {
+                a.conn.handle_segment(&seg, now);
+            }
+        }
+        if r.delack.is_some_and(|d| d <= now) {
+            r.ack();
+        }
+        a.conn.handle_timeout(now);
+        if a.conn.state() == State::Closed && heap.is_empty() && r.out.is_empty() {
+            break;
+        }
+    }
+    a.app(now, &mut rbuf);
+    assert_eq!(a.conn.state(), State::Closed);
+    assert_eq!(a.events.last(), Some(&Event::Closed), "{:?}", a.events);
+    assert_eq!(
+        a.finacks_sent, 0,
+        "a FIN|ACK from the reference must never be answered"
+    );
+    assert!(r.fins_answered >= 1);
+    assert_eq!(r.received, size);
+    assert_eq!(a.sent_hash.clone().finalize(), r.hash.clone().finalize());
+}
+
+#[test]
+fn interop_with_reference_receiver_model() {
+    for (i, loss) in [0.0, 0.02, 0.1].into_iter().enumerate() {
+        let link = LinkCfg { loss, ..lossy(0.0) };
+        run_vs_reference(4 * MIB, link, Config::default(), 100 + i as u64);
+    }
+    // Many holes (more than four SACK blocks, more than 128 buffered at
+    // the receiver): reordering-heavy link.
+    let link = LinkCfg {
+        loss: 0.05,
+        reorder: 0.5,
+        reorder_delay: Duration::from_millis(30),
+        ..lossy(0.0)
+    };
+    run_vs_reference(4 * MIB, link, Config::default(), 200);
+}
