@@ -967,10 +967,8 @@ impl RefReceiver {
                 self.received += d.len() as u64;
                 self.rcv_nxt += d.len() as u64;
             }
-        } else if off > self.rcv_nxt {
-            if !self.ooo.contains_key(&off) && self.ooo.len() < 128 {
-                self.ooo.insert(off, seg.payload.to_vec());
-            }
+        } else if off > self.rcv_nxt && !self.ooo.contains_key(&off) && self.ooo.len() < 128 {
+            self.ooo.insert(off, seg.payload.to_vec());
         }
         if !self.ooo.is_empty() {
             self.ack();
