@@ -1457,6 +1457,12 @@ mod tests {
     }
 
     #[test]
+    fn connection_is_send() {
+        fn send<T: Send + 'static>() {}
+        send::<Connection>();
+    }
+
+    #[test]
     fn handshake_fields() {
         let now = Instant::now();
         let cfg = Config::default();
