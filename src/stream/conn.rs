@@ -2200,7 +2200,8 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+            // No regression file: it would live outside this module's files.
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
             #[test]
             fn arbitrary_segments_never_panic(segs in proptest::collection::vec(arb_seg(), 1..60), writes in proptest::collection::vec(0usize..5000, 0..5)) {
                 let t0 = Instant::now();

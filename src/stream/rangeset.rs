@@ -116,6 +116,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
         #[test]
         fn matches_bitmap(ops in proptest::collection::vec((0u64..200, 0u64..30), 1..40), cut in 0u64..230) {
             let mut set = RangeSet::default();
