@@ -197,6 +197,9 @@ pub struct Connection {
     last_recv: Instant,
     last_send_data: Instant,
     ka_probes: u8,
+    /// The peer answered one of our keepalive probes at least once (a
+    /// reference peer never does, §12.13).
+    peer_answers_probes: bool,
     ka_last_probe: Instant,
     probe_pending: bool,
     shrink_deadline: Option<Instant>,
@@ -276,6 +279,7 @@ impl Connection {
             last_recv: now,
             last_send_data: now,
             ka_probes: 0,
+            peer_answers_probes: false,
             ka_last_probe: now,
             probe_pending: false,
             shrink_deadline: None,
@@ -529,6 +533,9 @@ impl Connection {
             return;
         }
         self.last_recv = now;
+        if self.ka_probes > 0 {
+            self.peer_answers_probes = true;
+        }
         self.ka_probes = 0;
         self.heard_since_rto = true;
 
@@ -990,18 +997,25 @@ impl Connection {
             }
         }
         if matches!(self.state, State::Established | State::FinWait) {
+            if due(self.cfg.idle_timeout.map(|d| self.last_recv + d)) && !self.close_requested {
+                self.close(now);
+                return;
+            }
             if due(self.keepalive_deadline()) {
-                if self.ka_probes >= self.cfg.keepalive_probes {
+                // Unanswered probes mean "dead" only for a peer known to
+                // answer them. A reference peer never answers (§12.13) and,
+                // since our probes count as activity for it, never probes
+                // us either: resetting it would kill every idle connection
+                // at ≈ 105 s. For such peers the idle timeout (a graceful
+                // FIN) is the backstop, as in the reference.
+                if self.ka_probes >= self.cfg.keepalive_probes && self.peer_answers_probes {
                     self.rst_pending = true;
                     self.finish(Event::TimedOut);
                     return;
                 }
-                self.ka_probes += 1;
+                self.ka_probes = self.ka_probes.saturating_add(1);
                 self.ka_last_probe = now;
                 self.probe_pending = true;
-            }
-            if due(self.cfg.idle_timeout.map(|d| self.last_recv + d)) && !self.close_requested {
-                self.close(now);
             }
         }
     }
@@ -1674,12 +1688,24 @@ mod tests {
     #[test]
     fn keepalive_probes_then_reset() {
         let t0 = Instant::now();
-        let (mut a, _b) = pair(Config::default(), t0);
+        let (mut a, mut b) = pair(Config::default(), t0);
+        // The peer answers a first probe (it is one of ours) ...
+        let t = a.poll_timeout().unwrap();
+        assert_eq!(t, t0 + Duration::from_secs(60));
+        a.handle_timeout(t);
+        let probe = drain(&mut a, t);
+        assert_eq!(probe.len(), 1);
+        b.handle_segment(&seg(&probe[0]), t);
+        for o in drain(&mut b, t) {
+            a.handle_segment(&seg(&o), t);
+        }
+        // ... then dies: three unanswered probes, then RST (§7.10).
+        let t1 = t;
         let mut probes = Vec::new();
         while let Some(t) = a.poll_timeout() {
             a.handle_timeout(t);
             for o in drain(&mut a, t) {
-                probes.push(((t - t0).as_secs(), o.0.flags, o.0.window));
+                probes.push(((t - t1).as_secs(), o.0.flags, o.0.window));
             }
         }
         assert_eq!(
@@ -1692,6 +1718,35 @@ mod tests {
             ]
         );
         assert_eq!(events(&mut a), vec![Event::TimedOut]);
+    }
+
+    #[test]
+    fn silent_reference_peer_gets_idle_close_not_reset() {
+        // A reference peer never answers probes (§12.13): no RST at 105 s;
+        // the 120 s idle timeout closes gracefully instead.
+        let t0 = Instant::now();
+        let (mut a, _b) = pair(Config::default(), t0);
+        let mut out = Vec::new();
+        while let Some(t) = a.poll_timeout() {
+            if t > t0 + Duration::from_secs(120) {
+                break;
+            }
+            a.handle_timeout(t);
+            for o in drain(&mut a, t) {
+                out.push(((t - t0).as_secs(), o.0.flags));
+            }
+        }
+        assert_eq!(
+            out,
+            vec![
+                (60, Flags::ACK),
+                (75, Flags::ACK),
+                (90, Flags::ACK),
+                (105, Flags::ACK),
+                (120, Flags::FIN)
+            ]
+        );
+        assert_eq!(a.state(), State::FinWait);
     }
 
     #[test]

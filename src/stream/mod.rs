@@ -148,7 +148,9 @@ pub struct Config {
     pub keepalive_idle: Option<Duration>,
     /// Interval between keepalive probes (§7.10: 15 s sweep).
     pub keepalive_interval: Duration,
-    /// Unanswered probes before RST (§7.10: 3).
+    /// Unanswered probes before RST (§7.10: 3). Applies only once the peer
+    /// has answered a probe: a reference peer never answers (§12.13), and
+    /// for it the idle timeout closes gracefully instead.
     pub keepalive_probes: u8,
     /// Close gracefully after this long without receiving anything (§7.10:
     /// 120 s); `None` disables.
