@@ -16,15 +16,59 @@
 //! once per copy, window counted in segments and never 0, SACK only with the
 //! exact length, data never shaped like SACK, keepalive probes answered).
 //!
+//! # Driving a connection (daemon side)
+//!
+//! 1. Open with [`Connection::connect`] (initiator; a random ISN is
+//!    recommended) or, for a SYN that passed the listener, trust and rate
+//!    checks of §7.2, [`Connection::accept`]. A SYN for an existing 4-tuple is
+//!    a retransmission: pass it to that connection's `handle_segment` (it
+//!    re-answers SYN|ACK). A segment for no connection gets [`rst_for`] (or is
+//!    dropped for untrusted sources, §12.20).
+//! 2. After **every** input — `handle_segment` for each received stream
+//!    packet, `handle_timeout` when the deadline from `poll_timeout` passes,
+//!    and the application's `send` / `recv` / `close` — call `poll_transmit`
+//!    until it returns `None`, encoding each [`Transmit`] into a header (the
+//!    daemon adds addresses and ports) with its payload taken from the front
+//!    of the buffer passed in. That buffer is normally the part of the
+//!    datagram buffer after the 34-byte header and must hold at least
+//!    [`Config::mss`] bytes. Then re-arm the timer from `poll_timeout`, and
+//!    drain `poll_event`.
+//! 3. Events: [`Event::Connected`], [`Event::Readable`] / [`Event::Writable`]
+//!    (edge hints), [`Event::PeerClosed`] (end of stream once the readable
+//!    bytes are consumed; `truncated` reports data lost before a reference
+//!    peer's close), [`Event::SynRetransmit`] (the SYN timer expired; at
+//!    `expiry == 3` mark the peer as relay and resend PILA through the relay,
+//!    §5.5 and §4.8 item 4; [`Connection::syn_expiries`] gives the same
+//!    count), and one terminal event — [`Event::Closed`], [`Event::Reset`],
+//!    [`Event::Refused`] (dial: connection refused) or [`Event::TimedOut`]
+//!    (dial timeout after the 7th SYN expiry, ≈ 29 s; or the peer went
+//!    silent). After a terminal event the state is [`State::Closed`]; flush
+//!    `poll_transmit` once more (an RST may be pending), then drop the
+//!    connection. Unread data stays readable until then.
+//! 4. Daemon shutdown: [`Connection::abort`] sends RST; a graceful shutdown
+//!    calls [`Connection::close`] and keeps polling until `Closed`.
+//!
+//! # Memory
+//! Buffers grow on demand and are freed after 2 s without data movement, in
+//! TIME_WAIT and when closed; the caps in [`Config`] bound a connection at
+//! full window: about `send_buffer_bytes + recv_buffer_bytes` plus ≈ 50 bytes
+//! per segment in flight. [`Config::default`] (2 MiB + 2 MiB, max cwnd 2 MiB)
+//! reaches ≈ 2 MiB per RTT per direction, i.e. hundreds of MB/s when the RTT
+//! is a few milliseconds; [`Config::compact`] (128 KiB + 128 KiB, ≈ 260 KB
+//! at full window) suits daemons with 10,000 streams. Rings round their
+//! allocation up to a power of two, so caps that are powers of two waste
+//! nothing.
+//!
 //! Submodules: [`seq`] (serial arithmetic), [`rtt`] (RFC 6298 estimator),
 //! [`ring`] (byte ring), [`rangeset`] (merged ranges for SACK bookkeeping),
-//! [`recv`] (receive buffer and reassembly), `conn` (the state machine, the
-//! send scoreboard, loss recovery and congestion control).
+//! [`recv`] (receive buffer and reassembly), [`cc`] (congestion control),
+//! `conn` (the state machine, the send scoreboard and loss recovery).
 
 use std::time::Duration;
 
 use crate::wire::header::Flags;
 
+pub mod cc;
 mod conn;
 pub mod rangeset;
 pub mod recv;
@@ -32,7 +76,8 @@ pub mod ring;
 pub mod rtt;
 pub mod seq;
 
-pub use conn::Connection;
+pub use cc::Controller;
+pub use conn::{Connection, Stats};
 
 /// Default payload bytes per segment: a whole encrypted datagram fits a
 /// 1,500-byte path without fragmentation even through the relay: 1500 − 40
@@ -69,7 +114,8 @@ const MAX_FINACK_QUEUE: usize = 4;
 /// less than the caps; the caps bound a connection at full window.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Payload bytes per segment we send ([`DEFAULT_MSS`]). Larger received
+    /// Payload bytes per segment we send ([`DEFAULT_MSS`]; §12.4 suggests
+    /// 1150 where paths may only carry the IPv6 minimum MTU). Larger received
     /// segments are accepted (reference MSS 4096).
     pub mss: usize,
     /// Receive window in segments (§7.5); also the cap on buffered segments.
@@ -81,21 +127,30 @@ pub struct Config {
     /// Upper bound of the congestion window in bytes. The reference uses 1 MiB
     /// (§7.7); larger is interoperable.
     pub max_cwnd: usize,
+    /// Congestion controller ([`Controller::Cubic`] by default; the
+    /// reference's AIMD is [`Controller::Reno`]). Sender-side only.
+    pub congestion: Controller,
+    /// Pace data at a multiple of cwnd/SRTT instead of sending whole windows
+    /// back to back (default on; sender-side only).
+    pub pacing: bool,
     /// Initial slow-start threshold in bytes. The reference uses 512 KiB;
     /// `usize::MAX` (the default) lets slow start find the path.
     pub initial_ssthresh: usize,
     /// Send a sub-MSS remainder at once instead of waiting for outstanding data
     /// to be acknowledged (disables Nagle, §7.9).
     pub nodelay: bool,
-    /// Abort after a segment has been sent this many times and the next
-    /// retransmission timer expires with no packet from the peer in between
-    /// (§7.7: 8).
+    /// Abort when a segment has been sent this many times and the next
+    /// retransmission timer expires after two timeouts without any packet
+    /// from the peer (§7.7: 8; the silence condition keeps a live peer that
+    /// refuses data for lack of buffer space from being reset).
     pub max_transmissions: u8,
     /// Keepalive: probe after this much silence (§7.10: 60 s); `None` disables.
     pub keepalive_idle: Option<Duration>,
     /// Interval between keepalive probes (§7.10: 15 s sweep).
     pub keepalive_interval: Duration,
-    /// Unanswered probes before RST (§7.10: 3).
+    /// Unanswered probes before RST (§7.10: 3). Applies only once the peer
+    /// has answered a probe: a reference peer never answers (§12.13), and
+    /// for it the idle timeout closes gracefully instead.
     pub keepalive_probes: u8,
     /// Close gracefully after this long without receiving anything (§7.10:
     /// 120 s); `None` disables.
@@ -106,6 +161,9 @@ pub struct Config {
     /// How long `close` waits without progress for outstanding data to be
     /// acknowledged before sending FIN anyway (§7.11 item 4, §12.2).
     pub close_linger: Duration,
+    /// Hard cap on that wait, counted from `close()`, while retransmissions
+    /// are still being attempted.
+    pub close_timeout: Duration,
     /// Restart the SYN backoff at this expiry (the daemon switches to relay
     /// there, §5.5); `None` for a plain doubling timeline.
     pub syn_relay_expiry: Option<u8>,
@@ -119,6 +177,8 @@ impl Default for Config {
             send_buffer_bytes: 2 << 20,
             recv_buffer_bytes: 2 << 20,
             max_cwnd: 2 << 20,
+            congestion: Controller::Cubic,
+            pacing: true,
             initial_ssthresh: usize::MAX,
             nodelay: false,
             max_transmissions: 8,
@@ -128,6 +188,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(120)),
             time_wait: Duration::from_secs(10),
             close_linger: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(60),
             syn_relay_expiry: Some(SYN_RELAY_EXPIRY),
         }
     }

@@ -93,6 +93,11 @@ impl RangeSet {
         self.map.iter().map(|(&s, &e)| (s, e))
     }
 
+    /// The lowest range, if any.
+    pub fn first(&self) -> Option<(u64, u64)> {
+        self.map.iter().next().map(|(&s, &e)| (s, e))
+    }
+
     /// The range containing `x`, if any.
     pub fn containing(&self, x: u64) -> Option<(u64, u64)> {
         let (&s, &e) = self.map.range(..=x).next_back()?;
@@ -111,6 +116,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
         #[test]
         fn matches_bitmap(ops in proptest::collection::vec((0u64..200, 0u64..30), 1..40), cut in 0u64..230) {
             let mut set = RangeSet::default();

@@ -7,14 +7,18 @@
 //!   The window is counted in *segments* (§7.5), so the end offset of every
 //!   in-order segment not yet fully read is kept in a queue (one slot each,
 //!   like the reference's 512-slot queue); reads pop it in O(1) amortized.
-//! * Out-of-order segments are kept whole in a `BTreeMap` keyed by start
-//!   offset (O(log n) insert and in-order drain), and their union in a
-//!   [`RangeSet`] so that SACK blocks come out in O(1) without walking the
-//!   buffered segments.
+//! * Out-of-order segments are written straight into the same ring at their
+//!   place beyond the in-order bytes (no per-segment allocation; every byte is
+//!   copied once in and once out). Their union is kept in a [`RangeSet`]
+//!   (SACK blocks in O(1), in-order advance in O(log n)), and their
+//!   `(start, end)` in a `BTreeMap` for duplicate detection and slot
+//!   accounting.
 //! * Memory is bounded by the byte cap (`recv_buffer_bytes`): a segment is
 //!   accepted only if it ends within `cap` bytes of the oldest unread byte, so
-//!   in-order plus out-of-order data never exceed the cap. An in-order segment
-//!   is never refused because out-of-order data holds space (no deadlock).
+//!   the ring never needs more than the cap (rounded up to a power of two),
+//!   except that an in-order segment larger than the cap is accepted into an
+//!   empty buffer. An in-order segment is never refused because out-of-order
+//!   data holds space (no deadlock).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -47,7 +51,7 @@ pub struct RecvBuffer {
     read_off: u64,
     rcv_nxt: u64,
     seg_ends: VecDeque<u64>,
-    ooo: BTreeMap<u64, Vec<u8>>,
+    ooo: BTreeMap<u64, u64>,
     ooo_bytes: usize,
     ooo_ranges: RangeSet,
     last_ooo: u64,
@@ -91,9 +95,9 @@ impl RecvBuffer {
         !self.ooo.is_empty()
     }
 
-    /// Bytes of memory held (allocated ring + buffered out-of-order data).
+    /// Bytes of memory held by the ring (out-of-order data included).
     pub fn memory(&self) -> usize {
-        self.ring.capacity() + self.ooo_bytes
+        self.ring.capacity()
     }
 
     /// Accept a data segment starting at offset `off`.
@@ -106,7 +110,11 @@ impl RecvBuffer {
             return Accepted::Duplicate;
         }
         self.max_seg = self.max_seg.max(data.len());
-        if end > self.read_off + self.cap as u64 {
+        // Beyond the byte cap: refuse, except an in-order segment into an
+        // empty buffer (a peer segment larger than the whole cap must still
+        // get through; memory stays below cap + one segment).
+        let empty_in_order = off <= self.rcv_nxt && self.rcv_nxt == self.read_off;
+        if end > self.read_off + self.cap as u64 && !empty_in_order {
             return Accepted::NoRoom;
         }
         if off > self.rcv_nxt {
@@ -116,7 +124,8 @@ impl RecvBuffer {
             if self.seg_ends.len() + self.ooo.len() >= self.slots {
                 return Accepted::NoRoom;
             }
-            self.ooo.insert(off, data.to_vec());
+            self.ring.write_at((off - self.read_off) as usize, data);
+            self.ooo.insert(off, end);
             self.ooo_bytes += data.len();
             self.ooo_ranges.insert(off, end);
             self.last_ooo = off;
@@ -127,28 +136,34 @@ impl RecvBuffer {
         }
         // Trim what we already have (a peer may re-segment).
         let skip = (self.rcv_nxt - off) as usize;
-        self.ring.push(&data[skip..]);
-        self.rcv_nxt = end;
+        self.ring
+            .write_at((self.rcv_nxt - self.read_off) as usize, &data[skip..]);
+        let mut new_end = end;
         self.seg_ends.push_back(end);
+        // Out-of-order data now contiguous with the in-order bytes is already
+        // in place: just extend over it.
         let mut filled_gap = false;
-        while let Some(entry) = self.ooo.first_entry() {
-            if *entry.key() > self.rcv_nxt {
+        while let Some((s, e)) = self.ooo_ranges.first() {
+            if s > new_end {
                 break;
             }
-            let start = *entry.key();
-            let seg = entry.remove();
-            self.ooo_bytes -= seg.len();
-            let e = start + seg.len() as u64;
-            if e > self.rcv_nxt {
-                self.ring.push(&seg[(self.rcv_nxt - start) as usize..]);
-                self.rcv_nxt = e;
-                self.seg_ends.push_back(e);
-            }
+            new_end = new_end.max(e);
+            self.ooo_ranges.remove_below(new_end);
             filled_gap = true;
         }
-        if filled_gap {
-            self.ooo_ranges.remove_below(self.rcv_nxt);
+        while let Some(entry) = self.ooo.first_entry() {
+            if *entry.key() >= new_end {
+                break;
+            }
+            let (start, e) = entry.remove_entry();
+            self.ooo_bytes -= (e - start) as usize;
+            // Slot accounting: one slot per buffered segment, released when
+            // the application has read past its end.
+            let last = self.seg_ends.back().copied().unwrap_or(0);
+            self.seg_ends.push_back(e.min(new_end).max(last));
         }
+        self.ring.commit((new_end - self.rcv_nxt) as usize);
+        self.rcv_nxt = new_end;
         Accepted::InOrder { filled_gap }
     }
 
@@ -212,10 +227,13 @@ impl RecvBuffer {
         r
     }
 
-    /// Release memory not in use.
+    /// Release memory not in use (nothing while out-of-order data is held:
+    /// it lives in the ring beyond the in-order bytes).
     pub fn shrink(&mut self) {
-        self.ring.shrink();
-        self.seg_ends.shrink_to_fit();
+        if self.ooo.is_empty() {
+            self.ring.shrink();
+            self.seg_ends.shrink_to_fit();
+        }
     }
 }
 
@@ -260,6 +278,23 @@ mod tests {
             Accepted::InOrder { filled_gap: true }
         );
         assert_eq!(r.rcv_nxt(), 50);
+    }
+
+    #[test]
+    fn segment_larger_than_cap_into_empty_buffer() {
+        let mut r = RecvBuffer::new(4, 1000, 500);
+        assert_eq!(
+            r.accept(0, &[1; 1500]),
+            Accepted::InOrder { filled_gap: false }
+        );
+        assert_eq!(r.accept(1500, &[1; 1500]), Accepted::NoRoom);
+        assert_eq!(r.window(), 1);
+        let mut b = [0u8; 2000];
+        assert_eq!(r.read(&mut b), 1500);
+        assert_eq!(
+            r.accept(1500, &[1; 1500]),
+            Accepted::InOrder { filled_gap: false }
+        );
     }
 
     #[test]

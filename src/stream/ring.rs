@@ -2,9 +2,12 @@
 //!
 //! Why not `VecDeque<u8>`: we need O(1) "consume n bytes from the front",
 //! bulk copies at an arbitrary offset (retransmissions read from the middle),
-//! and explicit control over capacity (grow on demand up to the configured
-//! cap, give memory back when idle). The capacity is always a power of two so
-//! indexing is a mask.
+//! writes *beyond* the committed length (the receiver stores out-of-order
+//! data in place, so each byte is copied once in and once out), and explicit
+//! control over capacity (grow on demand up to the configured cap, give memory
+//! back when idle). The capacity is always a power of two so indexing is a
+//! mask; growing preserves every byte position relative to the front,
+//! committed or not.
 
 /// A byte FIFO with random-access reads.
 #[derive(Debug, Default, Clone)]
@@ -35,27 +38,44 @@ impl ByteRing {
     }
 
     fn grow_to(&mut self, need: usize) {
-        if need <= self.buf.len() {
+        let old = self.buf.len();
+        if need <= old {
             return;
         }
         let new_cap = need.next_power_of_two().max(4096);
         let mut nb = vec![0u8; new_cap];
-        self.copy_out(0, &mut nb[..self.len]);
+        // Keep the whole old ring (uncommitted bytes too) in front order.
+        let first = old - self.head;
+        nb[..first].copy_from_slice(&self.buf[self.head..]);
+        nb[first..old].copy_from_slice(&self.buf[..self.head]);
         self.buf = nb;
         self.head = 0;
     }
 
-    /// Append all of `data` (the caller enforces the byte cap).
-    pub fn push(&mut self, data: &[u8]) {
+    /// Write `data` at `offset` bytes after the front without committing it
+    /// (the ring grows to hold it; the caller enforces the byte cap).
+    pub fn write_at(&mut self, offset: usize, data: &[u8]) {
         if data.is_empty() {
             return;
         }
-        self.grow_to(self.len + data.len());
+        self.grow_to(offset + data.len());
         let cap = self.buf.len();
-        let tail = (self.head + self.len) & self.mask();
-        let first = data.len().min(cap - tail);
-        self.buf[tail..tail + first].copy_from_slice(&data[..first]);
+        let at = (self.head + offset) & self.mask();
+        let first = data.len().min(cap - at);
+        self.buf[at..at + first].copy_from_slice(&data[..first]);
         self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+    }
+
+    /// Make `n` more bytes (already written with `write_at`) part of the
+    /// committed content.
+    pub fn commit(&mut self, n: usize) {
+        assert!(self.len + n <= self.buf.len().max(self.len));
+        self.len += n;
+    }
+
+    /// Append all of `data` (the caller enforces the byte cap).
+    pub fn push(&mut self, data: &[u8]) {
+        self.write_at(self.len, data);
         self.len += data.len();
     }
 
@@ -78,14 +98,12 @@ impl ByteRing {
     pub fn consume(&mut self, n: usize) {
         let n = n.min(self.len);
         self.len -= n;
-        self.head = if self.len == 0 {
-            0
-        } else {
-            (self.head + n) & self.mask()
-        };
+        // Uncommitted bytes may follow: keep positions, never reset head.
+        self.head = (self.head + n) & self.mask();
     }
 
-    /// Release memory beyond what is held (rounded up to a power of two).
+    /// Release memory beyond the committed bytes (rounded up to a power of
+    /// two). Bytes written beyond the committed length are lost.
     pub fn shrink(&mut self) {
         if self.len == 0 {
             self.buf = Vec::new();
@@ -134,5 +152,27 @@ mod tests {
         }
         r.shrink();
         assert!(r.capacity() <= 32768);
+    }
+
+    #[test]
+    fn uncommitted_writes_survive_growth() {
+        let mut r = ByteRing::default();
+        r.push(&[1; 3000]);
+        r.consume(2500);
+        r.write_at(600, b"later");
+        r.push(&[2; 100]);
+        r.write_at(100_000, b"far");
+        r.write_at(500, &[3; 100]);
+        r.commit(105);
+        let mut out = [0u8; 605];
+        r.copy_out(0, &mut out);
+        assert_eq!(&out[..500], &[1u8; 500][..]);
+        assert_eq!(&out[500..600], &[3; 100]);
+        assert_eq!(&out[600..], b"later");
+        r.consume(605);
+        r.commit(100_003 - 605 - 100);
+        let mut far = [0u8; 3];
+        r.copy_out(100_000 - 605, &mut far);
+        assert_eq!(&far, b"far");
     }
 }

@@ -352,6 +352,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
         #[test]
         fn roundtrip(blocks in proptest::collection::vec((any::<u32>(), any::<u32>()), 1..=4)) {
             let blocks: Vec<Block> = blocks.into_iter().map(|(left, right)| Block { left, right }).collect();
