@@ -350,31 +350,54 @@ async fn hostile_clients_do_not_stall_a_good_one() {
     drop(hangers);
 }
 
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    matches!(r, Ok(Ok(0)) | Ok(Err(_)))
+}
+
 #[tokio::test]
-async fn connection_cap_and_idle_timeout() {
+async fn connection_cap_evicts_silent_connections_and_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(
         &dir.path().join("r.json"),
-        &["--max-connections", "20", "--idle-timeout-ms", "300"],
+        &["--max-connections", "20", "--idle-timeout-ms", "1500"],
     );
+    // Fill the cap with connections that never send anything.
     let mut idle = Vec::new();
     for _ in 0..20 {
         idle.push(TcpStream::connect(s.registry).await.unwrap());
     }
-    // Over the cap: closed at once.
-    let mut extra = TcpStream::connect(s.registry).await.unwrap();
-    let mut buf = [0u8; 1];
-    let r = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
-    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
-    // After the idle timeout the slots are free again.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    for c in &mut idle {
-        let r = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await;
-        assert!(
-            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
-            "idle connection closed"
-        );
-    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A good client still gets in: the oldest silent connection is evicted.
     let mut c = RegistryClient::connect(s.registry).await.unwrap();
-    assert_eq!(register(&mut c, &key(3)).await, 1);
+    let k = key(3);
+    assert_eq!(register(&mut c, &k).await, 1);
+    assert!(
+        closed(&mut idle[0]).await,
+        "oldest silent connection evicted"
+    );
+
+    // Connections that have sent a request are never evicted: with the cap
+    // full of active clients, a newcomer is closed instead.
+    drop(idle);
+    let mut active = Vec::new();
+    for _ in 0..19 {
+        let mut a = RegistryClient::connect(s.registry).await.unwrap();
+        a.lookup(1).await.unwrap();
+        active.push(a);
+    }
+    let mut extra = TcpStream::connect(s.registry).await.unwrap();
+    assert!(
+        closed(&mut extra).await,
+        "over the cap with no silent victim"
+    );
+    c.heartbeat(&k, 1).await.unwrap();
+
+    // After the idle timeout the slots are free again.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut fresh = RegistryClient::connect(s.registry).await.unwrap();
+    assert_eq!(fresh.lookup(1).await.unwrap().node_id, 1);
+    // The idle-closed clients reconnect transparently on their next request.
+    assert_eq!(c.lookup(1).await.unwrap().node_id, 1);
 }

@@ -180,6 +180,9 @@ impl Rendezvous {
             durable_timeout: config.durable_timeout,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             rate_limit: config.rate_limit,
+            silent: Default::default(),
+            next_conn: Default::default(),
+            buffer_budget: Arc::new(Semaphore::new(server::BUFFER_BUDGET_KIB)),
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 
