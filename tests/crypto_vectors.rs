@@ -359,7 +359,8 @@ proptest! {
         payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..1500), 1..4),
     ) {
         let mut tx = Session::with_next_counter(key, prefix, start);
-        let mut rx = Session::new(key, [0; 4]);
+        let rx_prefix = prefix.map(|b| !b);
+        let mut rx = Session::new(key, rx_prefix);
         let t = Instant::now();
         for (i, p) in payloads.iter().enumerate() {
             let mut f = sealed(&mut tx, sender, p);

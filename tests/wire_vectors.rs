@@ -422,3 +422,111 @@ fn trust_file_round_trip() {
     assert_eq!(f.pending[0].public_key, "");
     assert_eq!(f.to_pretty_json(), content);
 }
+
+// ---------------------------------------------------------------- data exchange
+
+use pilot::wire::dataexchange::{self as dx, DataFrame, Event, FrameType};
+
+#[test]
+fn dataexchange_frames() {
+    let d = load("dataexchange.json");
+    let cases = arr(&d, "frames");
+    assert_eq!(cases.len(), 6);
+    for c in cases {
+        let name = s(c, "name");
+        let wire = hx(c, "wire_hex");
+        let t = FrameType::from(u(c, "type") as u32);
+        assert_eq!(t.to_string(), s(c, "type_name"), "{name}");
+        let (f, used) = dx::decode(&wire).unwrap().unwrap();
+        assert_eq!(used, wire.len());
+        assert_eq!(f.frame_type, t);
+        assert_eq!(dx::read_frame(&wire), Ok((f, used)));
+        // Re-emit byte-exact.
+        assert_eq!(f.to_vec().unwrap(), wire, "{name}");
+        // Content and file name as the reference decodes them.
+        let content = hx(c, "content_hex");
+        let filename = s(c, "filename");
+        if t == FrameType::File {
+            let fb = f.file().unwrap().unwrap();
+            assert_eq!(fb.name, s(c, "decoded_filename").as_bytes());
+            assert_eq!(fb.content, &hx(c, "decoded_content_hex")[..]);
+            // The sender side builds the same body.
+            let body = dx::file_body(filename, &content).unwrap();
+            assert_eq!(DataFrame::new(t, &body).to_vec().unwrap(), wire);
+        } else {
+            assert_eq!(f.body, &hx(c, "decoded_content_hex")[..]);
+            assert_eq!(DataFrame::new(t, &content).to_vec().unwrap(), wire);
+        }
+        // Every strict prefix is "need more bytes".
+        for n in 0..wire.len() {
+            assert_eq!(dx::decode(&wire[..n]), Ok(None), "{name} prefix {n}");
+        }
+    }
+}
+
+#[test]
+fn dataexchange_ack_replies() {
+    let d = load("dataexchange.json");
+    let frames = arr(&d, "frames");
+    let by_name = |n: &str| {
+        frames
+            .iter()
+            .find(|c| s(c, "name") == n)
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    for (data, reply) in [
+        ("text", "ack_reply_for_text"),
+        ("file", "ack_reply_for_file"),
+    ] {
+        let wire = hx(by_name(data), "wire_hex");
+        let (f, _) = dx::decode(&wire).unwrap().unwrap();
+        let text = dx::ack_text(f.frame_type, f.content_len().unwrap());
+        let expect = hx(by_name(reply), "wire_hex");
+        assert_eq!(dx::reply_frame(&text), expect);
+        assert_eq!(text.as_bytes(), &hx(by_name(reply), "content_hex")[..]);
+    }
+}
+
+#[test]
+fn dataexchange_read_cases() {
+    let d = load("dataexchange.json");
+    let cases = arr(&d, "read_cases");
+    assert_eq!(cases.len(), 9);
+    for c in cases {
+        let name = s(c, "name");
+        let wire = hx(c, "wire_hex");
+        // The reference reads a frame and, for FILE, splits the body; an
+        // error anywhere closes the connection.
+        let result = dx::read_frame(&wire).and_then(|(f, _)| match f.file() {
+            Some(r) => r.map(|fb| (f.frame_type, fb.name, fb.content)),
+            None => Ok((f.frame_type, &[][..], f.body)),
+        });
+        if c["accepted"].as_bool().unwrap() {
+            let (t, fname, content) = result.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(t.to_string(), s(c, "type_name"), "{name}");
+            assert_eq!(fname, s(c, "filename").as_bytes(), "{name}");
+            assert_eq!(content, &hx(c, "content_hex")[..], "{name}");
+        } else {
+            let e = result.expect_err(name);
+            assert_eq!(e.to_string(), s(c, "reference_error"), "{name}");
+        }
+    }
+}
+
+#[test]
+fn event_stream_frames() {
+    let d = load("dataexchange.json");
+    let cases = arr(&d, "event_stream");
+    assert_eq!(cases.len(), 3);
+    for c in cases {
+        let wire = hx(c, "wire_hex");
+        let payload = hx(c, "payload_hex");
+        let e = Event::new(s(c, "topic").as_bytes(), &payload);
+        assert_eq!(e.to_vec().unwrap(), wire);
+        assert_eq!(dx::decode_event(&wire), Ok(Some((e, wire.len()))));
+        assert_eq!(e.is_wildcard(), s(c, "topic") == "*");
+        for n in 0..wire.len() {
+            assert_eq!(dx::decode_event(&wire[..n]), Ok(None));
+        }
+    }
+}

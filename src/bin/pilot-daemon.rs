@@ -42,6 +42,21 @@ struct Args {
     /// Registry heartbeat interval, e.g. 60s.
     #[arg(long, default_value = "60s")]
     heartbeat: String,
+    /// SYNs accepted per second, all sources together (spec default 100).
+    #[arg(long, default_value_t = 100.0)]
+    syn_rate_limit: f64,
+    /// SYNs accepted per second from one source node (spec default 10).
+    #[arg(long, default_value_t = 10.0)]
+    syn_rate_per_source: f64,
+    /// Live streams per local port (spec default 1024).
+    #[arg(long, default_value_t = 1024)]
+    max_conns_per_port: usize,
+    /// Live streams in total (spec default 65536).
+    #[arg(long, default_value_t = 65_536)]
+    max_conns_total: usize,
+    /// Do not run the echo service on port 7.
+    #[arg(long)]
+    no_echo: bool,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "PILOT_LOG", default_value = "info")]
     log_level: String,
@@ -83,6 +98,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         email: args.email,
         public: args.public,
         heartbeat,
+        admission: pilot::node::streams::Admission {
+            syn_rate: args.syn_rate_limit.max(0.1),
+            syn_rate_per_source: args.syn_rate_per_source.max(0.1),
+            max_per_port: args.max_conns_per_port,
+            max_total: args.max_conns_total,
+        },
+        echo: !args.no_echo,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::daemon_ctl;
 use super::output::{kv, print_ok, table};
+use super::{daemon_ctl, streams};
 use super::{parse_duration, Cli, CliError, Command, DaemonCommand, PingArgs};
 use crate::config::{Config, Paths};
 use crate::ipc::proto::{FindData, HostnameData, InfoData, LookupData, PeersData, PingData};
@@ -27,17 +27,28 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::SetHostname { hostname } => set_hostname(cli, hostname).await,
         Command::ClearHostname => set_hostname(cli, "").await,
         Command::Find { hostname } => find(cli, hostname).await,
-        Command::Ping(a) => ping(cli, a).await,
+        Command::Ping(a) if a.control => ping(cli, a).await,
+        Command::Ping(a) => streams::echo_ping(cli, a).await,
+        Command::Connect(a) => streams::connect(cli, a).await,
+        Command::Listen(a) => streams::listen(cli, a).await,
+        Command::Send(a) => streams::send(cli, a).await,
+        Command::Recv(a) => streams::recv(cli, a).await,
+        Command::Bench(a) => streams::bench(cli, a).await,
+        Command::Connections => streams::connections(cli).await,
+        Command::Disconnect { id, force } => streams::disconnect(cli, *id, *force).await,
     }
 }
 
-fn socket_path(cli: &Cli) -> std::path::PathBuf {
+pub(super) fn socket_path(cli: &Cli) -> std::path::PathBuf {
     let paths = Paths::from_env();
     let config = Config::load(&paths.config()).unwrap_or_default();
     paths.socket(cli.socket.as_deref(), &config)
 }
 
-async fn call<T: serde::de::DeserializeOwned>(cli: &Cli, req: &Request) -> Result<T, CliError> {
+pub(super) async fn call<T: serde::de::DeserializeOwned>(
+    cli: &Cli,
+    req: &Request,
+) -> Result<T, CliError> {
     let mut c = Client::connect(&socket_path(cli)).await?;
     let v = c.request(req, IPC_TIMEOUT).await?;
     serde_json::from_value(v).map_err(|e| {
@@ -50,7 +61,7 @@ async fn call<T: serde::de::DeserializeOwned>(cli: &Cli, req: &Request) -> Resul
 
 /// Checks a target's form before bothering the daemon, so a typo gets the
 /// expected-form message even when no daemon runs.
-fn check_target(target: &str) -> Result<(), CliError> {
+pub(super) fn check_target(target: &str) -> Result<(), CliError> {
     parse_target(target)
         .map(|_| ())
         .map_err(|e| CliError::new(ErrorCode::InvalidAddress, e.to_string()))
@@ -172,6 +183,14 @@ async fn set_hostname(cli: &Cli, hostname: &str) -> Result<(), CliError> {
         },
     )
     .await?;
+    // Remember it for the next start (the daemon re-applies it).
+    let paths = Paths::from_env();
+    if let Ok(mut config) = Config::load(&paths.config()) {
+        if config.hostname != d.hostname {
+            config.hostname = d.hostname.clone();
+            let _ = config.save(&paths.config());
+        }
+    }
     print_ok(cli.json, &d, || match &d.hostname {
         Some(h) => format!("Hostname set: {h} -> {}", d.address),
         None => format!("Hostname cleared for {}", d.address),
@@ -193,7 +212,7 @@ async fn find(cli: &Cli, hostname: &str) -> Result<(), CliError> {
 }
 
 #[derive(Debug, Serialize)]
-struct PingSummary {
+pub(super) struct PingSummary {
     target: String,
     address: Option<String>,
     sent: u32,
@@ -207,10 +226,31 @@ struct PingSummary {
     max_us: Option<u64>,
 }
 
-async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
+/// Where pings go: the daemon's control ping, or an echo stream.
+pub(super) enum Pinger {
+    /// Control pings (protocol 3, port 0) through the daemon.
+    Control(Client, Request),
+    /// An open stream to the echo port.
+    Echo(streams::EchoStream),
+}
+
+impl Pinger {
+    async fn once(&mut self, seq: u32, timeout: Duration) -> Result<PingData, CliError> {
+        match self {
+            Pinger::Control(client, req) => {
+                let v = client.request(req, timeout + IPC_TIMEOUT).await?;
+                serde_json::from_value(v).map_err(|e| {
+                    CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}"))
+                })
+            }
+            Pinger::Echo(e) => e.ping(seq, timeout).await,
+        }
+    }
+}
+
+/// Checks `ping`'s options.
+pub(super) fn ping_options(a: &PingArgs) -> Result<(Duration, Duration), CliError> {
     check_target(&a.target)?;
-    let interval = parse_duration(&a.interval)?;
-    let timeout = parse_duration(&a.timeout)?;
     if a.count == 0 {
         return Err(CliError::new(
             ErrorCode::InvalidArgument,
@@ -223,7 +263,28 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
             "--size must be at most 1024 bytes",
         ));
     }
-    let mut client = Client::connect(&socket_path(cli)).await?;
+    Ok((parse_duration(&a.interval)?, parse_duration(&a.timeout)?))
+}
+
+async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
+    let (interval, timeout) = ping_options(a)?;
+    let client = Client::connect(&socket_path(cli)).await?;
+    let req = Request::Ping {
+        target: a.target.clone(),
+        size: a.size,
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    run_pings(cli, a, Pinger::Control(client, req), interval, timeout).await
+}
+
+/// Sends `a.count` pings, one line per reply, then the summary.
+pub(super) async fn run_pings(
+    cli: &Cli,
+    a: &PingArgs,
+    mut pinger: Pinger,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<(), CliError> {
     let mut s = PingSummary {
         target: a.target.clone(),
         address: None,
@@ -234,22 +295,14 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
         avg_us: None,
         max_us: None,
     };
-    let req = Request::Ping {
-        target: a.target.clone(),
-        size: a.size,
-        timeout_ms: timeout.as_millis() as u64,
-    };
     let mut last_err = None;
     for seq in 1..=a.count {
         if seq > 1 {
             tokio::time::sleep(interval).await;
         }
         s.sent += 1;
-        match client.request(&req, timeout + IPC_TIMEOUT).await {
-            Ok(v) => {
-                let d: PingData = serde_json::from_value(v).map_err(|e| {
-                    CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}"))
-                })?;
+        match pinger.once(seq, timeout).await {
+            Ok(d) => {
                 if !cli.json {
                     println!(
                         "{} bytes from {}: seq={seq} time={:.3} ms ({})",
@@ -263,19 +316,14 @@ async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
                 s.received += 1;
                 s.replies.push(d);
             }
-            Err(e) => {
-                let e = CliError::from(e);
-                match e.code {
-                    // Per-ping losses are reported and the run goes on.
-                    ErrorCode::Timeout => {
-                        if !cli.json {
-                            println!("no reply from {}: seq={seq} (timeout)", a.target);
-                        }
-                        last_err = Some(e);
-                    }
-                    _ => return Err(e),
+            // Per-ping losses are reported and the run goes on.
+            Err(e) if e.code == ErrorCode::Timeout => {
+                if !cli.json {
+                    println!("no reply from {}: seq={seq} (timeout)", a.target);
                 }
+                last_err = Some(e);
             }
+            Err(e) => return Err(e),
         }
     }
     if s.received == 0 {

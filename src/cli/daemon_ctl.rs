@@ -155,6 +155,7 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     if config.public == Some(true) {
         cmd.arg("--public");
     }
+    cmd.args(&args.daemon_arg);
 
     if args.foreground {
         use std::os::unix::process::CommandExt;

@@ -10,6 +10,7 @@
 mod commands;
 mod daemon_ctl;
 pub mod output;
+mod streams;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -94,8 +95,100 @@ pub enum Command {
         /// The hostname.
         hostname: String,
     },
-    /// Measure round-trip times to a node (control pings on port 0).
+    /// Measure round-trip times to a node (echo port 7; --control for port 0).
     Ping(PingArgs),
+    /// Open a stream: stdin goes to the peer, the peer's bytes to stdout.
+    ///
+    /// `tar c dir | pilotctl connect beta 1000` sends a directory; with
+    /// --message, sends one message and prints the reply.
+    Connect(ConnectArgs),
+    /// Accept streams on a port and write what they carry to stdout.
+    Listen(ListenArgs),
+    /// Send one datagram to ADDR PORT.
+    Send(SendArgs),
+    /// Print datagrams that arrive on a port.
+    Recv(RecvArgs),
+    /// Measure stream throughput to a node through its echo service.
+    Bench(BenchArgs),
+    /// List open streams.
+    Connections,
+    /// Close a stream by id (see `connections`).
+    Disconnect {
+        /// Stream id.
+        id: u64,
+        /// Reset it instead of closing gracefully.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Options of `connect`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Address, bare node id or hostname.
+    pub target: String,
+    /// Virtual port (1000 is the "stdio" convention).
+    #[arg(default_value_t = 1000)]
+    pub port: u16,
+    /// Send this message instead of reading stdin, then print the reply.
+    #[arg(long, short = 'm')]
+    pub message: Option<String>,
+    /// Give up connecting after this long [default: the protocol's ~29 s].
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+    /// After our input ends, wait this long for more reply bytes before
+    /// closing (the protocol has no half-close).
+    #[arg(long, default_value = "1s")]
+    pub linger: String,
+}
+
+/// Options of `listen`.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Virtual port.
+    pub port: u16,
+    /// Keep accepting after the first stream ends (streams are served one
+    /// after another).
+    #[arg(long, short = 'k')]
+    pub keep: bool,
+}
+
+/// Options of `send`.
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// Address, bare node id or hostname.
+    pub target: String,
+    /// Virtual port.
+    pub port: u16,
+    /// The payload.
+    #[arg(long, short = 'd')]
+    pub data: String,
+}
+
+/// Options of `recv`.
+#[derive(Debug, Clone, Args)]
+pub struct RecvArgs {
+    /// Virtual port.
+    pub port: u16,
+    /// Stop after this many datagrams [default: run until interrupted].
+    #[arg(long, short = 'c')]
+    pub count: Option<u64>,
+    /// Stop after this long without a datagram.
+    #[arg(long)]
+    pub timeout: Option<String>,
+}
+
+/// Options of `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Address, bare node id or hostname.
+    pub target: String,
+    /// Megabytes (MiB) to send through the echo service.
+    #[arg(default_value_t = 64)]
+    pub size_mb: u64,
+    /// Give up connecting after this long.
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
 }
 
 /// `pilotctl daemon ...`.
@@ -136,6 +229,10 @@ pub struct StartArgs {
     /// Registry heartbeat interval, e.g. 60s [default 60s].
     #[arg(long, value_name = "DURATION", hide = true)]
     pub heartbeat: Option<String>,
+    /// Extra argument passed to pilot-daemon as is (repeatable), e.g.
+    /// --daemon-arg=--syn-rate-per-source=1000.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub daemon_arg: Vec<String>,
     /// How long to wait for the daemon to get an address [default 15s].
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub wait: String,
@@ -158,6 +255,9 @@ pub struct PingArgs {
     /// How long to wait for each reply.
     #[arg(long, default_value = "3s")]
     pub timeout: String,
+    /// Use control pings (protocol 3, port 0) instead of the echo service.
+    #[arg(long)]
+    pub control: bool,
 }
 
 /// Parses a duration such as `250ms`, `3s`, `2m` or a bare number of seconds.
@@ -181,7 +281,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
         "h" => n * 3600.0,
         _ => return Err(bad()),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))

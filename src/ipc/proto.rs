@@ -38,6 +38,110 @@ pub enum Request {
     },
     /// Stop the daemon (deregisters first).
     Shutdown,
+    /// Open a stream to `target:port`. On success the reply is followed by
+    /// the raw bytes of the stream on this same connection.
+    Dial {
+        /// The target as the user typed it.
+        target: String,
+        /// Destination virtual port.
+        port: u16,
+        /// Give up after this long (the spec's SYN timeline ends at ~29 s).
+        timeout_ms: u64,
+    },
+    /// Listen for streams on `port`. The reply is followed by one
+    /// [`ListenEvent`] message per accepted stream, for as long as this
+    /// connection stays open; each stream is then taken with [`Request::Attach`].
+    Listen {
+        /// The virtual port.
+        port: u16,
+    },
+    /// Take an accepted stream: after the reply this connection carries
+    /// the stream's raw bytes.
+    Attach {
+        /// The id announced in [`ListenEvent::Accept`].
+        conn_id: u64,
+    },
+    /// The open streams.
+    Connections,
+    /// Close one stream (gracefully; `force` resets it).
+    Disconnect {
+        /// The stream id.
+        conn_id: u64,
+        /// Reset instead of closing gracefully.
+        #[serde(default)]
+        force: bool,
+    },
+    /// Send one datagram (protocol 2).
+    SendDatagram {
+        /// The target as the user typed it.
+        target: String,
+        /// Destination virtual port.
+        port: u16,
+        /// The payload.
+        data: String,
+    },
+    /// Receive datagrams addressed to `port`: the reply is followed by one
+    /// [`DatagramData`] message per datagram while the connection is open.
+    RecvDatagrams {
+        /// The virtual port.
+        port: u16,
+    },
+}
+
+/// Announced on a listening connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ListenEvent {
+    /// A stream was accepted; take it with `attach`.
+    Accept {
+        /// The stream id.
+        conn_id: u64,
+        /// The remote `address:port`.
+        remote: String,
+    },
+}
+
+/// A stream, as `dial`, `attach` and `connections` describe it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamData {
+    /// The daemon's id for the stream.
+    pub conn_id: u64,
+    /// Our `address:port`.
+    pub local: String,
+    /// The peer's `address:port`.
+    pub remote: String,
+    /// State name (`SynSent`, `Established`, `FinWait`, `TimeWait`, `Closed`).
+    #[serde(default)]
+    pub state: String,
+    /// `direct` or `relay`.
+    #[serde(default)]
+    pub path: String,
+    /// Bytes received from the peer and delivered.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes accepted from the application.
+    #[serde(default)]
+    pub bytes_out: u64,
+}
+
+/// `connections`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionsData {
+    /// Open streams, by id.
+    pub connections: Vec<StreamData>,
+}
+
+/// One received datagram.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatagramData {
+    /// The sender's `address:port`.
+    pub from: String,
+    /// The port it was sent to.
+    pub port: u16,
+    /// The payload (lossy UTF-8).
+    pub data: String,
+    /// Payload length in bytes.
+    pub bytes: usize,
 }
 
 /// The response envelope.
@@ -165,6 +269,12 @@ pub struct InfoData {
     pub registered: bool,
     /// Number of peers in the peer table.
     pub peers: usize,
+    /// Open streams.
+    #[serde(default)]
+    pub streams: usize,
+    /// Bytes held in stream buffers.
+    #[serde(default)]
+    pub stream_memory: usize,
     /// Data-path counters.
     pub stats: Stats,
 }

@@ -14,7 +14,7 @@
 //! source port (§12.11); a PILA with an unchanged X25519 key keeps the
 //! current session (§12.9).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +25,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::peer::{Peer, MAX_QUEUEING_PEERS};
 use super::registry::RegError;
+use super::streams::{AppLink, StreamTable};
 use super::Shared;
 use crate::crypto::tunnel::{derive_tunnel_key, sign_auth, verify_auth, KeyPair, Session};
-use crate::ipc::proto::{InfoData, PeerData, PeersData, PingData, Stats};
+use crate::ipc::proto::{
+    DatagramData, InfoData, ListenEvent, PeerData, PeersData, PingData, Stats,
+};
 use crate::ipc::{ErrorCode, Response};
 use crate::wire::address::Addr;
 use crate::wire::beacon;
@@ -37,7 +40,7 @@ use crate::wire::header::{self, Flags, Protocol, Repr};
 /// Beacon relay header: type + sender id + destination id (spec §5.1).
 const RELAY_HEADER_LEN: usize = 9;
 /// Where the plaintext packet starts in the send buffer.
-const PLAIN_AT: usize = RELAY_HEADER_LEN + PILS_HEADER_LEN;
+pub(super) const PLAIN_AT: usize = RELAY_HEADER_LEN + PILS_HEADER_LEN;
 /// Largest UDP datagram we read or build.
 const MAX_DATAGRAM: usize = 65_535;
 /// Housekeeping period: ping timeouts, PILA retries.
@@ -51,7 +54,7 @@ const PILA_MAX_ATTEMPTS: u32 = 8;
 /// keeps restart recovery quick while bounding reflection).
 const PILA_ANSWER_SPACING: Duration = Duration::from_secs(1);
 /// First ephemeral port (spec §2.5).
-const EPHEMERAL_START: u16 = 49152;
+pub(super) const EPHEMERAL_START: u16 = 49152;
 /// Punch packets sent per punch command (spec §5.4 sends three).
 const PUNCHES: usize = 3;
 
@@ -88,6 +91,76 @@ pub enum Cmd {
     },
     /// Re-announce ourselves to the beacon (after registration/heartbeat).
     Discover,
+    /// Open a stream.
+    Dial {
+        /// Destination.
+        addr: Addr,
+        /// Destination port.
+        port: u16,
+        /// Give up after this long.
+        timeout: Duration,
+        /// The application end.
+        link: AppLink,
+        /// Connected, refused or timed out.
+        reply: oneshot::Sender<Response>,
+    },
+    /// Listen on a port; accepted streams are announced on `events`.
+    Listen {
+        /// The port.
+        port: u16,
+        /// Where accept events go.
+        events: mpsc::Sender<ListenEvent>,
+        /// Result.
+        reply: oneshot::Sender<Response>,
+    },
+    /// The listening client went away.
+    Unlisten(u16),
+    /// Take an accepted stream.
+    Attach {
+        /// Stream id.
+        conn_id: u64,
+        /// The application end.
+        link: AppLink,
+        /// Result.
+        reply: oneshot::Sender<Response>,
+    },
+    /// Application bytes for a stream.
+    AppData(u64, Vec<u8>),
+    /// The application finished sending.
+    AppEof(u64),
+    /// The application disconnected.
+    AppGone(u64),
+    /// The application's receive queue has room again.
+    Drained(u64),
+    /// `connections`.
+    Connections(oneshot::Sender<Response>),
+    /// `disconnect`.
+    Disconnect {
+        /// Stream id.
+        conn_id: u64,
+        /// Reset instead of a graceful close.
+        force: bool,
+        /// Result.
+        reply: oneshot::Sender<Response>,
+    },
+    /// Send a datagram.
+    SendDatagram {
+        /// Destination.
+        addr: Addr,
+        /// Destination port.
+        port: u16,
+        /// Payload.
+        data: Vec<u8>,
+        /// Result.
+        reply: oneshot::Sender<Response>,
+    },
+    /// Receive datagrams on a port.
+    RecvDatagrams {
+        /// The port.
+        port: u16,
+        /// Result, and the queue of datagrams on success.
+        reply: oneshot::Sender<(Response, Option<mpsc::Receiver<DatagramData>>)>,
+    },
 }
 
 struct PendingPing {
@@ -107,20 +180,25 @@ struct WaitingPila {
 
 /// The event loop's state.
 pub struct Engine {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     socket: Arc<UdpSocket>,
-    node_id: u32,
+    pub(super) node_id: u32,
     xkeys: KeyPair,
     pila_frame: Vec<u8>,
-    peers: HashMap<u32, Peer>,
+    pub(super) peers: HashMap<u32, Peer>,
     waiting_pila: HashMap<u32, WaitingPila>,
     pings: HashMap<(u32, u16), PendingPing>,
     next_port: u16,
     next_ping_seq: u32,
     stats: Stats,
     cmd_tx: mpsc::Sender<Cmd>,
-    sbuf: Vec<u8>,
+    pub(super) sbuf: Vec<u8>,
     last_punch: Option<Instant>,
+    pub(super) streams: StreamTable,
+    pub(super) app_buf: Vec<u8>,
+    /// Peers admitted by the SYN/datagram gate of a private node (filled
+    /// by the trust handshake).
+    pub(super) trusted: HashSet<u32>,
 }
 
 impl Engine {
@@ -139,6 +217,8 @@ impl Engine {
             ed25519: shared.identity.public_key(),
             signature: sig,
         };
+        let shared_admission = shared.config.admission.clone();
+        let shared_echo = shared.config.echo;
         let mut pila_frame = vec![0u8; crate::wire::frame::PILA_LEN];
         let n = pila.emit(&mut pila_frame).unwrap_or(0);
         pila_frame.truncate(n);
@@ -157,6 +237,9 @@ impl Engine {
             cmd_tx,
             sbuf: vec![0u8; RELAY_HEADER_LEN + MAX_DATAGRAM + TAG_LEN],
             last_punch: None,
+            streams: StreamTable::new(shared_admission, shared_echo, Instant::now()),
+            app_buf: vec![0u8; super::streams::APP_CHUNK],
+            trusted: HashSet::new(),
         }
     }
 
@@ -185,7 +268,17 @@ impl Engine {
                     }
                     Err(e) => tracing::debug!("udp recv: {e}"),
                 },
-                Some(cmd) = cmds.recv() => self.handle_cmd(cmd, Instant::now()),
+                Some(cmd) = cmds.recv() => {
+                    self.handle_cmd(cmd, Instant::now());
+                    // Batch what is already queued (application data).
+                    for _ in 0..64 {
+                        match cmds.try_recv() {
+                            Ok(cmd) => self.handle_cmd(cmd, Instant::now()),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until_opt(self.streams.next_timer()) => self.stream_timers(Instant::now()),
                 _ = tick.tick() => self.housekeeping(Instant::now()),
                 _ = shutdown.changed() => break,
             }
@@ -476,25 +569,9 @@ impl Engine {
     fn dispatch(&mut self, sender: u32, repr: &Repr, payload: &[u8], now: Instant) {
         match repr.protocol {
             Protocol::Control => self.handle_control(sender, repr, payload, now),
-            Protocol::Stream => {
-                // No stream listeners yet: refuse SYNs like a closed port.
-                if repr.flags.contains(Flags::SYN) && !repr.flags.contains(Flags::ACK) {
-                    let rst = Repr {
-                        flags: Flags::RST,
-                        protocol: Protocol::Stream,
-                        src: repr.dst,
-                        dst: repr.src,
-                        src_port: repr.dst_port,
-                        dst_port: repr.src_port,
-                        seq: 0,
-                        ack: 0,
-                        window: 0,
-                        payload_len: 0,
-                    };
-                    self.send_packet(sender, &rst, &[], now);
-                }
-            }
-            _ => {}
+            Protocol::Stream => self.on_stream_segment(sender, repr, payload, now),
+            Protocol::Datagram => self.on_datagram(sender, repr, payload),
+            Protocol::Unknown(_) => {}
         }
     }
 
@@ -543,7 +620,7 @@ impl Engine {
 
     /// Sends one virtual packet to `node`: sealed now when a session exists,
     /// else queued while the tunnel is set up.
-    fn send_packet(&mut self, node: u32, repr: &Repr, payload: &[u8], now: Instant) {
+    pub(super) fn send_packet(&mut self, node: u32, repr: &Repr, payload: &[u8], now: Instant) {
         let len = match header::emit_packet(repr, payload, &mut self.sbuf[PLAIN_AT..]) {
             Ok(n) => n,
             Err(e) => {
@@ -551,6 +628,12 @@ impl Engine {
                 return;
             }
         };
+        self.send_plain(node, len, now);
+    }
+
+    /// Sends the `len`-byte virtual packet already at `PLAIN_AT` in the send
+    /// buffer: sealed now when a session exists, else queued.
+    pub(super) fn send_plain(&mut self, node: u32, len: usize, now: Instant) {
         let has_session = self.peers.get(&node).is_some_and(|p| p.session.is_some());
         if has_session {
             self.seal_and_send(node, len);
@@ -726,6 +809,54 @@ impl Engine {
             Cmd::PeerKey { node, key } => self.on_peer_key(node, key, now),
             Cmd::Resolved { node, result } => self.on_resolved(node, result, now),
             Cmd::Discover => self.send_discover(),
+            Cmd::Dial {
+                addr,
+                port,
+                timeout,
+                link,
+                reply,
+            } => self.dial(addr, port, timeout, link, reply, now),
+            Cmd::Listen {
+                port,
+                events,
+                reply,
+            } => self.listen(port, events, reply),
+            Cmd::Unlisten(port) => self.unlisten(port, now),
+            Cmd::Attach {
+                conn_id,
+                link,
+                reply,
+            } => self.attach(conn_id, link, reply, now),
+            Cmd::AppData(id, data) => self.app_data(id, data, now),
+            Cmd::AppEof(id) => self.app_eof(id, now),
+            Cmd::AppGone(id) => self.app_gone(id, now),
+            Cmd::Drained(id) => self.app_drained(id, now),
+            Cmd::Connections(reply) => {
+                let _ = reply.send(Response::ok(&self.connections()));
+            }
+            Cmd::Disconnect {
+                conn_id,
+                force,
+                reply,
+            } => {
+                let _ = reply.send(self.disconnect(conn_id, force, now));
+            }
+            Cmd::SendDatagram {
+                addr,
+                port,
+                data,
+                reply,
+            } => {
+                let _ = reply.send(self.send_datagram(addr, port, &data, now));
+            }
+            Cmd::RecvDatagrams { port, reply } => {
+                let (tx, mut rx) = oneshot::channel();
+                let queue = self.recv_datagrams(port, tx);
+                let resp = rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "no reply"));
+                let _ = reply.send((resp, queue));
+            }
         }
     }
 
@@ -754,6 +885,8 @@ impl Engine {
             endpoint: st.endpoint.clone(),
             registered: st.registered,
             peers: self.peers.values().filter(|p| p.session.is_some()).count(),
+            streams: self.streams.len(),
+            stream_memory: self.stream_memory(),
             stats: self.stats.clone(),
         }
     }
@@ -778,7 +911,19 @@ impl Engine {
         PeersData { peers }
     }
 
-    fn alloc_port(&mut self) -> u16 {
+    /// Resends our PILA to a peer that stopped answering (spec §4.8 item 4),
+    /// at most once per [`PILA_RETRY`].
+    pub(super) fn force_pila(&mut self, node: u32, now: Instant) {
+        let due = self.peers.get(&node).is_some_and(|p| {
+            p.last_pila_sent
+                .is_none_or(|t| now.duration_since(t) >= PILA_RETRY)
+        });
+        if due {
+            self.send_pila(node, now);
+        }
+    }
+
+    pub(super) fn alloc_port(&mut self) -> u16 {
         let p = self.next_port;
         self.next_port = if p == u16::MAX {
             EPHEMERAL_START
@@ -843,6 +988,7 @@ impl Engine {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        self.stream_housekeeping(now);
         let expired: Vec<(u32, u16)> = self
             .pings
             .iter()
@@ -884,6 +1030,14 @@ impl Engine {
     }
 }
 
+/// Sleeps until `t`, or forever when there is no deadline.
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Bytes a sealed frame adds to a virtual packet, for sizing buffers.
 pub const SEAL_OVERHEAD: usize = PILS_HEADER_LEN + TAG_LEN;
 
@@ -895,6 +1049,5 @@ mod tests {
     fn buffer_layout_leaves_room_for_relay_and_seal() {
         assert_eq!(PLAIN_AT, 9 + 20);
         assert_eq!(SEAL_OVERHEAD, 36);
-        assert!(crate::wire::header::HEADER_LEN < MAX_DATAGRAM);
     }
 }

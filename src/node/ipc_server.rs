@@ -6,11 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::engine::Cmd;
 use super::registry::RegError;
+use super::streams::{app_pair, AppEnd, APP_CHUNK};
 use super::{NodeError, Shared};
 use crate::ipc::proto::{FindData, HostnameData};
 use crate::ipc::{read_message, write_message, ErrorCode, Request, Response};
@@ -91,6 +95,46 @@ async fn client(
                 return;
             }
         };
+        // Requests that take over the connection.
+        match req {
+            Request::Dial {
+                target,
+                port,
+                timeout_ms,
+            } => {
+                let addr = match resolve_target(&shared, &target).await {
+                    Ok(a) => a,
+                    Err(r) => {
+                        let _ = write_message(&mut stream, &r).await;
+                        continue;
+                    }
+                };
+                let timeout = Duration::from_millis(timeout_ms.clamp(100, 600_000));
+                let (link, end) = app_pair();
+                let resp = ask(&cmds, |reply| Cmd::Dial {
+                    addr,
+                    port,
+                    timeout,
+                    link,
+                    reply,
+                })
+                .await;
+                return take_stream(stream, resp, end, cmds).await;
+            }
+            Request::Attach { conn_id } => {
+                let (link, end) = app_pair();
+                let resp = ask(&cmds, |reply| Cmd::Attach {
+                    conn_id,
+                    link,
+                    reply,
+                })
+                .await;
+                return take_stream(stream, resp, end, cmds).await;
+            }
+            Request::Listen { port } => return listen(stream, port, cmds).await,
+            Request::RecvDatagrams { port } => return recv_datagrams(stream, port, cmds).await,
+            _ => {}
+        }
         let shutdown = req == Request::Shutdown;
         let resp = handle(req, &shared, &cmds).await;
         if write_message(&mut stream, &resp).await.is_err() {
@@ -99,6 +143,126 @@ async fn client(
         if shutdown {
             let _ = stop.send(true);
             return;
+        }
+    }
+}
+
+/// Writes the reply; on success the connection becomes the stream's bytes.
+async fn take_stream(mut stream: UnixStream, resp: Response, end: AppEnd, cmds: mpsc::Sender<Cmd>) {
+    let id = match &resp {
+        Response::Ok { data } => data.get("conn_id").and_then(|v| v.as_u64()),
+        Response::Error { .. } => None,
+    };
+    if write_message(&mut stream, &resp).await.is_err() {
+        if let Some(id) = id {
+            let _ = cmds.send(Cmd::AppGone(id)).await;
+        }
+        return;
+    }
+    if let Some(id) = id {
+        pump(stream, end, id, cmds).await;
+    }
+}
+
+/// Moves bytes between an application's socket and the event loop.
+async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>) {
+    let (mut rd, mut wr) = stream.into_split();
+    let AppEnd {
+        mut rx,
+        blocked,
+        credits,
+    } = end;
+    let reader = async {
+        let mut buf = vec![0u8; APP_CHUNK];
+        loop {
+            let n = match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = cmds.send(Cmd::AppEof(id)).await;
+                    return;
+                }
+                Ok(n) => n,
+            };
+            match credits.acquire_many(n as u32).await {
+                Ok(p) => p.forget(),
+                Err(_) => return, // the stream is gone
+            }
+            if cmds
+                .send(Cmd::AppData(id, buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    let writer = async {
+        while let Some(chunk) = rx.recv().await {
+            if wr.write_all(&chunk).await.is_err() {
+                let _ = cmds.send(Cmd::AppGone(id)).await;
+                return;
+            }
+            if blocked.swap(false, Ordering::AcqRel) {
+                let _ = cmds.send(Cmd::Drained(id)).await;
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
+
+/// Serves a listening client: one accept event per stream until it leaves.
+async fn listen(mut stream: UnixStream, port: u16, cmds: mpsc::Sender<Cmd>) {
+    // Spec §7.2 step 9: an accept queue of 64.
+    let (tx, mut rx) = mpsc::channel(64);
+    let resp = ask(&cmds, |reply| Cmd::Listen {
+        port,
+        events: tx,
+        reply,
+    })
+    .await;
+    let ok = matches!(resp, Response::Ok { .. });
+    if write_message(&mut stream, &resp).await.is_err() || !ok {
+        if ok {
+            let _ = cmds.send(Cmd::Unlisten(port)).await;
+        }
+        return;
+    }
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => if write_message(&mut stream, &ev).await.is_err() { break },
+                None => break,
+            },
+            r = stream.read(&mut probe) => if !matches!(r, Ok(n) if n > 0) { break },
+        }
+    }
+    let _ = cmds.send(Cmd::Unlisten(port)).await;
+}
+
+/// Serves a datagram receiver until it leaves.
+async fn recv_datagrams(mut stream: UnixStream, port: u16, cmds: mpsc::Sender<Cmd>) {
+    let (tx, rx) = oneshot::channel();
+    if cmds
+        .send(Cmd::RecvDatagrams { port, reply: tx })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Ok((resp, queue)) = rx.await else { return };
+    if write_message(&mut stream, &resp).await.is_err() {
+        return;
+    }
+    let Some(mut queue) = queue else { return };
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            d = queue.recv() => match d {
+                Some(d) => if write_message(&mut stream, &d).await.is_err() { return },
+                None => return,
+            },
+            r = stream.read(&mut probe) => if !matches!(r, Ok(n) if n > 0) { return },
         }
     }
 }
@@ -165,6 +329,35 @@ async fn handle(req: Request, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Resp
             }
             Err(e) => reg_error(e),
         },
+        Request::Connections => ask(cmds, Cmd::Connections).await,
+        Request::Disconnect { conn_id, force } => {
+            ask(cmds, |reply| Cmd::Disconnect {
+                conn_id,
+                force,
+                reply,
+            })
+            .await
+        }
+        Request::SendDatagram { target, port, data } => {
+            let addr = match resolve_target(shared, &target).await {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
+            ask(cmds, |reply| Cmd::SendDatagram {
+                addr,
+                port,
+                data: data.into_bytes(),
+                reply,
+            })
+            .await
+        }
+        Request::Dial { .. }
+        | Request::Attach { .. }
+        | Request::Listen { .. }
+        | Request::RecvDatagrams { .. } => Response::error(
+            ErrorCode::Internal,
+            "stream requests are handled before this point",
+        ),
         Request::Ping {
             target,
             size,

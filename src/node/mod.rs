@@ -16,6 +16,7 @@ pub mod engine;
 pub mod ipc_server;
 pub mod peer;
 pub mod registry;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,6 +64,10 @@ pub struct DaemonConfig {
     pub public: bool,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// SYN admission limits.
+    pub admission: streams::Admission,
+    /// Run the echo service on port 7.
+    pub echo: bool,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -406,6 +411,8 @@ mod tests {
             email: None,
             public: false,
             heartbeat: DEFAULT_HEARTBEAT,
+            admission: streams::Admission::default(),
+            echo: true,
         };
         assert_eq!(
             registration_endpoint(&cfg, "0.0.0.0:4000".parse().unwrap()),

@@ -102,6 +102,10 @@ pub enum CryptoError {
         /// The prefix.
         prefix: [u8; 4],
     },
+    /// The frame carries our own send nonce prefix: a reflected frame of ours
+    /// (both directions share the key) or a peer reusing our nonces.
+    #[error("PILS frame carries our own nonce prefix")]
+    OwnPrefix,
     /// The peer has switched nonce prefixes more than
     /// [`RETIRED_PREFIX_LIMIT`] times under this key; it must be re-keyed.
     #[error("too many nonce prefixes under one key; the session must be re-keyed")]
@@ -261,6 +265,21 @@ mod tests {
         x2[31] ^= 0x40;
         assert!(!verify_auth(&id.public_key(), 7, &x2, &sig));
         assert_eq!(&auth_message(7, &x)[..8], b"auth\0\0\0\x07");
+    }
+
+    #[test]
+    fn expand_shortcut_equals_hkdf_expand() {
+        use rand_core::RngCore;
+        for _ in 0..64 {
+            let mut prk = [0u8; 32];
+            OsRng.fill_bytes(&mut prk);
+            let mut okm = [0u8; 32];
+            Hkdf::<Sha256>::from_prk(&prk)
+                .unwrap()
+                .expand(HKDF_INFO, &mut okm)
+                .unwrap();
+            assert_eq!(tunnel_key_from_prk(&prk), okm);
+        }
     }
 
     #[test]

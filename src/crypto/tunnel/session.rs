@@ -17,7 +17,12 @@
 //! * the previous epoch's window stays usable for [`PREFIX_GRACE`] (frames
 //!   reordered across the switch), then the prefix is retired;
 //! * frames with a retired prefix are rejected ([`CryptoError::RetiredPrefix`]):
-//!   they authenticate (same key) but may be captured replays.
+//!   they authenticate (same key) but may be captured replays;
+//! * frames carrying *our* send prefix are rejected ([`CryptoError::OwnPrefix`]):
+//!   both directions share the key (§4.1), so one of our own frames reflected
+//!   back would otherwise authenticate if the caller ever matched it to this
+//!   session; and a peer that drew the same prefix would be reusing our
+//!   nonces (§12.9 (c)), which is already fatal for the key.
 //!
 //! Order of operations in [`Session::open_in_place`]: framing checks, replay
 //! *check* (no state change), GCM open with AAD = sender id, and only then
@@ -240,6 +245,9 @@ impl Session {
 
     /// Decides which epoch a frame belongs to and checks its counter there.
     fn classify(&self, prefix: [u8; 4], counter: u64) -> Result<Slot, CryptoError> {
+        if prefix == self.send_prefix {
+            return Err(CryptoError::OwnPrefix);
+        }
         let map = |e: ReplayError| match e {
             ReplayError::Replayed => CryptoError::Replayed { counter },
             ReplayError::TooOld => CryptoError::TooOld { counter },
@@ -406,6 +414,16 @@ mod tests {
         assert_eq!(rx.peer_prefix(), None);
         let mut f = seal(&mut tx, b"ok");
         assert_eq!(rx.open_in_place(&mut f, t).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn own_prefix_is_rejected() {
+        let mut a = Session::new(KEY, [3; 4]);
+        let mut f = seal(&mut a, b"to peer");
+        assert_eq!(
+            a.open_in_place(&mut f, Instant::now()),
+            Err(CryptoError::OwnPrefix)
+        );
     }
 
     #[test]

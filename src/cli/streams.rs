@@ -1,0 +1,477 @@
+//! pilotctl's stream and datagram commands: `connect`, `listen`, `send`,
+//! `recv`, `bench`, echo `ping`, `connections`, `disconnect`.
+//!
+//! A stream command sends one IPC request (`dial` or `attach`); after the
+//! daemon's reply the same Unix connection carries the stream's raw bytes,
+//! so these commands are plain byte pumps.
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::commands::{call, check_target, ping_options, run_pings, socket_path, Pinger};
+use super::output::{print_ok, table};
+use super::{
+    parse_duration, BenchArgs, Cli, CliError, ConnectArgs, ListenArgs, PingArgs, RecvArgs, SendArgs,
+};
+use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, PingData, StreamData};
+use crate::ipc::{read_message, Client, ErrorCode, Request};
+
+/// Echo service port (spec §8.3).
+const ECHO_PORT: u16 = 7;
+const CHUNK: usize = 64 * 1024;
+
+fn io_err(what: &str, e: std::io::Error) -> CliError {
+    CliError::new(ErrorCode::Internal, format!("{what}: {e}"))
+}
+
+/// Opens a stream through the daemon.
+async fn dial(
+    cli: &Cli,
+    target: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(UnixStream, StreamData), CliError> {
+    let mut client = Client::connect(&socket_path(cli)).await?;
+    let req = Request::Dial {
+        target: target.to_string(),
+        port,
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    let v = client
+        .request(&req, timeout + Duration::from_secs(15))
+        .await?;
+    let info: StreamData = serde_json::from_value(v)
+        .map_err(|e| CliError::new(ErrorCode::Internal, format!("unexpected dial reply: {e}")))?;
+    Ok((client.into_stream(), info))
+}
+
+fn remote_addr(info: &StreamData) -> String {
+    info.remote
+        .rsplit_once(':')
+        .map(|(a, _)| a.to_string())
+        .unwrap_or_else(|| info.remote.clone())
+}
+
+/// `connect`.
+pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> {
+    check_target(&a.target)?;
+    let timeout = parse_duration(&a.timeout)?;
+    let linger = parse_duration(&a.linger)?;
+    let (stream, info) = dial(cli, &a.target, a.port, timeout).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let mut in_buf = vec![0u8; CHUNK];
+    let mut out_buf = vec![0u8; CHUNK];
+    let mut input_done = false;
+    let mut received = Vec::new();
+    let (mut sent, mut got) = (0u64, 0u64);
+    if let Some(m) = &a.message {
+        wr.write_all(m.as_bytes())
+            .await
+            .map_err(|e| io_err("stream", e))?;
+        sent = m.len() as u64;
+        input_done = true;
+    }
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            r = rd.read(&mut out_buf) => match r {
+                Ok(0) => break,
+                Ok(n) => {
+                    got += n as u64;
+                    if cli.json {
+                        received.extend_from_slice(&out_buf[..n]);
+                    } else {
+                        stdout.write_all(&out_buf[..n]).await.map_err(|e| io_err("stdout", e))?;
+                    }
+                    last = tokio::time::Instant::now();
+                }
+                Err(e) => return Err(io_err("stream", e)),
+            },
+            r = stdin.read(&mut in_buf), if !input_done => match r {
+                Ok(0) | Err(_) => {
+                    input_done = true;
+                    last = tokio::time::Instant::now();
+                }
+                Ok(n) => {
+                    wr.write_all(&in_buf[..n]).await.map_err(|e| io_err("stream", e))?;
+                    sent += n as u64;
+                }
+            },
+            _ = tokio::time::sleep_until(last + linger), if input_done => break,
+        }
+    }
+    stdout.flush().await.map_err(|e| io_err("stdout", e))?;
+    if cli.json {
+        let data = serde_json::json!({
+            "conn_id": info.conn_id,
+            "remote": info.remote,
+            "bytes_sent": sent,
+            "bytes_received": got,
+            "data": String::from_utf8_lossy(&received),
+        });
+        print_ok(true, &data, String::new);
+    } else if a.message.is_some() && got > 0 {
+        println!();
+    }
+    Ok(())
+}
+
+/// `listen`.
+pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
+    let sock = socket_path(cli);
+    let mut client = Client::connect(&sock).await?;
+    client
+        .request(&Request::Listen { port: a.port }, Duration::from_secs(15))
+        .await?;
+    let mut events = client.into_stream();
+    if !cli.json {
+        eprintln!("listening on port {}", a.port);
+    }
+    let mut stdout = tokio::io::stdout();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let ev: ListenEvent = match read_message(&mut events).await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => {
+                return Err(CliError::new(
+                    ErrorCode::Internal,
+                    "the daemon closed the listener",
+                ))
+            }
+            Err(e) => return Err(CliError::new(ErrorCode::Internal, e.to_string())),
+        };
+        let ListenEvent::Accept { conn_id, remote } = ev;
+        let mut c = Client::connect(&sock).await?;
+        if let Err(e) = c
+            .request(&Request::Attach { conn_id }, Duration::from_secs(15))
+            .await
+        {
+            if !cli.json {
+                eprintln!("stream from {remote} lost: {e}");
+            }
+            continue;
+        }
+        if !cli.json {
+            eprintln!("accepted stream {conn_id} from {remote}");
+        }
+        let mut s = c.into_stream();
+        let mut total = 0u64;
+        let mut text = Vec::new();
+        loop {
+            let n = s.read(&mut buf).await.map_err(|e| io_err("stream", e))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if cli.json {
+                text.extend_from_slice(&buf[..n]);
+            } else {
+                stdout
+                    .write_all(&buf[..n])
+                    .await
+                    .map_err(|e| io_err("stdout", e))?;
+            }
+        }
+        stdout.flush().await.map_err(|e| io_err("stdout", e))?;
+        if cli.json {
+            let data = serde_json::json!({
+                "conn_id": conn_id,
+                "remote": remote,
+                "bytes": total,
+                "data": String::from_utf8_lossy(&text),
+            });
+            print_ok(true, &data, String::new);
+        } else {
+            eprintln!("stream {conn_id} from {remote} closed after {total} bytes");
+        }
+        if !a.keep {
+            return Ok(());
+        }
+    }
+}
+
+/// `send`.
+pub(super) async fn send(cli: &Cli, a: &SendArgs) -> Result<(), CliError> {
+    check_target(&a.target)?;
+    let v: serde_json::Value = call(
+        cli,
+        &Request::SendDatagram {
+            target: a.target.clone(),
+            port: a.port,
+            data: a.data.clone(),
+        },
+    )
+    .await?;
+    print_ok(cli.json, &v, || {
+        format!(
+            "sent {} bytes to {}",
+            v["bytes"],
+            v["to"].as_str().unwrap_or_default()
+        )
+    });
+    Ok(())
+}
+
+/// `recv`.
+pub(super) async fn recv(cli: &Cli, a: &RecvArgs) -> Result<(), CliError> {
+    let idle = a.timeout.as_deref().map(parse_duration).transpose()?;
+    let mut client = Client::connect(&socket_path(cli)).await?;
+    client
+        .request(
+            &Request::RecvDatagrams { port: a.port },
+            Duration::from_secs(15),
+        )
+        .await?;
+    let mut s = client.into_stream();
+    if !cli.json {
+        eprintln!("waiting for datagrams on port {}", a.port);
+    }
+    let mut n = 0u64;
+    while a.count.is_none_or(|c| n < c) {
+        let next = read_message::<_, DatagramData>(&mut s);
+        let d = match idle {
+            Some(t) => match tokio::time::timeout(t, next).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(CliError::new(
+                        ErrorCode::Timeout,
+                        format!("no datagram on port {} within {t:?} ({n} received)", a.port),
+                    ))
+                }
+            },
+            None => next.await,
+        };
+        let d = match d {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Err(CliError::new(
+                    ErrorCode::Internal,
+                    "the daemon closed the receiver",
+                ))
+            }
+            Err(e) => return Err(CliError::new(ErrorCode::Internal, e.to_string())),
+        };
+        n += 1;
+        print_ok(cli.json, &d, || {
+            format!("from {} ({} bytes): {}", d.from, d.bytes, d.data)
+        });
+    }
+    Ok(())
+}
+
+/// An open stream to a node's echo service, for `ping`.
+pub(super) struct EchoStream {
+    stream: UnixStream,
+    address: String,
+    size: usize,
+}
+
+impl EchoStream {
+    /// One round trip: `size` bytes out, the same bytes back.
+    pub(super) async fn ping(&mut self, seq: u32, timeout: Duration) -> Result<PingData, CliError> {
+        let mut msg = format!("ping-{seq}-").into_bytes();
+        msg.resize(self.size.max(msg.len()), b'.');
+        let start = Instant::now();
+        let work = async {
+            self.stream.write_all(&msg).await?;
+            let mut back = vec![0u8; msg.len()];
+            self.stream.read_exact(&mut back).await?;
+            Ok::<_, std::io::Error>(back)
+        };
+        let back = match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(io_err("echo stream", e)),
+            Err(_) => {
+                return Err(CliError::new(
+                    ErrorCode::Timeout,
+                    format!("no echo from {} within {timeout:?}", self.address),
+                ))
+            }
+        };
+        if back != msg {
+            return Err(CliError::new(
+                ErrorCode::Internal,
+                "the echo differs from what was sent",
+            ));
+        }
+        Ok(PingData {
+            address: self.address.clone(),
+            bytes: msg.len(),
+            rtt_us: start.elapsed().as_micros() as u64,
+            path: "echo".into(),
+        })
+    }
+}
+
+/// `ping` over the echo port.
+pub(super) async fn echo_ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
+    let (interval, timeout) = ping_options(a)?;
+    let (stream, info) = dial(cli, &a.target, ECHO_PORT, Duration::from_secs(30)).await?;
+    let echo = EchoStream {
+        stream,
+        address: remote_addr(&info),
+        size: a.size.max(1),
+    };
+    run_pings(cli, a, Pinger::Echo(echo), interval, timeout).await
+}
+
+/// Deterministic bench payload: a cheap xorshift stream.
+fn fill(buf: &mut [u8], state: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let b = state.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+/// `bench`: sends SIZE MiB to the echo service and reads them back,
+/// checking the SHA-256 of both directions.
+pub(super) async fn bench(cli: &Cli, a: &BenchArgs) -> Result<(), CliError> {
+    check_target(&a.target)?;
+    if a.size_mb == 0 || a.size_mb > 1 << 20 {
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "size_mb must be between 1 and 1048576",
+        ));
+    }
+    let timeout = parse_duration(&a.timeout)?;
+    let total = a.size_mb << 20;
+    let (stream, info) = dial(cli, &a.target, ECHO_PORT, timeout).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let start = Instant::now();
+    let writer = async move {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut left = total;
+        while left > 0 {
+            let n = (left as usize).min(CHUNK);
+            fill(&mut buf[..n], &mut state);
+            h.update(&buf[..n]);
+            wr.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        Ok::<_, std::io::Error>((h.finalize(), wr))
+    };
+    let show = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let reader = async move {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        let mut last_draw = Instant::now();
+        while got < total {
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("stream ended after {got} of {total} bytes"),
+                ));
+            }
+            h.update(&buf[..n]);
+            got += n as u64;
+            if show && last_draw.elapsed() > Duration::from_millis(100) {
+                last_draw = Instant::now();
+                let frac = got as f64 / total as f64;
+                let width = 30;
+                let filled = (frac * width as f64) as usize;
+                let rate = got as f64 / start.elapsed().as_secs_f64() / 1e6;
+                eprint!(
+                    "\r[{}{}] {:5.1}%  {:8.1} MB/s",
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    frac * 100.0,
+                    rate
+                );
+            }
+        }
+        if show {
+            eprint!("\r{}\r", " ".repeat(60));
+        }
+        Ok::<_, std::io::Error>(h.finalize())
+    };
+    let (w, r) = tokio::join!(writer, reader);
+    let (sent_hash, _wr) = w.map_err(|e| io_err("bench stream", e))?;
+    let got_hash = r.map_err(|e| io_err("bench stream", e))?;
+    let secs = start.elapsed().as_secs_f64();
+    if sent_hash != got_hash {
+        return Err(CliError::new(
+            ErrorCode::Internal,
+            "the echoed bytes differ from the sent bytes",
+        ));
+    }
+    let mbps = total as f64 / secs / 1e6;
+    let data = serde_json::json!({
+        "remote": info.remote,
+        "bytes": total,
+        "seconds": secs,
+        "mb_per_s": mbps,
+        "sha256": hex_string(&sent_hash),
+        "verified": true,
+    });
+    print_ok(cli.json, &data, || {
+        format!(
+            "{} MiB to {} and back in {:.2} s: {:.1} MB/s each way (echo verified, sha256 {})",
+            a.size_mb,
+            remote_addr(&info),
+            secs,
+            mbps,
+            &hex_string(&sent_hash)[..16]
+        )
+    });
+    Ok(())
+}
+
+fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `connections`.
+pub(super) async fn connections(cli: &Cli) -> Result<(), CliError> {
+    let d: ConnectionsData = call(cli, &Request::Connections).await?;
+    print_ok(cli.json, &d, || {
+        if d.connections.is_empty() {
+            return "no open streams".into();
+        }
+        let rows: Vec<Vec<String>> = d
+            .connections
+            .iter()
+            .map(|c| {
+                vec![
+                    c.conn_id.to_string(),
+                    c.local.clone(),
+                    c.remote.clone(),
+                    c.state.clone(),
+                    c.path.clone(),
+                    c.bytes_in.to_string(),
+                    c.bytes_out.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &["ID", "LOCAL", "REMOTE", "STATE", "PATH", "IN", "OUT"],
+            &rows,
+        )
+    });
+    Ok(())
+}
+
+/// `disconnect`.
+pub(super) async fn disconnect(cli: &Cli, id: u64, force: bool) -> Result<(), CliError> {
+    let d: StreamData = call(cli, &Request::Disconnect { conn_id: id, force }).await?;
+    print_ok(cli.json, &d, || {
+        format!(
+            "{} stream {} to {}",
+            if force { "reset" } else { "closing" },
+            d.conn_id,
+            d.remote
+        )
+    });
+    Ok(())
+}

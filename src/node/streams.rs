@@ -1,0 +1,982 @@
+//! Streams and datagrams in the daemon: the glue between the sans-IO stream
+//! engine ([`crate::stream::Connection`]), the tunnel (header encode, seal,
+//! send), and the applications on the IPC socket.
+//!
+//! Every connection lives in the event loop's [`StreamTable`]; its timers sit
+//! in one min-heap, so 10,000 idle streams cost nothing per tick. Data moves
+//! between the loop and an application's IPC connection through two bounded
+//! queues: chunks to the application (`to_app`; when it is full the loop
+//! stops reading the connection, so the receive window closes and the peer
+//! slows down), and chunks from it (credits from a semaphore bound what the
+//! application may have queued; the loop returns credits as the stream
+//! engine takes the bytes).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::engine::Engine;
+use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, StreamData};
+use crate::ipc::{ErrorCode, Response};
+use crate::stream::{self, Config, Connection, Event, Segment, State};
+use crate::wire::address::{Addr, SockAddr};
+use crate::wire::header::{Flags, Packet, Protocol, Repr, HEADER_LEN};
+
+/// Largest chunk handed to an application at once.
+pub const APP_CHUNK: usize = 64 * 1024;
+/// Chunks queued towards an application before the loop stops reading.
+pub const TO_APP_CHUNKS: usize = 16;
+/// Bytes an application may have queued towards the loop.
+pub const FROM_APP_CREDITS: usize = 1 << 20;
+/// Streams beyond which new ones get the compact buffer profile.
+const COMPACT_AFTER: usize = 64;
+/// How long an accepted stream waits for its application to attach.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Echo service port (spec §2.5, §8.3).
+pub const ECHO_PORT: u16 = 7;
+/// Datagrams queued per receiving application.
+const DGRAM_QUEUE: usize = 256;
+
+/// SYN admission limits (spec §7.2 steps 5-7; daemon flags).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Global SYN rate per second (token bucket of the same size).
+    pub syn_rate: f64,
+    /// SYN rate per source node per second (bucket of the same size).
+    pub syn_rate_per_source: f64,
+    /// Live connections per local port.
+    pub max_per_port: usize,
+    /// Live connections in total.
+    pub max_total: usize,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            syn_rate: 100.0,
+            syn_rate_per_source: 10.0,
+            max_per_port: 1024,
+            max_total: 65_536,
+        }
+    }
+}
+
+/// Sources tracked by the per-source SYN limiter (spec §7.2: 4096).
+const MAX_TRACKED_SOURCES: usize = 4096;
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, rate: f64, now: Instant) -> bool {
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * rate).min(rate.max(1.0));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The application end of a stream, held by the event loop.
+pub struct AppLink {
+    /// Chunks for the application; dropped at end of stream.
+    pub to_app: Option<mpsc::Sender<Vec<u8>>>,
+    /// Set when `to_app` was full; the application's writer then reports
+    /// [`super::engine::Cmd::Drained`].
+    pub blocked: Arc<AtomicBool>,
+    /// Credits for bytes from the application.
+    pub credits: Arc<Semaphore>,
+}
+
+/// The application end of a stream, held by the IPC task.
+pub struct AppEnd {
+    /// Chunks from the loop.
+    pub rx: mpsc::Receiver<Vec<u8>>,
+    /// See [`AppLink::blocked`].
+    pub blocked: Arc<AtomicBool>,
+    /// See [`AppLink::credits`].
+    pub credits: Arc<Semaphore>,
+}
+
+/// A connected pair of stream ends.
+pub fn app_pair() -> (AppLink, AppEnd) {
+    let (tx, rx) = mpsc::channel(TO_APP_CHUNKS);
+    let blocked = Arc::new(AtomicBool::new(false));
+    let credits = Arc::new(Semaphore::new(FROM_APP_CREDITS));
+    (
+        AppLink {
+            to_app: Some(tx),
+            blocked: blocked.clone(),
+            credits: credits.clone(),
+        },
+        AppEnd {
+            rx,
+            blocked,
+            credits,
+        },
+    )
+}
+
+enum App {
+    /// Accepted, waiting for `attach` until the deadline.
+    Pending(Instant),
+    /// An IPC client owns the stream.
+    Attached(AppLink),
+    /// The built-in echo service.
+    Echo,
+    /// The application went away; incoming data is discarded.
+    Gone,
+}
+
+struct StreamConn {
+    conn: Connection,
+    peer: u32,
+    local: Addr,
+    local_port: u16,
+    remote: Addr,
+    remote_port: u16,
+    app: App,
+    /// Chunks from the application not yet taken by the engine.
+    pending: VecDeque<Vec<u8>>,
+    pending_off: usize,
+    app_eof: bool,
+    close_requested: bool,
+    dial: Option<(oneshot::Sender<Response>, Instant)>,
+    timer: Option<Instant>,
+    bytes_in: u64,
+    bytes_out: u64,
+    listener_port: Option<u16>,
+}
+
+struct Listener {
+    events: mpsc::Sender<ListenEvent>,
+    live: usize,
+}
+
+/// All streams of the node.
+pub struct StreamTable {
+    conns: HashMap<u64, StreamConn>,
+    by_tuple: HashMap<(u16, Addr, u16), u64>,
+    listeners: HashMap<u16, Listener>,
+    dgram_listeners: HashMap<u16, mpsc::Sender<DatagramData>>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    ports_in_use: HashMap<u16, usize>,
+    next_id: u64,
+    admission: Admission,
+    global_bucket: Bucket,
+    source_buckets: HashMap<u32, Bucket>,
+    echo: bool,
+}
+
+impl StreamTable {
+    /// An empty table.
+    pub fn new(admission: Admission, echo: bool, now: Instant) -> StreamTable {
+        StreamTable {
+            conns: HashMap::new(),
+            by_tuple: HashMap::new(),
+            listeners: HashMap::new(),
+            dgram_listeners: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ports_in_use: HashMap::new(),
+            next_id: 1,
+            global_bucket: Bucket {
+                tokens: admission.syn_rate,
+                at: now,
+            },
+            admission,
+            source_buckets: HashMap::new(),
+            echo,
+        }
+    }
+
+    /// The earliest stream timer.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|r| r.0 .0)
+    }
+
+    /// Number of live streams.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// True when there are no streams.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    fn config(&self) -> Config {
+        if self.conns.len() >= COMPACT_AFTER {
+            Config::compact()
+        } else {
+            Config::default()
+        }
+    }
+
+    fn port_busy(&self, port: u16) -> bool {
+        self.ports_in_use.contains_key(&port) || self.listeners.contains_key(&port)
+    }
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::SynSent => "SynSent",
+        State::Established => "Established",
+        State::FinWait => "FinWait",
+        State::TimeWait => "TimeWait",
+        State::Closed => "Closed",
+    }
+}
+
+impl Engine {
+    // ------------------------------------------------------------ wire side
+
+    /// A stream segment from `sender` (already authenticated and bound).
+    pub(super) fn on_stream_segment(
+        &mut self,
+        sender: u32,
+        repr: &Repr,
+        payload: &[u8],
+        now: Instant,
+    ) {
+        let seg = Segment {
+            flags: repr.flags,
+            seq: repr.seq,
+            ack: repr.ack,
+            window: repr.window,
+            payload,
+        };
+        let key = (repr.dst_port, repr.src, repr.src_port);
+        if let Some(&id) = self.streams.by_tuple.get(&key) {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                s.conn.handle_segment(&seg, now);
+            }
+            self.after_io(id, now);
+            return;
+        }
+        if repr.flags.contains(Flags::SYN) && !repr.flags.contains(Flags::ACK) {
+            self.on_syn(sender, repr, &seg, now);
+        }
+        // Anything else for no connection is stale (e.g. after TIME_WAIT): ignore.
+    }
+
+    fn refuse(&mut self, repr: &Repr, now: Instant) {
+        let rst = Repr {
+            flags: Flags::RST,
+            protocol: Protocol::Stream,
+            src: repr.dst,
+            dst: repr.src,
+            src_port: repr.dst_port,
+            dst_port: repr.src_port,
+            seq: 0,
+            ack: 0,
+            window: 0,
+            payload_len: 0,
+        };
+        self.send_packet(repr.src.node, &rst, &[], now);
+    }
+
+    /// Spec §7.2 responder steps.
+    fn on_syn(&mut self, sender: u32, repr: &Repr, seg: &Segment, now: Instant) {
+        let port = repr.dst_port;
+        let echo = port == ECHO_PORT && self.streams.echo;
+        if !echo && !self.streams.listeners.contains_key(&port) {
+            self.refuse(repr, now);
+            return;
+        }
+        if !self.admits(sender) {
+            return; // trust gate: silent drop (spec §7.2 step 3)
+        }
+        let adm = self.streams.admission.clone();
+        if !self.streams.global_bucket.take(adm.syn_rate, now) {
+            return;
+        }
+        if !self.streams.source_buckets.contains_key(&sender)
+            && self.streams.source_buckets.len() >= MAX_TRACKED_SOURCES
+        {
+            self.streams
+                .source_buckets
+                .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(10));
+            if self.streams.source_buckets.len() >= MAX_TRACKED_SOURCES {
+                return;
+            }
+        }
+        let bucket = self.streams.source_buckets.entry(sender).or_insert(Bucket {
+            tokens: adm.syn_rate_per_source,
+            at: now,
+        });
+        if !bucket.take(adm.syn_rate_per_source, now) {
+            return;
+        }
+        let per_port = self.streams.listeners.get(&port).map_or(0, |l| l.live);
+        if self.streams.conns.len() >= adm.max_total || per_port >= adm.max_per_port {
+            self.refuse(repr, now);
+            return;
+        }
+        let id = self.streams.next_id;
+        self.streams.next_id += 1;
+        let app = if echo {
+            App::Echo
+        } else {
+            let Some(l) = self.streams.listeners.get_mut(&port) else {
+                return;
+            };
+            let ev = ListenEvent::Accept {
+                conn_id: id,
+                remote: SockAddr::new(repr.src, repr.src_port).to_string(),
+            };
+            if l.events.try_send(ev).is_err() {
+                // The accept queue is full or the listener is gone.
+                self.refuse(repr, now);
+                return;
+            }
+            l.live += 1;
+            App::Pending(now + ATTACH_TIMEOUT)
+        };
+        let conn = Connection::accept(self.streams.config(), seg, OsRng.next_u32(), now);
+        self.insert_stream(
+            id,
+            StreamConn {
+                conn,
+                peer: sender,
+                local: repr.dst,
+                local_port: port,
+                remote: repr.src,
+                remote_port: repr.src_port,
+                app,
+                pending: VecDeque::new(),
+                pending_off: 0,
+                app_eof: false,
+                close_requested: false,
+                dial: None,
+                timer: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                listener_port: (!echo).then_some(port),
+            },
+        );
+        self.after_io(id, now);
+    }
+
+    fn insert_stream(&mut self, id: u64, s: StreamConn) {
+        self.streams
+            .by_tuple
+            .insert((s.local_port, s.remote, s.remote_port), id);
+        *self.streams.ports_in_use.entry(s.local_port).or_default() += 1;
+        self.streams.conns.insert(id, s);
+    }
+
+    fn remove_stream(&mut self, id: u64) {
+        let Some(s) = self.streams.conns.remove(&id) else {
+            return;
+        };
+        self.streams
+            .by_tuple
+            .remove(&(s.local_port, s.remote, s.remote_port));
+        if let Some(n) = self.streams.ports_in_use.get_mut(&s.local_port) {
+            *n -= 1;
+            if *n == 0 {
+                self.streams.ports_in_use.remove(&s.local_port);
+            }
+        }
+        if let Some(l) = s
+            .listener_port
+            .and_then(|p| self.streams.listeners.get_mut(&p))
+        {
+            l.live = l.live.saturating_sub(1);
+        }
+        if let App::Attached(link) = &s.app {
+            link.credits.close();
+        }
+    }
+
+    /// Runs after anything touched stream `id`: events, delivery to the
+    /// application, transmission, timer, removal.
+    pub(super) fn after_io(&mut self, id: u64, now: Instant) {
+        let mut relay_switch = false;
+        let mut resend_pila = false;
+        let peer;
+        {
+            let Some(s) = self.streams.conns.get_mut(&id) else {
+                return;
+            };
+            peer = s.peer;
+            while let Some(ev) = s.conn.poll_event() {
+                match ev {
+                    Event::Connected => {
+                        if let Some((reply, _)) = s.dial.take() {
+                            let data = StreamData {
+                                conn_id: id,
+                                local: SockAddr::new(s.local, s.local_port).to_string(),
+                                remote: SockAddr::new(s.remote, s.remote_port).to_string(),
+                                state: state_name(s.conn.state()).into(),
+                                path: String::new(),
+                                bytes_in: 0,
+                                bytes_out: 0,
+                            };
+                            let _ = reply.send(Response::ok(&data));
+                        }
+                    }
+                    Event::SynRetransmit { expiry } => {
+                        // Spec §4.8 item 4 and §5.5.
+                        resend_pila = expiry >= 2;
+                        relay_switch = expiry == stream::SYN_RELAY_EXPIRY;
+                    }
+                    Event::PeerClosed { truncated: true } => {
+                        tracing::warn!("stream {id}: peer closed with data missing (truncated)");
+                    }
+                    Event::Refused | Event::TimedOut | Event::Reset | Event::Closed => {
+                        if let Some((reply, _)) = s.dial.take() {
+                            let to = SockAddr::new(s.remote, s.remote_port);
+                            let r = match ev {
+                                Event::Refused => Response::error(
+                                    ErrorCode::Refused,
+                                    format!("connection refused by {to}"),
+                                ),
+                                Event::TimedOut => Response::error(
+                                    ErrorCode::Timeout,
+                                    format!("no answer from {to} (dial timeout)"),
+                                ),
+                                _ => Response::error(
+                                    ErrorCode::Refused,
+                                    format!("connection to {to} reset"),
+                                ),
+                            };
+                            let _ = reply.send(r);
+                        }
+                    }
+                    Event::Readable | Event::Writable | Event::PeerClosed { .. } => {}
+                }
+            }
+        }
+        if resend_pila {
+            self.force_pila(peer, now);
+        }
+        if relay_switch && self.shared.beacon.is_some() {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                if p.session.is_none() && !p.relay {
+                    tracing::info!("node {peer} unreachable directly; trying the relay");
+                    p.relay = true;
+                }
+            }
+        }
+        self.pump_from_app(id, now);
+        self.deliver(id, now);
+        self.flush_stream(id, now);
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
+        if s.conn.state() == State::Closed {
+            self.remove_stream(id);
+            return;
+        }
+        let t = s.conn.poll_timeout();
+        if t != s.timer {
+            s.timer = t;
+            if let Some(t) = t {
+                self.streams.timers.push(Reverse((t, id)));
+            }
+        }
+    }
+
+    /// Moves application bytes into the stream engine; closes once the
+    /// application is done and everything was handed over.
+    fn pump_from_app(&mut self, id: u64, now: Instant) {
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
+        while let Some(front) = s.pending.front() {
+            let n = s.conn.send(&front[s.pending_off..]);
+            if n == 0 {
+                break;
+            }
+            s.bytes_out += n as u64;
+            if let App::Attached(link) = &s.app {
+                link.credits.add_permits(n);
+            }
+            s.pending_off += n;
+            if s.pending_off == front.len() {
+                s.pending.pop_front();
+                s.pending_off = 0;
+            }
+        }
+        if s.app_eof && s.pending.is_empty() && !s.close_requested {
+            s.close_requested = true;
+            s.conn.close(now);
+        }
+    }
+
+    /// Hands in-order bytes to the application (or echoes them).
+    fn deliver(&mut self, id: u64, now: Instant) {
+        let Engine {
+            streams, app_buf, ..
+        } = self;
+        let Some(s) = streams.conns.get_mut(&id) else {
+            return;
+        };
+        match &mut s.app {
+            App::Echo => {
+                loop {
+                    let room = s.conn.send_capacity().min(app_buf.len());
+                    if room == 0 {
+                        break;
+                    }
+                    let n = s.conn.recv(&mut app_buf[..room]);
+                    if n == 0 {
+                        break;
+                    }
+                    s.bytes_in += n as u64;
+                    s.bytes_out += s.conn.send(&app_buf[..n]) as u64;
+                }
+                if s.conn.is_read_closed() && s.conn.readable() == 0 && !s.close_requested {
+                    s.close_requested = true;
+                    s.conn.close(now);
+                }
+            }
+            App::Attached(link) => {
+                if let Some(tx) = &link.to_app {
+                    loop {
+                        if tx.capacity() == 0 {
+                            link.blocked.store(true, Ordering::Release);
+                            break;
+                        }
+                        let n = s.conn.recv(&mut app_buf[..APP_CHUNK]);
+                        if n == 0 {
+                            break;
+                        }
+                        s.bytes_in += n as u64;
+                        if tx.try_send(app_buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                    if s.conn.is_read_closed() && s.conn.readable() == 0 {
+                        link.to_app = None; // end of stream for the application
+                        if s.app_eof || s.conn.state() != State::Established {
+                            return;
+                        }
+                        // No half-close in Pilot v1 (spec §7.10): the peer is done,
+                        // so are we once our data is out.
+                        s.app_eof = true;
+                    }
+                }
+            }
+            App::Gone => while s.conn.recv(&mut app_buf[..APP_CHUNK]) > 0 {},
+            App::Pending(_) => {}
+        }
+    }
+
+    /// Transmits whatever the stream engine has to send.
+    fn flush_stream(&mut self, id: u64, now: Instant) {
+        loop {
+            let (peer, len) = {
+                let Engine { streams, sbuf, .. } = &mut *self;
+                let Some(s) = streams.conns.get_mut(&id) else {
+                    return;
+                };
+                let at = super::engine::PLAIN_AT;
+                let Some(t) = s.conn.poll_transmit(now, &mut sbuf[at + HEADER_LEN..]) else {
+                    return;
+                };
+                let repr = Repr {
+                    flags: t.flags,
+                    protocol: Protocol::Stream,
+                    src: s.local,
+                    dst: s.remote,
+                    src_port: s.local_port,
+                    dst_port: s.remote_port,
+                    seq: t.seq,
+                    ack: t.ack,
+                    window: t.window,
+                    payload_len: t.payload_len,
+                };
+                let len = HEADER_LEN + t.payload_len;
+                let mut pkt = Packet::new_unchecked(&mut sbuf[at..at + len]);
+                repr.emit(&mut pkt);
+                (s.peer, len)
+            };
+            self.send_plain(peer, len, now);
+        }
+    }
+
+    /// Fires due stream timers.
+    pub(super) fn stream_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, id))) = self.streams.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.streams.timers.pop();
+            let Some(s) = self.streams.conns.get_mut(&id) else {
+                continue;
+            };
+            if s.timer != Some(t) {
+                continue; // superseded
+            }
+            s.timer = None;
+            s.conn.handle_timeout(now);
+            self.after_io(id, now);
+        }
+    }
+
+    /// Dial deadlines and attach deadlines (from the housekeeping tick).
+    pub(super) fn stream_housekeeping(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        for (&id, s) in &mut self.streams.conns {
+            if let Some((_, deadline)) = &s.dial {
+                if now >= *deadline {
+                    if let Some((reply, _)) = s.dial.take() {
+                        let to = SockAddr::new(s.remote, s.remote_port);
+                        let _ = reply.send(Response::error(
+                            ErrorCode::Timeout,
+                            format!("no answer from {to} (dial timeout)"),
+                        ));
+                    }
+                    s.conn.abort();
+                    expired.push(id);
+                }
+            }
+            if let App::Pending(deadline) = s.app {
+                if now >= deadline {
+                    s.conn.abort();
+                    expired.push(id);
+                }
+            }
+        }
+        for id in expired {
+            self.after_io(id, now);
+        }
+    }
+
+    // ------------------------------------------------------ application side
+
+    /// `dial`.
+    pub(super) fn dial(
+        &mut self,
+        addr: Addr,
+        port: u16,
+        timeout: Duration,
+        link: AppLink,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
+        if addr.node == self.node_id || addr.node == 0 || addr.is_broadcast() {
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidAddress,
+                format!("cannot open a stream to {addr}: not a remote node"),
+            ));
+            return;
+        }
+        if self.streams.conns.len() >= self.streams.admission.max_total {
+            let _ = reply.send(Response::error(ErrorCode::Refused, "too many open streams"));
+            return;
+        }
+        let mut local_port = 0;
+        for _ in 0..=(u16::MAX - super::engine::EPHEMERAL_START) {
+            let p = self.alloc_port();
+            if !self.streams.port_busy(p) {
+                local_port = p;
+                break;
+            }
+        }
+        if local_port == 0 {
+            let _ = reply.send(Response::error(
+                ErrorCode::Refused,
+                "no free ephemeral port",
+            ));
+            return;
+        }
+        let id = self.streams.next_id;
+        self.streams.next_id += 1;
+        let conn = Connection::connect(self.streams.config(), OsRng.next_u32(), now);
+        self.insert_stream(
+            id,
+            StreamConn {
+                conn,
+                peer: addr.node,
+                local: Addr::new(addr.network, self.node_id),
+                local_port,
+                remote: addr,
+                remote_port: port,
+                app: App::Attached(link),
+                pending: VecDeque::new(),
+                pending_off: 0,
+                app_eof: false,
+                close_requested: false,
+                dial: Some((reply, now + timeout)),
+                timer: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                listener_port: None,
+            },
+        );
+        self.after_io(id, now);
+    }
+
+    /// `listen`.
+    pub(super) fn listen(
+        &mut self,
+        port: u16,
+        events: mpsc::Sender<ListenEvent>,
+        reply: oneshot::Sender<Response>,
+    ) {
+        if port == 0
+            || (port == ECHO_PORT && self.streams.echo)
+            || self.streams.listeners.contains_key(&port)
+        {
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidArgument,
+                format!("port {port} is already in use"),
+            ));
+            return;
+        }
+        self.streams
+            .listeners
+            .insert(port, Listener { events, live: 0 });
+        let _ = reply.send(Response::ok(&serde_json::json!({"port": port})));
+    }
+
+    /// The listening IPC connection closed.
+    pub(super) fn unlisten(&mut self, port: u16, now: Instant) {
+        self.streams.listeners.remove(&port);
+        let pending: Vec<u64> = self
+            .streams
+            .conns
+            .iter()
+            .filter(|(_, s)| s.listener_port == Some(port) && matches!(s.app, App::Pending(_)))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in pending {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                s.conn.abort();
+            }
+            self.after_io(id, now);
+        }
+    }
+
+    /// `attach`.
+    pub(super) fn attach(
+        &mut self,
+        id: u64,
+        link: AppLink,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidArgument,
+                format!("no stream {id}"),
+            ));
+            return;
+        };
+        if !matches!(s.app, App::Pending(_)) {
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidArgument,
+                format!("stream {id} is already taken"),
+            ));
+            return;
+        }
+        s.app = App::Attached(link);
+        let _ = reply.send(Response::ok(&self.stream_data(id)));
+        self.after_io(id, now);
+    }
+
+    /// Bytes from the application.
+    pub(super) fn app_data(&mut self, id: u64, data: Vec<u8>, now: Instant) {
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
+        if s.app_eof || s.close_requested {
+            return;
+        }
+        s.pending.push_back(data);
+        self.after_io(id, now);
+    }
+
+    /// The application closed its sending side.
+    pub(super) fn app_eof(&mut self, id: u64, now: Instant) {
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
+        s.app_eof = true;
+        self.after_io(id, now);
+    }
+
+    /// The application went away entirely.
+    pub(super) fn app_gone(&mut self, id: u64, now: Instant) {
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return;
+        };
+        s.app_eof = true;
+        if let App::Attached(link) = &s.app {
+            link.credits.close();
+        }
+        s.app = App::Gone;
+        self.after_io(id, now);
+    }
+
+    /// The application's queue has room again.
+    pub(super) fn app_drained(&mut self, id: u64, now: Instant) {
+        self.after_io(id, now);
+    }
+
+    /// `disconnect`.
+    pub(super) fn disconnect(&mut self, id: u64, force: bool, now: Instant) -> Response {
+        let Some(s) = self.streams.conns.get_mut(&id) else {
+            return Response::error(ErrorCode::InvalidArgument, format!("no stream {id}"));
+        };
+        if force {
+            s.conn.abort();
+        } else {
+            s.app_eof = true;
+        }
+        let data = self.stream_data(id);
+        self.after_io(id, now);
+        Response::ok(&data)
+    }
+
+    fn stream_data(&self, id: u64) -> StreamData {
+        let Some(s) = self.streams.conns.get(&id) else {
+            return StreamData {
+                conn_id: id,
+                local: String::new(),
+                remote: String::new(),
+                state: "Closed".into(),
+                path: String::new(),
+                bytes_in: 0,
+                bytes_out: 0,
+            };
+        };
+        StreamData {
+            conn_id: id,
+            local: SockAddr::new(s.local, s.local_port).to_string(),
+            remote: SockAddr::new(s.remote, s.remote_port).to_string(),
+            state: state_name(s.conn.state()).into(),
+            path: self
+                .peers
+                .get(&s.peer)
+                .map_or("direct", |p| p.path_name())
+                .into(),
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+        }
+    }
+
+    /// `connections`.
+    pub(super) fn connections(&self) -> ConnectionsData {
+        let mut ids: Vec<u64> = self.streams.conns.keys().copied().collect();
+        ids.sort_unstable();
+        ConnectionsData {
+            connections: ids.into_iter().map(|id| self.stream_data(id)).collect(),
+        }
+    }
+
+    /// Total bytes the streams hold in buffers (for `info`).
+    pub(super) fn stream_memory(&self) -> usize {
+        self.streams.conns.values().map(|s| s.conn.memory()).sum()
+    }
+
+    // -------------------------------------------------------------- datagrams
+
+    /// `send` (spec §8.1).
+    pub(super) fn send_datagram(
+        &mut self,
+        addr: Addr,
+        port: u16,
+        data: &[u8],
+        now: Instant,
+    ) -> Response {
+        if data.is_empty() {
+            return Response::error(
+                ErrorCode::InvalidArgument,
+                "empty datagrams are dropped by receivers; send at least one byte",
+            );
+        }
+        if data.len() > 65_000 {
+            return Response::error(
+                ErrorCode::InvalidArgument,
+                "datagram larger than 65000 bytes",
+            );
+        }
+        if addr.node == self.node_id || addr.node == 0 || addr.is_broadcast() {
+            return Response::error(
+                ErrorCode::InvalidAddress,
+                format!("cannot send to {addr}: not a remote node"),
+            );
+        }
+        let src_port = self.alloc_port();
+        let repr = Repr {
+            flags: Flags::NONE,
+            protocol: Protocol::Datagram,
+            src: Addr::new(addr.network, self.node_id),
+            dst: addr,
+            src_port,
+            dst_port: port,
+            seq: 0,
+            ack: 0,
+            window: 0,
+            payload_len: data.len(),
+        };
+        self.send_packet(addr.node, &repr, data, now);
+        Response::ok(
+            &serde_json::json!({"to": SockAddr::new(addr, port).to_string(), "bytes": data.len()}),
+        )
+    }
+
+    /// A datagram from `sender`.
+    pub(super) fn on_datagram(&mut self, sender: u32, repr: &Repr, payload: &[u8]) {
+        if payload.is_empty() || !self.admits(sender) {
+            return;
+        }
+        let Some(tx) = self.streams.dgram_listeners.get(&repr.dst_port) else {
+            return;
+        };
+        let msg = DatagramData {
+            from: SockAddr::new(repr.src, repr.src_port).to_string(),
+            port: repr.dst_port,
+            data: String::from_utf8_lossy(payload).into_owned(),
+            bytes: payload.len(),
+        };
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(msg) {
+            self.streams.dgram_listeners.remove(&repr.dst_port);
+        }
+    }
+
+    /// `recv`: register a datagram receiver.
+    pub(super) fn recv_datagrams(
+        &mut self,
+        port: u16,
+        reply: oneshot::Sender<Response>,
+    ) -> Option<mpsc::Receiver<DatagramData>> {
+        if self
+            .streams
+            .dgram_listeners
+            .get(&port)
+            .is_some_and(|t| !t.is_closed())
+        {
+            let _ = reply.send(Response::error(
+                ErrorCode::InvalidArgument,
+                format!("port {port} already has a datagram receiver"),
+            ));
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(DGRAM_QUEUE);
+        self.streams.dgram_listeners.insert(port, tx);
+        let _ = reply.send(Response::ok(&serde_json::json!({"port": port})));
+        Some(rx)
+    }
+
+    /// The SYN and datagram gate (spec §7.2 step 3, §12.16): public nodes
+    /// admit everyone; private ones only locally trusted peers.
+    fn admits(&self, sender: u32) -> bool {
+        self.shared.config.public || self.trusted.contains(&sender)
+    }
+}

@@ -1,0 +1,308 @@
+//! End to end: streams and datagrams between real daemons on loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Node, Rendezvous, PILOTCTL};
+use sha2::{Digest, Sha256};
+
+fn addr_of(v: &serde_json::Value) -> String {
+    v["address"].as_str().expect("address").to_string()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64).
+fn fill(buf: &mut [u8], state: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let b = state.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+fn pilotctl(node: &Node) -> Command {
+    let mut c = Command::new(PILOTCTL);
+    c.arg("--socket")
+        .arg(&node.socket)
+        .env("HOME", node.home.path());
+    c
+}
+
+fn two_nodes(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, String) {
+    let a = Node::new("alpha");
+    let b = Node::new("beta");
+    let mut args = vec!["--public"];
+    args.extend_from_slice(extra);
+    a.start(rdv, &args);
+    let ab = addr_of(&b.start(rdv, &args));
+    (a, b, ab)
+}
+
+#[test]
+fn one_gib_through_pilotctl_connect_arrives_byte_exact() {
+    let rdv = Rendezvous::start();
+    let (a, b, ab) = two_nodes(&rdv, &[]);
+    let mut listener = pilotctl(&b)
+        .args(["listen", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(listener.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on port 1000"), "{line}");
+    let mut out = listener.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        loop {
+            let k = out.read(&mut buf).unwrap();
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            n += k as u64;
+        }
+        (n, h.finalize())
+    });
+
+    const TOTAL: u64 = 1 << 30;
+    let start = Instant::now();
+    let mut sender = pilotctl(&a)
+        .args(["connect", &ab, "1000", "--linger", "200ms"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = sender.stdin.take().unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut state = 42u64;
+    let mut left = TOTAL;
+    while left > 0 {
+        let k = (left as usize).min(buf.len());
+        fill(&mut buf[..k], &mut state);
+        h.update(&buf[..k]);
+        input.write_all(&buf[..k]).unwrap();
+        left -= k as u64;
+    }
+    drop(input);
+    let sent_hash = h.finalize();
+    assert!(sender.wait().unwrap().success());
+    let (n, got_hash) = reader.join().unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(listener.wait().unwrap().success());
+    assert_eq!(n, TOTAL);
+    assert_eq!(got_hash, sent_hash, "1 GiB arrived altered");
+    eprintln!(
+        "1 GiB in {secs:.1}s ({:.0} MB/s, debug build)",
+        TOTAL as f64 / secs / 1e6
+    );
+    // Nothing was dropped by the tunnel on the way.
+    let info = b.json(&["info"]);
+    assert_eq!(info["stats"]["dropped_crypto"], 0);
+    assert_eq!(info["stats"]["dropped_spoofed"], 0);
+}
+
+#[test]
+fn a_thousand_concurrent_streams_all_complete() {
+    let rdv = Rendezvous::start();
+    let limits = [
+        "--daemon-arg=--syn-rate-limit=100000",
+        "--daemon-arg=--syn-rate-per-source=100000",
+    ];
+    let (a, _b, ab) = two_nodes(&rdv, &limits);
+    let socket = a.socket.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ok = rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tasks = Vec::new();
+        for i in 0..1000u64 {
+            let socket = socket.clone();
+            let ab = ab.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = pilot::ipc::Client::connect(&socket).await.unwrap();
+                let req = pilot::ipc::Request::Dial {
+                    target: ab,
+                    port: 7,
+                    timeout_ms: 30_000,
+                };
+                c.request(&req, Duration::from_secs(60)).await.unwrap();
+                let mut s = c.into_stream();
+                let mut msg = vec![0u8; 4096];
+                let mut st = i + 1;
+                fill(&mut msg, &mut st);
+                s.write_all(&msg).await.unwrap();
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back).await.unwrap();
+                back == msg
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap() {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    assert_eq!(ok, 1000);
+}
+
+#[test]
+fn a_missing_listener_is_refused_at_once() {
+    let rdv = Rendezvous::start();
+    let (a, _b, ab) = two_nodes(&rdv, &[]);
+    // warm the tunnel, so the timing below measures only the refusal
+    a.json(&["ping", &ab, "--count", "1"]);
+    let start = Instant::now();
+    let o = a.ctl(&["--json", "connect", &ab, "4242", "--message", "x"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(o.code, 1, "{o:?}");
+    let v = o.json();
+    assert_eq!(v["code"], "refused", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("refused"), "{v}");
+    let h = a.ctl(&["connect", &ab, "4242", "--message", "x"]);
+    assert_eq!(
+        h.stderr.trim(),
+        format!("error: connection refused by {ab}:4242")
+    );
+}
+
+#[test]
+fn a_vanished_peer_times_out_within_the_spec_timeline() {
+    let rdv = Rendezvous::start();
+    let (a, b, ab) = two_nodes(&rdv, &[]);
+    a.json(&["ping", &ab, "--count", "1"]);
+    b.kill9();
+    let start = Instant::now();
+    let o = a.ctl(&[
+        "--json",
+        "connect",
+        &ab,
+        "7",
+        "--message",
+        "x",
+        "--timeout",
+        "40s",
+    ]);
+    let took = start.elapsed();
+    assert_eq!(o.code, 1, "{o:?}");
+    assert_eq!(o.json()["code"], "timeout", "{o:?}");
+    // spec §5.5: the SYN timeline gives up after about 29 s
+    assert!(
+        took >= Duration::from_secs(25) && took <= Duration::from_secs(35),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn echo_ping_messages_datagrams_and_connection_management() {
+    let rdv = Rendezvous::start();
+    let (a, b, ab) = two_nodes(&rdv, &[]);
+    // echo ping: one line per reply
+    let p = a.ctl(&["ping", &ab, "--count", "3", "--interval", "50ms"]);
+    assert_eq!(p.code, 0, "{p:?}");
+    assert_eq!(
+        p.stdout.matches(&format!(" bytes from {ab}: seq=")).count(),
+        3,
+        "{}",
+        p.stdout
+    );
+    // connect --message to the echo port
+    let m = a.json(&["connect", &ab, "7", "--message", "hello pilot"]);
+    assert_eq!(m["data"], "hello pilot");
+    assert_eq!(m["bytes_received"], 11);
+    // data that looks like SACK passes intact (spec §12.3)
+    let tricky = "SACK\u{1}aaaabbbbmore";
+    assert_eq!(
+        a.json(&["connect", &ab, "7", "--message", tricky])["data"],
+        tricky
+    );
+
+    // datagrams
+    let mut rx = pilotctl(&b)
+        .args(["--json", "recv", "5000", "--count", "2", "--timeout", "10s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for msg in ["first", "second"] {
+        let s = a.json(&["send", &ab, "5000", "--data", msg]);
+        assert_eq!(s["bytes"], msg.len());
+    }
+    let mut out = String::new();
+    rx.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(rx.wait().unwrap().success(), "{out}");
+    let got: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 2, "{out}");
+    assert_eq!(got[0]["data"]["data"], "first");
+    assert_eq!(got[1]["data"]["data"], "second");
+    assert!(got[0]["data"]["from"]
+        .as_str()
+        .unwrap()
+        .starts_with(&addr_of(&a.json(&["info"]))));
+
+    // connections and disconnect: hold a stream open with a listener on b
+    let mut lst = pilotctl(&b)
+        .args(["listen", "6000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(lst.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let mut holder = pilotctl(&a)
+        .args(["connect", &ab, "6000", "--linger", "60s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    holder
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"held open\n")
+        .unwrap();
+    let mut id = 0;
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        let c = a.json(&["connections"]);
+        c["connections"].as_array().unwrap().iter().any(|x| {
+            let hit =
+                x["remote"].as_str().unwrap().ends_with(":6000") && x["state"] == "Established";
+            if hit {
+                id = x["conn_id"].as_u64().unwrap();
+            }
+            hit
+        })
+    }));
+    let d = a.json(&["disconnect", &id.to_string()]);
+    assert_eq!(d["conn_id"], id);
+    let mut got = String::new();
+    lst.stdout.take().unwrap().read_to_string(&mut got).unwrap();
+    assert_eq!(got, "held open\n");
+    assert!(lst.wait().unwrap().success());
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let o = a.ctl(&["--json", "disconnect", "999999"]);
+    assert_eq!(o.code, 1);
+    assert_eq!(o.json()["code"], "invalid_argument");
+}
