@@ -38,20 +38,20 @@ const RECONNECT_DELAYS: [Duration; 3] = [
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The registry could not be reached.
-    #[error("cannot connect to registry {addr}: {source}")]
+    #[error("cannot connect to registry {addr}: {cause}")]
     Connect {
         /// Registry address.
         addr: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The connection failed mid-request (after the retry).
-    #[error("registry {addr}: {source}")]
+    #[error("registry {addr}: {cause}")]
     Io {
         /// Registry address.
         addr: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No reply within the timeout (after the retry).
     #[error("registry {addr} did not answer within {timeout:?}")]
@@ -147,16 +147,16 @@ impl RegistryClient {
         let connect = TcpStream::connect(self.addr.as_str());
         let stream = match tokio::time::timeout(self.timeout, connect).await {
             Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
+            Ok(Err(cause)) => {
                 return Err(ClientError::Connect {
                     addr: self.addr.clone(),
-                    source,
+                    cause,
                 })
             }
             Err(_) => {
                 return Err(ClientError::Connect {
                     addr: self.addr.clone(),
-                    source: std::io::ErrorKind::TimedOut.into(),
+                    cause: std::io::ErrorKind::TimedOut.into(),
                 })
             }
         };
@@ -171,12 +171,12 @@ impl RegistryClient {
         let Some(conn) = self.conn.as_mut() else {
             return Err(ClientError::Io {
                 addr,
-                source: std::io::ErrorKind::NotConnected.into(),
+                cause: std::io::ErrorKind::NotConnected.into(),
             });
         };
-        let io = |source| ClientError::Io {
+        let io = |cause| ClientError::Io {
             addr: addr.clone(),
-            source,
+            cause,
         };
         let work = async {
             conn.write_all(frame).await.map_err(io)?;

@@ -3,7 +3,7 @@
 //!
 //! * [`state`]: the registry state machine (sync, clock-injected).
 //! * [`store`]: the durable snapshot store and its group-commit persister.
-//! * [`server`] (private): the TCP front end and its hardening.
+//! * `server` (private): the TCP front end and its hardening.
 //! * [`beacon`]: the beacon table and its UDP loop.
 //! * [`client`]: [`client::RegistryClient`] for daemons and tests.
 //!
@@ -108,14 +108,14 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A socket could not be bound.
-    #[error("cannot bind the {what} to {addr}: {source}")]
+    #[error("cannot bind the {what} to {addr}: {cause}")]
     Bind {
         /// "registry (TCP)" or "beacon (UDP)".
         what: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -143,19 +143,19 @@ impl Rendezvous {
         };
         let listener = TcpListener::bind(config.registry_addr)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|cause| StartError::Bind {
                 what: "registry (TCP)",
                 addr: config.registry_addr,
-                source,
+                cause,
             })?;
         let udp = UdpSocket::bind(config.beacon_addr)
             .await
-            .map_err(|source| StartError::Bind {
+            .map_err(|cause| StartError::Bind {
                 what: "beacon (UDP)",
                 addr: config.beacon_addr,
-                source,
+                cause,
             })?;
-        let bind_err = |what, addr, source| StartError::Bind { what, addr, source };
+        let bind_err = |what, addr, cause| StartError::Bind { what, addr, cause };
         let registry_addr = listener
             .local_addr()
             .map_err(|e| bind_err("registry (TCP)", config.registry_addr, e))?;
@@ -180,6 +180,9 @@ impl Rendezvous {
             durable_timeout: config.durable_timeout,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             rate_limit: config.rate_limit,
+            silent: Default::default(),
+            next_conn: Default::default(),
+            buffer_budget: Arc::new(Semaphore::new(server::BUFFER_BUDGET_KIB)),
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 

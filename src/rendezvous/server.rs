@@ -19,13 +19,15 @@
 //!
 //! Binary mode (§6.5) is detected from the first 4 bytes (`PILT`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::state::Registry;
@@ -45,6 +47,13 @@ const RATE_CLOSE: f64 = 500.0;
 const RATE_DELAY: Duration = Duration::from_millis(10);
 /// Read buffer per connection.
 const READ_CHUNK: usize = 4096;
+/// Partial-frame bytes a connection may buffer without drawing on the
+/// shared budget (every normal request is far smaller).
+pub(crate) const FREE_BUFFER: usize = 64 * 1024;
+/// Shared budget for larger partial frames, in KiB (256 MiB in total).
+pub(crate) const BUFFER_BUDGET_KIB: usize = 256 * 1024;
+/// How long a new connection waits for the slot of an evicted one.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 /// What the connection handlers share.
 pub(crate) struct Shared {
@@ -55,6 +64,30 @@ pub(crate) struct Shared {
     pub durable_timeout: Duration,
     pub connections: Arc<Semaphore>,
     pub rate_limit: bool,
+    /// Connections that have not completed a request yet, oldest first:
+    /// the ones evicted when the connection cap is reached.
+    pub silent: std::sync::Mutex<BTreeMap<u64, Arc<Notify>>>,
+    pub next_conn: AtomicU64,
+    /// KiB of partial-frame buffer beyond [`FREE_BUFFER`] per connection,
+    /// shared by all connections.
+    pub buffer_budget: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn lock_silent(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Notify>>> {
+        self.silent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the oldest connection that never sent a complete request.
+    fn evict_oldest_silent(&self) -> bool {
+        match self.lock_silent().pop_first() {
+            Some((_, kill)) => {
+                kill.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +104,10 @@ enum ConnEnd {
     BinaryVersion(u8),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("evicted: connection cap reached and no request was ever sent")]
+    Evicted,
+    #[error("shared buffer budget exhausted by large requests")]
+    Budget,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -94,22 +131,46 @@ pub(crate) async fn run(
         };
         match accepted {
             Ok((sock, peer)) => {
-                let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-                    refused += 1;
-                    if refused.is_power_of_two() {
-                        tracing::warn!(%peer, refused, "connection limit reached; closing new connections");
-                    }
-                    drop(sock);
-                    continue;
-                };
                 let _ = sock.set_nodelay(true);
                 let shared = shared.clone();
                 let mut stop = stop.clone();
+                let permit = match shared.connections.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        refused += 1;
+                        if refused.is_power_of_two() {
+                            tracing::warn!(%peer, refused, "connection limit reached; evicting connections that never sent a request");
+                        }
+                        if !shared.evict_oldest_silent() {
+                            drop(sock);
+                            continue;
+                        }
+                        None
+                    }
+                };
                 tokio::spawn(async move {
+                    let permit = match permit {
+                        Some(p) => p,
+                        // Wait briefly for the evicted connection's slot.
+                        None => match tokio::time::timeout(
+                            EVICTION_WAIT,
+                            shared.connections.clone().acquire_owned(),
+                        )
+                        .await
+                        {
+                            Ok(Ok(p)) => p,
+                            _ => return,
+                        },
+                    };
+                    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                    let kill = Arc::new(Notify::new());
+                    shared.lock_silent().insert(conn_id, kill.clone());
                     let r = tokio::select! {
-                        r = serve(sock, peer, &shared) => r,
+                        r = serve(sock, peer, &shared, conn_id) => r,
+                        _ = kill.notified() => Err(ConnEnd::Evicted),
                         _ = stop.wait_for(|s| *s) => Ok(()),
                     };
+                    shared.lock_silent().remove(&conn_id);
                     if let Err(e) = r {
                         tracing::debug!(%peer, reason = %e, "registry connection closed");
                     }
@@ -151,7 +212,12 @@ fn binary_frame(m: &BinaryMessage) -> Vec<u8> {
     })
 }
 
-async fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(), ConnEnd> {
+async fn serve(
+    sock: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    conn_id: u64,
+) -> Result<(), ConnEnd> {
     let (mut rd, mut wr) = sock.into_split();
     let mut dec = FrameDecoder::new();
     let mut chunk = vec![0u8; READ_CHUNK];
@@ -159,6 +225,7 @@ async fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(),
     let started = Instant::now();
     let mut requests: u64 = 0;
     let mut deadline = Instant::now() + shared.idle_timeout;
+    let mut budget: Option<OwnedSemaphorePermit> = None;
     loop {
         if mode == Mode::Unknown {
             let p = dec.pending();
@@ -194,6 +261,9 @@ async fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(),
                     }
                 };
                 requests += 1;
+                if requests == 1 {
+                    shared.lock_silent().remove(&conn_id);
+                }
                 if shared.rate_limit {
                     let elapsed = started.elapsed();
                     if elapsed > RATE_GRACE {
@@ -216,6 +286,7 @@ async fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(),
                 deadline = Instant::now() + shared.idle_timeout;
             }
         }
+        reserve_budget(shared, &mut budget, dec.pending().len())?;
         let n = match tokio::time::timeout_at(deadline, rd.read(&mut chunk)).await {
             Ok(r) => r?,
             Err(_) => return Err(ConnEnd::Idle),
@@ -224,7 +295,33 @@ async fn serve(sock: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<(),
             return Ok(());
         }
         dec.push(&chunk[..n]);
+        reserve_budget(shared, &mut budget, dec.pending().len())?;
     }
+}
+
+/// Makes `held` cover the part of `pending` bytes above [`FREE_BUFFER`]
+/// (in KiB), drawing on the shared budget; releases it when back under.
+fn reserve_budget(
+    shared: &Shared,
+    held: &mut Option<OwnedSemaphorePermit>,
+    pending: usize,
+) -> Result<(), ConnEnd> {
+    let need = pending.saturating_sub(FREE_BUFFER).div_ceil(1024) as u32;
+    let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+    if need == 0 {
+        *held = None;
+    } else if need > have {
+        let more = shared
+            .buffer_budget
+            .clone()
+            .try_acquire_many_owned(need - have)
+            .map_err(|_| ConnEnd::Budget)?;
+        match held {
+            Some(p) => p.merge(more),
+            None => *held = Some(more),
+        }
+    }
+    Ok(())
 }
 
 /// Runs one request through the registry, waiting for durability.

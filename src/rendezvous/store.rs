@@ -2,7 +2,7 @@
 //!
 //! Format (version 1): a single JSON object
 //! `{"format":"pilot-rendezvous-store","version":1,"next_id":N,"nodes":[…],"trust":[[a,b],…]}`
-//! where each node is a [`NodeRecord`] (id, base64 key, owner, live flag,
+//! where each node is a [`NodeRecord`](super::state::NodeRecord) (id, base64 key, owner, live flag,
 //! hostname, visibility, endpoint, LAN endpoints, version, key creation time).
 //! Handshake inboxes and last-seen times are not persisted: after a restart
 //! every live node gets a fresh stale-timeout period to heartbeat again.
@@ -47,12 +47,12 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file (or its directory or lock) could not be read or created.
-    #[error("store file {path}: {source}")]
+    #[error("store file {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The file exists but is not a valid store.
     #[error("store file {path} is corrupt: {reason} (refusing to start; restore a backup or move the file aside)")]
@@ -105,9 +105,9 @@ impl Store {
     /// `path`, and loads the registry it holds (an empty one if the file
     /// does not exist yet).
     pub fn open(path: &Path, now: Instant) -> Result<(Store, Registry), StoreError> {
-        let io = |source| StoreError::Io {
+        let io = |cause| StoreError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(io)?;

@@ -132,6 +132,10 @@ impl FrameDecoder {
                     self.buf.drain(..self.start);
                     self.start = 0;
                 }
+                // Give back the memory of a large frame once it is consumed.
+                if self.buf.capacity() > 64 * 1024 && self.buf.len() <= 16 * 1024 {
+                    self.buf.shrink_to(16 * 1024);
+                }
                 Ok(None)
             }
             Decoded::Frame { payload, consumed } => {
