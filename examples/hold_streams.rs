@@ -49,6 +49,10 @@ async fn main() {
     }
     println!("ready {}", held.len());
     let mut line = String::new();
-    let _ = tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(tokio::io::stdin()), &mut line).await;
+    let _ = tokio::io::AsyncBufReadExt::read_line(
+        &mut tokio::io::BufReader::new(tokio::io::stdin()),
+        &mut line,
+    )
+    .await;
     drop(held);
 }

@@ -10,7 +10,10 @@ use std::net::UdpSocket;
 use std::time::Instant;
 
 fn main() -> std::io::Result<()> {
-    let count: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let count: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let server = UdpSocket::bind("127.0.0.1:0")?;
     let addr = server.local_addr()?;
     std::thread::spawn(move || {
