@@ -482,3 +482,27 @@ async fn client_reconnects_after_the_connection_drops() {
         .unwrap_err();
     assert!(err.is_connection_error(), "{err}");
 }
+
+#[tokio::test]
+async fn client_times_out_on_a_silent_server() {
+    // A listener that accepts and never answers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            conns.push(s);
+        }
+    });
+    let mut c = RegistryClient::connect(addr)
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_millis(200));
+    let t0 = std::time::Instant::now();
+    let err = c.lookup(1).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+    assert!(err.is_connection_error());
+    // One retry after a reconnect, not an endless loop.
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    hold.abort();
+}

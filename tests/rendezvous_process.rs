@@ -401,3 +401,42 @@ async fn connection_cap_evicts_silent_connections_and_idle_timeout() {
     // The idle-closed clients reconnect transparently on their next request.
     assert_eq!(c.lookup(1).await.unwrap().node_id, 1);
 }
+
+/// Many clients registering at once share store writes (group commit); every
+/// acknowledged registration survives a SIGKILL right after the last reply.
+#[tokio::test]
+async fn concurrent_registrations_are_all_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("r.json");
+    let s = Server::start(&store, &[]);
+    let addr = s.registry;
+    let mut tasks = Vec::new();
+    for n in 0..100u8 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = RegistryClient::connect(addr).await.unwrap();
+            let k = key(n);
+            let id = register(&mut c, &k).await;
+            c.set_hostname(&k, id, &format!("node-{n}")).await.unwrap();
+            (n, id)
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    s.kill9();
+    let mut ids: Vec<u32> = got.iter().map(|g| g.1).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=100).collect::<Vec<u32>>());
+
+    let s = Server::start(&store, &[]);
+    let mut c = RegistryClient::connect(s.registry).await.unwrap();
+    for (n, id) in got {
+        let r = c
+            .resolve_hostname(Some(id), &format!("node-{n}"))
+            .await
+            .unwrap();
+        assert_eq!(r.node_id, id);
+        assert_eq!(register(&mut c, &key(n)).await, id);
+    }
+}

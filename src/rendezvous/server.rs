@@ -265,17 +265,14 @@ async fn serve(
                     shared.lock_silent().remove(&conn_id);
                 }
                 if shared.rate_limit {
-                    let elapsed = started.elapsed();
-                    if elapsed > RATE_GRACE {
-                        let rate = requests as f64 / elapsed.as_secs_f64();
-                        if rate > RATE_CLOSE {
+                    match rate_action(requests, started.elapsed()) {
+                        RateAction::Close => {
                             let reply = json_frame(&Response::error("rate limited"));
                             let _ = write_reply(&mut wr, &reply, shared.write_timeout).await;
                             return Err(ConnEnd::RateLimited);
                         }
-                        if rate > RATE_SLOW {
-                            tokio::time::sleep(RATE_DELAY).await;
-                        }
+                        RateAction::Slow => tokio::time::sleep(RATE_DELAY).await,
+                        RateAction::None => {}
                     }
                 }
                 let reply = match mode {
@@ -299,27 +296,64 @@ async fn serve(
     }
 }
 
-/// Makes `held` cover the part of `pending` bytes above [`FREE_BUFFER`]
-/// (in KiB), drawing on the shared budget; releases it when back under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RateAction {
+    None,
+    Slow,
+    Close,
+}
+
+/// The §6.1 rule for a connection that has made `requests` requests in
+/// `elapsed` since it opened.
+fn rate_action(requests: u64, elapsed: Duration) -> RateAction {
+    if elapsed <= RATE_GRACE {
+        return RateAction::None;
+    }
+    let rate = requests as f64 / elapsed.as_secs_f64();
+    if rate > RATE_CLOSE {
+        RateAction::Close
+    } else if rate > RATE_SLOW {
+        RateAction::Slow
+    } else {
+        RateAction::None
+    }
+}
+
+/// Makes `held` cover exactly the part of `pending` bytes above
+/// [`FREE_BUFFER`] (in KiB) from the shared budget.
 fn reserve_budget(
     shared: &Shared,
     held: &mut Option<OwnedSemaphorePermit>,
     pending: usize,
 ) -> Result<(), ConnEnd> {
-    let need = pending.saturating_sub(FREE_BUFFER).div_ceil(1024) as u32;
+    reserve(&shared.buffer_budget, held, pending)
+}
+
+fn reserve(
+    budget: &Arc<Semaphore>,
+    held: &mut Option<OwnedSemaphorePermit>,
+    pending: usize,
+) -> Result<(), ConnEnd> {
+    let need = u32::try_from(pending.saturating_sub(FREE_BUFFER).div_ceil(1024))
+        .map_err(|_| ConnEnd::Budget)?;
     let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
-    if need == 0 {
+    if need == have {
+        return Ok(());
+    }
+    if need < have {
         *held = None;
-    } else if need > have {
-        let more = shared
-            .buffer_budget
-            .clone()
-            .try_acquire_many_owned(need - have)
-            .map_err(|_| ConnEnd::Budget)?;
-        match held {
-            Some(p) => p.merge(more),
-            None => *held = Some(more),
+        if need == 0 {
+            return Ok(());
         }
+    }
+    let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+    let more = budget
+        .clone()
+        .try_acquire_many_owned(need - have)
+        .map_err(|_| ConnEnd::Budget)?;
+    match held {
+        Some(p) => p.merge(more),
+        None => *held = Some(more),
     }
     Ok(())
 }
@@ -423,5 +457,41 @@ fn error_of(r: Response) -> BinaryMessage {
     match r {
         Response::Error(e) => BinaryMessage::Error(e.error),
         _ => BinaryMessage::Error("request failed".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_rule() {
+        let s = Duration::from_secs;
+        assert_eq!(rate_action(10_000, s(4)), RateAction::None);
+        assert_eq!(
+            rate_action(600, s(5) + Duration::from_millis(1)),
+            RateAction::Slow
+        );
+        assert_eq!(rate_action(3_100, s(6)), RateAction::Close);
+        assert_eq!(rate_action(500, s(6)), RateAction::None);
+    }
+
+    #[test]
+    fn buffer_budget_is_shared_and_released() {
+        let budget = Arc::new(Semaphore::new(100));
+        let (mut a, mut b) = (None, None);
+        reserve(&budget, &mut a, FREE_BUFFER).unwrap();
+        assert!(a.is_none());
+        reserve(&budget, &mut a, FREE_BUFFER + 60 * 1024).unwrap();
+        assert_eq!(budget.available_permits(), 40);
+        assert!(matches!(
+            reserve(&budget, &mut b, FREE_BUFFER + 41 * 1024),
+            Err(ConnEnd::Budget)
+        ));
+        reserve(&budget, &mut a, FREE_BUFFER + 10 * 1024).unwrap();
+        assert_eq!(budget.available_permits(), 90);
+        reserve(&budget, &mut b, FREE_BUFFER + 41 * 1024).unwrap();
+        reserve(&budget, &mut a, 0).unwrap();
+        assert_eq!(budget.available_permits(), 59);
     }
 }

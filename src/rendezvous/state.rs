@@ -859,4 +859,94 @@ mod tests {
         bad.nodes[1].id = 1;
         assert!(Registry::from_snapshot(bad, t).is_err());
     }
+
+    #[test]
+    fn registration_hostname_and_handshake_inbox_bounds() {
+        let r = Registry::new();
+        let t = Instant::now();
+        let target = key(200);
+        let tid = reg(&r, &target, t);
+        let mut req = wire::Register::new(key(201).verifying_key().as_bytes(), ":1");
+        req.hostname = Some("taken".into());
+        let Response::RegisterOk(ok) = r.handle(Request::Register(req.clone()), peer(), t).response
+        else {
+            panic!()
+        };
+        assert_eq!(ok.hostname.as_deref(), Some("taken"));
+        req.public_key = wire::b64_encode(key(202).verifying_key().as_bytes());
+        let Response::RegisterOk(ok) = r.handle(Request::Register(req), peer(), t).response else {
+            panic!()
+        };
+        assert_eq!(ok.hostname, None);
+        assert_eq!(
+            ok.hostname_error.as_deref(),
+            Some("hostname \"taken\" already in use by node 2")
+        );
+
+        // 100 requesters fill the inbox; the 101st is refused.
+        for n in 0..=100u8 {
+            let k = key(n);
+            let from = reg(&r, &k, t);
+            let hs = signed(
+                Request::RequestHandshake(wire::RequestHandshake {
+                    from_node_id: from,
+                    to_node_id: tid,
+                    justification: "j".into(),
+                    signature: None,
+                }),
+                &k,
+            );
+            let resp = r.handle(hs, peer(), t).response;
+            if n < 100 {
+                assert_eq!(resp.type_name(), "request_handshake_ok", "{resp:?}");
+            } else {
+                assert_eq!(
+                    resp,
+                    Response::error(&format!(
+                        "too many pending handshake requests for node {tid}"
+                    ))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn punch_only_for_participants_and_visible_peers() {
+        let r = Registry::new();
+        let t = Instant::now();
+        let (ka, kb, kc) = (key(1), key(2), key(3));
+        let (a, b, c) = (reg(&r, &ka, t), reg(&r, &kb, t), reg(&r, &kc, t));
+        let punch = |k: &SigningKey, requester_id, node_a, node_b| {
+            r.handle(
+                signed(
+                    Request::Punch(wire::Punch {
+                        requester_id,
+                        node_a,
+                        node_b,
+                        signature: None,
+                    }),
+                    k,
+                ),
+                peer(),
+                t,
+            )
+            .response
+        };
+        // Private b, no trust: refused; c is not a participant: refused.
+        assert_eq!(punch(&ka, a, a, b).type_name(), "error");
+        assert_eq!(punch(&kc, c, a, b).type_name(), "error");
+        let trust = signed(
+            Request::ReportTrust(wire::TrustPair {
+                node_id: b,
+                peer_id: a,
+                signature: None,
+            }),
+            &kb,
+        );
+        assert_eq!(
+            r.handle(trust, peer(), t).response.type_name(),
+            "report_trust_ok"
+        );
+        assert_eq!(punch(&ka, a, a, b).type_name(), "punch_ok");
+    }
 }

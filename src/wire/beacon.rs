@@ -16,7 +16,8 @@
 //!
 //! Endpoints are `iplen(1) ‖ ip ‖ port(2)` with iplen 4 (IPv4, also used for
 //! IPv4-mapped IPv6) or 16 (IPv6). Parsing an iplen-4 endpoint always gives a
-//! [`SocketAddr::V4`]; emitting an IPv4-mapped IPv6 address writes 4 bytes.
+//! [`SocketAddr::V4`], and so does an iplen-16 IPv4-mapped address; emitting
+//! an IPv4-mapped IPv6 address writes 4 bytes.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -173,12 +174,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
             16 => {
                 let ip: [u8; 16] = b.get(2..18)?.try_into().ok()?;
                 let port = u16::from_be_bytes(b.get(18..20)?.try_into().ok()?);
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(ip),
-                    port,
-                    0,
-                    0,
-                )))
+                // An IPv4-mapped IPv6 address means IPv4 (spec §5.1).
+                Some(match Ipv6Addr::from(ip).to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::new(IpAddr::V4(v4), port),
+                    None => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, 0)),
+                })
             }
             _ => None,
         }
@@ -492,6 +492,19 @@ mod tests {
         assert_eq!(
             encode_discover_reply(ep),
             [2, 4, 127, 0, 0, 1, 0x9c, 0x41].to_vec()
+        );
+    }
+
+    #[test]
+    fn mapped_ipv6_endpoint_parses_as_ipv4() {
+        let mut b = vec![2u8, 16];
+        b.extend_from_slice(&"::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap().octets());
+        b.extend_from_slice(&[0, 80]);
+        assert_eq!(
+            Repr::parse_bytes(&b).unwrap(),
+            Repr::DiscoverReply {
+                endpoint: "10.0.0.1:80".parse().unwrap()
+            }
         );
     }
 

@@ -1439,6 +1439,50 @@ mod tests {
             }
 
             #[test]
+            fn every_request_round_trips(
+                kind in 0u8..15,
+                a in any::<u32>(),
+                b in any::<u32>(),
+                flag in any::<bool>(),
+                text in "\\PC{0,40}",
+                opt in proptest::option::of("[a-z@.]{1,20}"),
+                sig in proptest::option::of(any::<[u8; 32]>()),
+            ) {
+                let sig = sig.map(|s| b64_encode(&[s, s].concat()));
+                let req = match kind {
+                    0 => Request::Register(Register {
+                        listen_addr: text.clone(),
+                        public_key: b64_encode(&[a as u8; 32]),
+                        owner: opt.clone(),
+                        lan_addrs: opt.clone().map(|o| vec![o]),
+                        version: opt.clone(),
+                        hostname: opt.clone(),
+                        protocol_version: flag.then_some(1),
+                    }),
+                    1 => Request::Heartbeat(NodeSigned { node_id: a, signature: sig }),
+                    2 => Request::Lookup(Lookup { node_id: a }),
+                    3 => Request::Resolve(Resolve { node_id: a, requester_id: b, signature: sig }),
+                    4 => Request::SetHostname(SetHostname { node_id: a, hostname: text, signature: sig }),
+                    5 => Request::ResolveHostname(ResolveHostname { hostname: text, requester_id: flag.then_some(b) }),
+                    6 => Request::SetVisibility(SetVisibility { node_id: a, public: flag, signature: sig }),
+                    7 => Request::Deregister(NodeSigned { node_id: a, signature: sig }),
+                    8 => Request::RequestHandshake(RequestHandshake { from_node_id: a, to_node_id: b, justification: text, signature: sig }),
+                    9 => Request::PollHandshakes(NodeSigned { node_id: a, signature: sig }),
+                    10 => Request::RespondHandshake(RespondHandshake { node_id: a, peer_id: b, accept: flag, signature: sig }),
+                    11 => Request::ReportTrust(TrustPair { node_id: a, peer_id: b, signature: sig }),
+                    12 => Request::RevokeTrust(TrustPair { node_id: a, peer_id: b, signature: sig }),
+                    13 => Request::CheckTrust(TrustPair { node_id: a, peer_id: b, signature: None }),
+                    _ => Request::Punch(Punch { requester_id: a, node_a: a, node_b: b, signature: sig }),
+                };
+                let json = to_json(&req);
+                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                prop_assert_eq!(v["type"].as_str(), Some(req.type_name()));
+                let frame = encode_json_frame(&req).unwrap();
+                let Decoded::Frame { payload, .. } = decode_frame(&frame).unwrap() else { panic!() };
+                prop_assert_eq!(parse_request(payload).unwrap(), req);
+            }
+
+            #[test]
             fn heartbeat_json_round_trip(node_id in any::<u32>(), sig in any::<[u8; 32]>()) {
                 let mut r = Request::Heartbeat(NodeSigned { node_id, signature: None });
                 let mut s = [0u8; 64];
