@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::peer::{Peer, MAX_QUEUEING_PEERS};
 use super::registry::RegError;
 use super::streams::{AppLink, StreamTable};
+use super::udp::{self, TxBatch};
 use super::Shared;
 use crate::crypto::tunnel::{derive_tunnel_key, sign_auth, verify_auth, KeyPair, Session};
 use crate::ipc::proto::{
@@ -43,6 +44,8 @@ const RELAY_HEADER_LEN: usize = 9;
 pub(super) const PLAIN_AT: usize = RELAY_HEADER_LEN + PILS_HEADER_LEN;
 /// Largest UDP datagram we read or build.
 const MAX_DATAGRAM: usize = 65_535;
+/// Requested UDP socket buffer size (the kernel caps it at rmem_max/wmem_max).
+const SOCKET_BUFFER: usize = 8 << 20;
 /// Housekeeping period: ping timeouts, PILA retries.
 const TICK: Duration = Duration::from_millis(100);
 /// Interval between PILA resends while packets wait for a session.
@@ -193,6 +196,7 @@ pub struct Engine {
     stats: Stats,
     cmd_tx: mpsc::Sender<Cmd>,
     pub(super) sbuf: Vec<u8>,
+    tx: TxBatch,
     last_punch: Option<Instant>,
     pub(super) streams: StreamTable,
     pub(super) app_buf: Vec<u8>,
@@ -217,6 +221,11 @@ impl Engine {
             ed25519: shared.identity.public_key(),
             signature: sig,
         };
+        // Room for full windows of several streams, and batched receive.
+        udp::set_buffers(&socket, SOCKET_BUFFER);
+        if !udp::enable_gro(&socket) {
+            tracing::debug!("UDP GRO unavailable; receiving one datagram per call");
+        }
         let shared_admission = shared.config.admission.clone();
         let shared_echo = shared.config.echo;
         let mut pila_frame = vec![0u8; crate::wire::frame::PILA_LEN];
@@ -236,6 +245,7 @@ impl Engine {
             stats: Stats::default(),
             cmd_tx,
             sbuf: vec![0u8; RELAY_HEADER_LEN + MAX_DATAGRAM + TAG_LEN],
+            tx: TxBatch::default(),
             last_punch: None,
             streams: StreamTable::new(shared_admission, shared_echo, Instant::now()),
             app_buf: vec![0u8; super::streams::APP_CHUNK],
@@ -255,18 +265,30 @@ impl Engine {
         self.send_discover();
         loop {
             tokio::select! {
-                r = self.socket.recv_from(&mut rbuf) => match r {
-                    Ok((n, from)) => {
-                        self.handle_datagram(from, &mut rbuf[..n], Instant::now());
-                        // Drain whatever else is ready without going back through select.
-                        for _ in 0..64 {
-                            match self.socket.try_recv_from(&mut rbuf) {
-                                Ok((n, from)) => self.handle_datagram(from, &mut rbuf[..n], Instant::now()),
-                                Err(_) => break,
+                r = self.socket.readable() => {
+                    if let Err(e) = r {
+                        tracing::debug!("udp readable: {e}");
+                    }
+                    // Drain what is ready without going back through select;
+                    // each read may carry a GRO run of datagrams.
+                    for _ in 0..64 {
+                        match udp::recv_segments(&self.socket, &mut rbuf) {
+                            Ok((n, from, segment)) => {
+                                let now = Instant::now();
+                                let mut at = 0;
+                                while at < n {
+                                    let end = (at + segment).min(n);
+                                    self.handle_datagram(from, &mut rbuf[at..end], now);
+                                    at = end;
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                tracing::debug!("udp recv: {e}");
+                                break;
                             }
                         }
                     }
-                    Err(e) => tracing::debug!("udp recv: {e}"),
                 },
                 Some(cmd) = cmds.recv() => {
                     self.handle_cmd(cmd, Instant::now());
@@ -282,24 +304,30 @@ impl Engine {
                 _ = tick.tick() => self.housekeeping(Instant::now()),
                 _ = shutdown.changed() => break,
             }
+            self.tx.flush(&self.socket);
         }
     }
 
+    /// Queues `sbuf[range]` as one datagram to `to` (sent in a batch at
+    /// the end of the loop iteration, or earlier when the batch is full).
     fn send_to(&mut self, bytes_range: std::ops::Range<usize>, to: SocketAddr) {
-        let Some(bytes) = self.sbuf.get(bytes_range) else {
+        let Engine {
+            sbuf,
+            tx,
+            socket,
+            stats,
+            ..
+        } = self;
+        let Some(bytes) = sbuf.get(bytes_range) else {
             return;
         };
-        match self.socket.try_send_to(bytes, to) {
-            Ok(_) => self.stats.datagrams_out += 1,
-            Err(e) => tracing::debug!("udp send to {to}: {e}"),
-        }
+        tx.push(socket, bytes, to);
+        stats.datagrams_out += 1;
     }
 
     fn send_raw(&mut self, bytes: &[u8], to: SocketAddr) {
-        match self.socket.try_send_to(bytes, to) {
-            Ok(_) => self.stats.datagrams_out += 1,
-            Err(e) => tracing::debug!("udp send to {to}: {e}"),
-        }
+        self.tx.push(&self.socket, bytes, to);
+        self.stats.datagrams_out += 1;
     }
 
     fn send_discover(&mut self) {

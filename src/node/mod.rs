@@ -17,6 +17,7 @@ pub mod ipc_server;
 pub mod peer;
 pub mod registry;
 pub mod streams;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
