@@ -106,8 +106,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         echo: !args.no_echo,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the event loop owns all protocol state, and the IPC pumps
+    // only move bytes to and from it; cross-thread wake-ups would cost more
+    // than they parallelise.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(pilot::node::run(config))?;

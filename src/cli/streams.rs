@@ -21,7 +21,9 @@ use crate::ipc::{read_message, Client, ErrorCode, Request};
 
 /// Echo service port (spec §8.3).
 const ECHO_PORT: u16 = 7;
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 256 * 1024;
+/// Block size for reading stdin in `connect`.
+const STDIN_BLOCK: usize = 256 * 1024;
 
 fn io_err(what: &str, e: std::io::Error) -> CliError {
     CliError::new(ErrorCode::Internal, format!("{what}: {e}"))
@@ -62,11 +64,30 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
     let linger = parse_duration(&a.linger)?;
     let (stream, info) = dial(cli, &a.target, a.port, timeout).await?;
     let (mut rd, mut wr) = stream.into_split();
-    let mut stdin = tokio::io::stdin();
-    let mut stdout = tokio::io::stdout();
-    let mut in_buf = vec![0u8; CHUNK];
+    let mut stdout = std::io::stdout();
     let mut out_buf = vec![0u8; CHUNK];
     let mut input_done = false;
+    // stdin is read by a plain thread in large blocks: tokio's stdin hops
+    // through its blocking pool for every read.
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    if a.message.is_none() {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            loop {
+                let mut buf = vec![0u8; STDIN_BLOCK];
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if in_tx.blocking_send(buf).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
     let mut received = Vec::new();
     let (mut sent, mut got) = (0u64, 0u64);
     if let Some(m) = &a.message {
@@ -86,26 +107,26 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
                     if cli.json {
                         received.extend_from_slice(&out_buf[..n]);
                     } else {
-                        stdout.write_all(&out_buf[..n]).await.map_err(|e| io_err("stdout", e))?;
+                        std::io::Write::write_all(&mut stdout, &out_buf[..n]).map_err(|e| io_err("stdout", e))?;
                     }
                     last = tokio::time::Instant::now();
                 }
                 Err(e) => return Err(io_err("stream", e)),
             },
-            r = stdin.read(&mut in_buf), if !input_done => match r {
-                Ok(0) | Err(_) => {
+            r = in_rx.recv(), if !input_done => match r {
+                None => {
                     input_done = true;
                     last = tokio::time::Instant::now();
                 }
-                Ok(n) => {
-                    wr.write_all(&in_buf[..n]).await.map_err(|e| io_err("stream", e))?;
-                    sent += n as u64;
+                Some(block) => {
+                    wr.write_all(&block).await.map_err(|e| io_err("stream", e))?;
+                    sent += block.len() as u64;
                 }
             },
             _ = tokio::time::sleep_until(last + linger), if input_done => break,
         }
     }
-    stdout.flush().await.map_err(|e| io_err("stdout", e))?;
+    std::io::Write::flush(&mut stdout).map_err(|e| io_err("stdout", e))?;
     if cli.json {
         let data = serde_json::json!({
             "conn_id": info.conn_id,
@@ -132,7 +153,7 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
     if !cli.json {
         eprintln!("listening on port {}", a.port);
     }
-    let mut stdout = tokio::io::stdout();
+    let mut stdout = std::io::stdout();
     let mut buf = vec![0u8; CHUNK];
     loop {
         let ev: ListenEvent = match read_message(&mut events).await {
@@ -171,13 +192,11 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
             if cli.json {
                 text.extend_from_slice(&buf[..n]);
             } else {
-                stdout
-                    .write_all(&buf[..n])
-                    .await
+                std::io::Write::write_all(&mut stdout, &buf[..n])
                     .map_err(|e| io_err("stdout", e))?;
             }
         }
-        stdout.flush().await.map_err(|e| io_err("stdout", e))?;
+        std::io::Write::flush(&mut stdout).map_err(|e| io_err("stdout", e))?;
         if cli.json {
             let data = serde_json::json!({
                 "conn_id": conn_id,

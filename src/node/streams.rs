@@ -28,11 +28,15 @@ use crate::wire::address::{Addr, SockAddr};
 use crate::wire::header::{Flags, Packet, Protocol, Repr, HEADER_LEN};
 
 /// Largest chunk handed to an application at once.
-pub const APP_CHUNK: usize = 64 * 1024;
+pub const APP_CHUNK: usize = 256 * 1024;
 /// Chunks queued towards an application before the loop stops reading.
-pub const TO_APP_CHUNKS: usize = 16;
+pub const TO_APP_CHUNKS: usize = 8;
 /// Bytes an application may have queued towards the loop.
-pub const FROM_APP_CREDITS: usize = 1 << 20;
+pub const FROM_APP_CREDITS: usize = 2 << 20;
+/// Window and buffer caps of the first streams (buffers grow on demand):
+/// large enough that a queue-inflated loopback RTT of several milliseconds
+/// does not cap throughput at window / RTT.
+const BULK_WINDOW: usize = 8 << 20;
 /// Streams beyond which new ones get the compact buffer profile.
 const COMPACT_AFTER: usize = 64;
 /// How long an accepted stream waits for its application to attach.
@@ -219,7 +223,13 @@ impl StreamTable {
         if self.conns.len() >= COMPACT_AFTER {
             Config::compact()
         } else {
-            Config::default()
+            Config {
+                max_cwnd: BULK_WINDOW,
+                send_buffer_bytes: BULK_WINDOW,
+                recv_buffer_bytes: BULK_WINDOW,
+                recv_window_segments: (BULK_WINDOW / stream::DEFAULT_MSS) as u16,
+                ..Config::default()
+            }
         }
     }
 
@@ -480,10 +490,12 @@ impl Engine {
             self.remove_stream(id);
             return;
         }
-        let t = s.conn.poll_timeout();
-        if t != s.timer {
-            s.timer = t;
-            if let Some(t) = t {
+        // Keep one heap entry per stream: a later deadline keeps the earlier
+        // entry (firing early is harmless: the engine re-arms), so the heap
+        // does not fill with superseded entries on every segment.
+        if let Some(t) = s.conn.poll_timeout() {
+            if s.timer.is_none_or(|cur| t < cur) {
+                s.timer = Some(t);
                 self.streams.timers.push(Reverse((t, id)));
             }
         }
