@@ -8,19 +8,14 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use crate::crypto::identity::{decode_public_key_b64, Identity};
 use crate::ipc::proto::LookupData;
 use crate::ipc::ErrorCode;
+use crate::rendezvous::client::{sign, ClientError, RegistryClient};
 use crate::wire::registry::{self as reg, Request, Response};
-
-/// Budget for one registry round trip, connection included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A failed registry call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,7 +54,7 @@ pub struct RegistryHandle {
     addr: SocketAddr,
     identity: Identity,
     node_id: AtomicU32,
-    conn: Mutex<Option<TcpStream>>,
+    conn: Mutex<Option<RegistryClient>>,
 }
 
 impl RegistryHandle {
@@ -86,48 +81,30 @@ impl RegistryHandle {
         }
     }
 
-    /// Signs (when the operation is signed) and sends one request.
-    async fn call(&self, mut req: Request) -> Result<Response, RegError> {
-        if let Some((_, s)) = req.signed_string() {
-            req.set_signature(&self.identity.sign(s.as_bytes()));
-        }
-        let body = serde_json::to_vec(&req).map_err(|e| RegError::Protocol(e.to_string()))?;
-        let frame = reg::encode_frame(&body).map_err(|e| RegError::Protocol(e.to_string()))?;
+    /// Signs (when the operation is signed) and sends one request over
+    /// the shared connection ([`RegistryClient`] reconnects and retries
+    /// once on a broken connection, spec §6.1).
+    async fn call(&self, req: Request) -> Result<Response, RegError> {
+        let req = sign(req, self.identity.signing_key());
         let mut conn = self.conn.lock().await;
-        // One retry on a fresh connection if the old one broke (spec §6.1).
-        for attempt in 0..2 {
-            if conn.is_none() {
-                let c = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(self.addr))
-                    .await
-                    .map_err(|_| self.unavailable("connection timed out"))?
-                    .map_err(|e| self.unavailable(e))?;
-                let _ = c.set_nodelay(true);
-                *conn = Some(c);
-            }
-            let Some(stream) = conn.as_mut() else {
-                continue;
-            };
-            match tokio::time::timeout(REQUEST_TIMEOUT, roundtrip(stream, &frame)).await {
-                Ok(Ok(bytes)) => {
-                    return match serde_json::from_slice::<Response>(&bytes) {
-                        Ok(Response::Error(e)) => Err(RegError::Refused(e.error)),
-                        Ok(r) => Ok(r),
-                        Err(e) => Err(RegError::Protocol(e.to_string())),
-                    };
-                }
-                Ok(Err(e)) => {
-                    *conn = None;
-                    if attempt == 1 {
-                        return Err(self.unavailable(e));
-                    }
-                }
-                Err(_) => {
-                    *conn = None;
-                    return Err(self.unavailable("no answer within 5s"));
-                }
-            }
+        if conn.is_none() {
+            let c = RegistryClient::connect(self.addr)
+                .await
+                .map_err(|e| self.unavailable(connection_cause(&e)))?;
+            *conn = Some(c);
         }
-        Err(self.unavailable("connection lost"))
+        let Some(client) = conn.as_mut() else {
+            return Err(self.unavailable("not connected"));
+        };
+        match client.request(&req).await {
+            Ok(r) => Ok(r),
+            Err(ClientError::Server(text)) => Err(RegError::Refused(text)),
+            Err(e) if e.is_connection_error() => {
+                *conn = None;
+                Err(self.unavailable(connection_cause(&e)))
+            }
+            Err(e) => Err(RegError::Protocol(e.to_string())),
+        }
     }
 
     /// `register` (spec §6.4.1); remembers the assigned node id.
@@ -252,19 +229,11 @@ impl RegistryHandle {
     }
 }
 
-/// Writes one frame and reads one frame back.
-async fn roundtrip(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<Vec<u8>> {
-    stream.write_all(frame).await?;
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > reg::MAX_FRAME_LEN {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "oversized reply",
-        ));
+/// The OS-level cause of a connection failure, without the address
+/// (which [`RegError::Unavailable`] names itself).
+fn connection_cause(e: &ClientError) -> String {
+    match e {
+        ClientError::Connect { cause, .. } | ClientError::Io { cause, .. } => cause.to_string(),
+        other => other.to_string(),
     }
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
-    Ok(buf)
 }
