@@ -173,7 +173,9 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
         credits,
     } = end;
     let reader = async {
-        let mut buf = vec![0u8; APP_CHUNK];
+        // Start small (most streams are chatty, and 10,000 idle ones must
+        // stay cheap); double while reads fill the buffer, up to APP_CHUNK.
+        let mut buf = vec![0u8; 8 * 1024];
         loop {
             let n = match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => {
@@ -192,6 +194,9 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
                 .is_err()
             {
                 return;
+            }
+            if n == buf.len() && buf.len() < APP_CHUNK {
+                buf.resize(buf.len() * 2, 0);
             }
         }
     };
