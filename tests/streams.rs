@@ -306,3 +306,50 @@ fn echo_ping_messages_datagrams_and_connection_management() {
     assert_eq!(o.code, 1);
     assert_eq!(o.json()["code"], "invalid_argument");
 }
+
+#[test]
+fn syn_admission_limits_refuse_beyond_the_per_port_cap() {
+    let rdv = Rendezvous::start();
+    let a = Node::new("alpha");
+    let b = Node::new("beta");
+    a.start(&rdv, &["--public"]);
+    let ab = addr_of(&b.start(&rdv, &["--public", "--daemon-arg=--max-conns-per-port=2"]));
+    let mut lst = pilotctl(&b)
+        .args(["listen", "6100", "--keep"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(lst.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    // Two streams held open fill the port's quota ...
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut h = pilotctl(&a)
+            .args(["connect", &ab, "6100", "--linger", "60s"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        h.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+        holders.push(h);
+    }
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        b.json(&["connections"])["connections"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    }));
+    // ... so the third is refused at once, and the dialler is told so.
+    let o = a.ctl(&["--json", "connect", &ab, "6100", "--message", "y"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert_eq!(o.json()["code"], "refused", "{o:?}");
+    for mut h in holders {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    let _ = lst.kill();
+    let _ = lst.wait();
+}

@@ -992,3 +992,54 @@ impl Engine {
         self.shared.config.public || self.trusted.contains(&sender)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syn_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket { tokens: 10.0, at: t0 };
+        for _ in 0..10 {
+            assert!(b.take(10.0, t0));
+        }
+        assert!(!b.take(10.0, t0), "the 11th SYN in the same instant is over the limit");
+        assert!(!b.take(10.0, t0 + Duration::from_millis(50)));
+        assert!(b.take(10.0, t0 + Duration::from_millis(150)), "refilled at 10/s");
+        // The bucket never holds more than one second's worth.
+        let later = t0 + Duration::from_secs(60);
+        let taken = (0..100).filter(|_| b.take(10.0, later)).count();
+        assert_eq!(taken, 10);
+    }
+
+    #[test]
+    fn new_streams_get_the_compact_profile_past_the_threshold() {
+        let mut t = StreamTable::new(Admission::default(), true, Instant::now());
+        assert_eq!(t.config().max_cwnd, BULK_WINDOW);
+        for i in 0..COMPACT_AFTER as u64 {
+            t.conns.insert(
+                i,
+                StreamConn {
+                    conn: Connection::connect(Config::default(), 0, Instant::now()),
+                    peer: 1,
+                    local: Addr::backbone(2),
+                    local_port: 49152,
+                    remote: Addr::backbone(1),
+                    remote_port: 7,
+                    app: App::Gone,
+                    pending: VecDeque::new(),
+                    pending_off: 0,
+                    app_eof: false,
+                    close_requested: false,
+                    dial: None,
+                    timer: None,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    listener_port: None,
+                },
+            );
+        }
+        assert_eq!(t.config().max_cwnd, Config::compact().max_cwnd);
+    }
+}
