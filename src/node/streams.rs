@@ -1000,13 +1000,22 @@ mod tests {
     #[test]
     fn syn_bucket_allows_a_burst_then_the_rate() {
         let t0 = Instant::now();
-        let mut b = Bucket { tokens: 10.0, at: t0 };
+        let mut b = Bucket {
+            tokens: 10.0,
+            at: t0,
+        };
         for _ in 0..10 {
             assert!(b.take(10.0, t0));
         }
-        assert!(!b.take(10.0, t0), "the 11th SYN in the same instant is over the limit");
+        assert!(
+            !b.take(10.0, t0),
+            "the 11th SYN in the same instant is over the limit"
+        );
         assert!(!b.take(10.0, t0 + Duration::from_millis(50)));
-        assert!(b.take(10.0, t0 + Duration::from_millis(150)), "refilled at 10/s");
+        assert!(
+            b.take(10.0, t0 + Duration::from_millis(150)),
+            "refilled at 10/s"
+        );
         // The bucket never holds more than one second's worth.
         let later = t0 + Duration::from_secs(60);
         let taken = (0..100).filter(|_| b.take(10.0, later)).count();
