@@ -377,6 +377,16 @@ async fn heartbeat_loop(
                     let _ = cmds.send(engine::Cmd::Discover).await;
                     break;
                 }
+                // Registered, but the hostname went to someone else meanwhile:
+                // keep the node up and say so (retrying would not help).
+                Err(NodeError::Hostname { hostname, reason }) => {
+                    tracing::warn!("re-registered, but hostname {hostname:?} was refused: {reason}");
+                    shared.set_hostname(None);
+                    shared.update(|s| s.registered = true);
+                    failures = 0;
+                    let _ = cmds.send(engine::Cmd::Discover).await;
+                    break;
+                }
                 Err(e) => tracing::warn!("re-registration failed: {e}"),
             }
             tokio::select! {
