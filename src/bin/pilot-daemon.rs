@@ -10,7 +10,7 @@ use clap::Parser;
 /// Registers with the rendezvous, keeps its registration alive, sets up
 /// encrypted tunnels to peers and serves `pilotctl` on a local socket.
 #[derive(Debug, Parser)]
-#[command(name = "pilot-daemon", version, about, long_about = None)]
+#[command(name = "pilot-daemon", version)]
 struct Args {
     /// Registry address HOST:PORT.
     #[arg(long, env = "PILOT_REGISTRY", default_value = pilot::node::DEFAULT_REGISTRY)]

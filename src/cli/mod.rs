@@ -52,7 +52,7 @@ impl From<crate::ipc::ClientError> for CliError {
 /// Addresses may be given in full (`0:0000.0000.002A`), as a bare decimal
 /// node id (`42`), or as a hostname registered with the rendezvous.
 #[derive(Debug, Parser)]
-#[command(name = "pilotctl", version, about, long_about = None)]
+#[command(name = "pilotctl", version)]
 pub struct Cli {
     /// Print machine-readable JSON: {"status":"ok","data":...} on stdout, or
     /// {"status":"error","code":...,"message":...} on stderr.
