@@ -380,7 +380,9 @@ async fn heartbeat_loop(
                 // Registered, but the hostname went to someone else meanwhile:
                 // keep the node up and say so (retrying would not help).
                 Err(NodeError::Hostname { hostname, reason }) => {
-                    tracing::warn!("re-registered, but hostname {hostname:?} was refused: {reason}");
+                    tracing::warn!(
+                        "re-registered, but hostname {hostname:?} was refused: {reason}"
+                    );
                     shared.set_hostname(None);
                     shared.update(|s| s.registered = true);
                     failures = 0;
