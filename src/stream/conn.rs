@@ -1256,7 +1256,8 @@ impl Connection {
 
     /// Pacing (token bucket): may `len` bytes of data go out now? The rate
     /// is a multiple of cwnd/SRTT (2× in slow start, 1.25× after), bursts up
-    /// to [`PACING_BURST_SEGMENTS`]; spreads a window over the RTT instead of
+    /// to [`PACING_BURST_SEGMENTS`] or one `pacing_quantum` of the rate,
+    /// whichever is more; spreads a window over the RTT instead of
     /// dumping it into socket buffers and router queues at once.
     fn pace(&mut self, len: usize, now: Instant) -> bool {
         if !self.cfg.pacing {
@@ -1267,7 +1268,8 @@ impl Connection {
         };
         let gain = if self.cc.in_slow_start() { 2.0 } else { 1.25 };
         let rate = gain * self.cc.cwnd() as f64 / srtt.as_secs_f64().max(1e-6);
-        let burst = (PACING_BURST_SEGMENTS * self.cfg.mss) as f64;
+        let burst = ((PACING_BURST_SEGMENTS * self.cfg.mss) as f64)
+            .max(rate * self.cfg.pacing_quantum.as_secs_f64());
         let dt = now
             .saturating_duration_since(self.pacing_last)
             .as_secs_f64();

@@ -133,6 +133,11 @@ pub struct Config {
     /// Pace data at a multiple of cwnd/SRTT instead of sending whole windows
     /// back to back (default on; sender-side only).
     pub pacing: bool,
+    /// The pacer may release at least this much time's worth of data at
+    /// once: the granularity of the caller's timers (tokio's are 1 ms). A
+    /// pacer finer than its timers only adds stalls (measured in the daemon:
+    /// 225 MB/s with 16-segment quanta, 440-580 MB/s unpaced).
+    pub pacing_quantum: Duration,
     /// Initial slow-start threshold in bytes. The reference uses 512 KiB;
     /// `usize::MAX` (the default) lets slow start find the path.
     pub initial_ssthresh: usize,
@@ -179,6 +184,7 @@ impl Default for Config {
             max_cwnd: 2 << 20,
             congestion: Controller::Cubic,
             pacing: true,
+            pacing_quantum: Duration::from_millis(1),
             initial_ssthresh: usize::MAX,
             nodelay: false,
             max_transmissions: 8,
