@@ -56,6 +56,8 @@ const PILA_MAX_ATTEMPTS: u32 = 8;
 /// of answers to undecryptable frames (spec §12.12 suggests 5 s; one second
 /// keeps restart recovery quick while bounding reflection).
 const PILA_ANSWER_SPACING: Duration = Duration::from_secs(1);
+/// Senders remembered for rate-limiting answers to undecryptable frames.
+const MAX_STALE_ANSWERS: usize = 4096;
 /// First ephemeral port (spec §2.5).
 pub(super) const EPHEMERAL_START: u16 = 49152;
 /// Punch packets sent per punch command (spec §5.4 sends three).
@@ -190,6 +192,7 @@ pub struct Engine {
     pila_frame: Vec<u8>,
     pub(super) peers: HashMap<u32, Peer>,
     waiting_pila: HashMap<u32, WaitingPila>,
+    stale_answers: HashMap<u32, Instant>,
     pings: HashMap<(u32, u16), PendingPing>,
     next_port: u16,
     next_ping_seq: u32,
@@ -239,6 +242,7 @@ impl Engine {
             pila_frame,
             peers: HashMap::new(),
             waiting_pila: HashMap::new(),
+            stale_answers: HashMap::new(),
             pings: HashMap::new(),
             next_port: EPHEMERAL_START,
             next_ping_seq: 1,
@@ -473,6 +477,14 @@ impl Engine {
                 if waiting.is_some() {
                     self.stats.dropped_auth += 1;
                 }
+                // An unverifiable sender leaves nothing behind.
+                let empty = peer.session.is_none()
+                    && peer.endpoint.is_none()
+                    && peer.queue.is_empty()
+                    && !peer.resolving;
+                if empty {
+                    self.peers.remove(&node);
+                }
             }
         }
     }
@@ -577,20 +589,31 @@ impl Engine {
         if node == 0 || node == self.node_id {
             return;
         }
-        let peer = self.peers.entry(node).or_default();
-        if peer
-            .last_stale_answer
-            .is_some_and(|t| now.duration_since(t) < PILA_ANSWER_SPACING)
+        // The sender id is unauthenticated here: rate-limit in a bounded
+        // table of its own, never by creating peer entries.
+        if self
+            .stale_answers
+            .get(&node)
+            .is_some_and(|t| now.duration_since(*t) < PILA_ANSWER_SPACING)
         {
             return;
         }
-        peer.last_stale_answer = Some(now);
-        if via_relay {
-            peer.relay = true;
-            self.send_pila(node, now);
-        } else {
-            let frame = self.pila_frame.clone();
-            self.send_raw(&frame, from);
+        if self.stale_answers.len() >= MAX_STALE_ANSWERS {
+            self.stale_answers
+                .retain(|_, t| now.duration_since(*t) < PILA_ANSWER_SPACING);
+            if self.stale_answers.len() >= MAX_STALE_ANSWERS {
+                return;
+            }
+        }
+        self.stale_answers.insert(node, now);
+        let frame = self.pila_frame.clone();
+        match (via_relay, self.shared.beacon) {
+            (true, Some(beacon)) => {
+                let wrapped = beacon::encode_relay(self.node_id, node, &frame);
+                self.send_raw(&wrapped, beacon);
+            }
+            (true, None) => {}
+            (false, _) => self.send_raw(&frame, from),
         }
     }
 

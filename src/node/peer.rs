@@ -39,8 +39,6 @@ pub struct Peer {
     pub pila_attempts: u32,
     /// When an authenticated frame last arrived from the peer.
     pub last_seen: Option<Instant>,
-    /// When we last answered an undecryptable frame with a PILA (§12.12).
-    pub last_stale_answer: Option<Instant>,
 }
 
 impl Peer {
