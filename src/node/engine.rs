@@ -308,6 +308,7 @@ impl Engine {
                 _ = tick.tick() => self.housekeeping(Instant::now()),
                 _ = shutdown.changed() => break,
             }
+            self.flush_dirty(Instant::now());
             self.tx.flush(&self.socket);
         }
     }

@@ -161,6 +161,8 @@ struct StreamConn {
     bytes_in: u64,
     bytes_out: u64,
     listener_port: Option<u16>,
+    /// Queued in [`StreamTable::dirty`].
+    dirty: bool,
 }
 
 struct Listener {
@@ -175,6 +177,7 @@ pub struct StreamTable {
     listeners: HashMap<u16, Listener>,
     dgram_listeners: HashMap<u16, mpsc::Sender<DatagramData>>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    dirty: Vec<u64>,
     ports_in_use: HashMap<u16, usize>,
     next_id: u64,
     admission: Admission,
@@ -192,6 +195,7 @@ impl StreamTable {
             listeners: HashMap::new(),
             dgram_listeners: HashMap::new(),
             timers: BinaryHeap::new(),
+            dirty: Vec::new(),
             ports_in_use: HashMap::new(),
             next_id: 1,
             global_bucket: Bucket {
@@ -270,8 +274,13 @@ impl Engine {
         if let Some(&id) = self.streams.by_tuple.get(&key) {
             if let Some(s) = self.streams.conns.get_mut(&id) {
                 s.conn.handle_segment(&seg, now);
+                // Output waits for the end of the receive batch, so a run of
+                // segments is answered by one ACK (the engine coalesces).
+                if !s.dirty {
+                    s.dirty = true;
+                    self.streams.dirty.push(id);
+                }
             }
-            self.after_io(id, now);
             return;
         }
         if repr.flags.contains(Flags::SYN) && !repr.flags.contains(Flags::ACK) {
@@ -373,6 +382,7 @@ impl Engine {
                 bytes_in: 0,
                 bytes_out: 0,
                 listener_port: (!echo).then_some(port),
+                dirty: false,
             },
         );
         self.after_io(id, now);
@@ -620,6 +630,16 @@ impl Engine {
         }
     }
 
+    /// Runs the deferred output of streams that received segments.
+    pub(super) fn flush_dirty(&mut self, now: Instant) {
+        while let Some(id) = self.streams.dirty.pop() {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                s.dirty = false;
+                self.after_io(id, now);
+            }
+        }
+    }
+
     /// Fires due stream timers.
     pub(super) fn stream_timers(&mut self, now: Instant) {
         while let Some(Reverse((t, id))) = self.streams.timers.peek().copied() {
@@ -728,6 +748,7 @@ impl Engine {
                 bytes_in: 0,
                 bytes_out: 0,
                 listener_port: None,
+                dirty: false,
             },
         );
         self.after_io(id, now);
@@ -1046,6 +1067,7 @@ mod tests {
                     bytes_in: 0,
                     bytes_out: 0,
                     listener_port: None,
+                    dirty: false,
                 },
             );
         }
