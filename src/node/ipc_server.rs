@@ -175,9 +175,11 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
     let reader = async {
         // Start small (most streams are chatty, and 10,000 idle ones must
         // stay cheap); double while reads fill the buffer, up to APP_CHUNK.
-        let mut buf = vec![0u8; 8 * 1024];
+        // Each read lands in a fresh buffer that is handed over as is.
+        let mut cap = 8 * 1024;
         loop {
-            let n = match rd.read(&mut buf).await {
+            let mut chunk = Vec::with_capacity(cap);
+            let n = match rd.read_buf(&mut chunk).await {
                 Ok(0) | Err(_) => {
                     let _ = cmds.send(Cmd::AppEof(id)).await;
                     return;
@@ -188,15 +190,11 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
                 Ok(p) => p.forget(),
                 Err(_) => return, // the stream is gone
             }
-            if cmds
-                .send(Cmd::AppData(id, buf[..n].to_vec()))
-                .await
-                .is_err()
-            {
+            if cmds.send(Cmd::AppData(id, chunk)).await.is_err() {
                 return;
             }
-            if n == buf.len() && buf.len() < APP_CHUNK {
-                buf.resize(buf.len() * 2, 0);
+            if n == cap && cap < APP_CHUNK {
+                cap *= 2;
             }
         }
     };
