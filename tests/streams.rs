@@ -32,6 +32,22 @@ fn pilotctl(node: &Node) -> Command {
     c
 }
 
+/// `pilotctl listen ARGS` on `node`, once it says it is listening.
+fn spawn_listener(node: &Node, args: &[&str], stdout: Stdio) -> std::process::Child {
+    let mut child = pilotctl(node)
+        .arg("listen")
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on port"), "{line}");
+    child
+}
+
 fn two_nodes(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, String) {
     let a = Node::new("alpha");
     let b = Node::new("beta");
@@ -46,16 +62,7 @@ fn two_nodes(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, String) {
 fn one_gib_through_pilotctl_connect_arrives_byte_exact() {
     let rdv = Rendezvous::start();
     let (a, b, ab) = two_nodes(&rdv, &[]);
-    let mut listener = pilotctl(&b)
-        .args(["listen", "1000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(listener.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on port 1000"), "{line}");
+    let mut listener = spawn_listener(&b, &["1000"], Stdio::piped());
     let mut out = listener.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut h = Sha256::new();
@@ -261,15 +268,7 @@ fn echo_ping_messages_datagrams_and_connection_management() {
         .starts_with(&addr_of(&a.json(&["info"]))));
 
     // connections and disconnect: hold a stream open with a listener on b
-    let mut lst = pilotctl(&b)
-        .args(["listen", "6000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(lst.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
+    let mut lst = spawn_listener(&b, &["6000"], Stdio::piped());
     let mut holder = pilotctl(&a)
         .args(["connect", &ab, "6000", "--linger", "60s"])
         .stdin(Stdio::piped())
@@ -314,15 +313,7 @@ fn syn_admission_limits_refuse_beyond_the_per_port_cap() {
     let b = Node::new("beta");
     a.start(&rdv, &["--public"]);
     let ab = addr_of(&b.start(&rdv, &["--public", "--daemon-arg=--max-conns-per-port=2"]));
-    let mut lst = pilotctl(&b)
-        .args(["listen", "6100", "--keep"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(lst.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
+    let mut lst = spawn_listener(&b, &["6100", "--keep"], Stdio::null());
     // Two streams held open fill the port's quota ...
     let mut holders = Vec::new();
     for _ in 0..2 {

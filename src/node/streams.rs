@@ -165,6 +165,31 @@ struct StreamConn {
     dirty: bool,
 }
 
+impl StreamConn {
+    /// A stream with no application data, dial or timer yet.
+    fn new(conn: Connection, peer: u32, local: SockAddr, remote: SockAddr, app: App) -> StreamConn {
+        StreamConn {
+            conn,
+            peer,
+            local: local.addr,
+            local_port: local.port,
+            remote: remote.addr,
+            remote_port: remote.port,
+            app,
+            pending: VecDeque::new(),
+            pending_off: 0,
+            app_eof: false,
+            close_requested: false,
+            dial: None,
+            timer: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            listener_port: None,
+            dirty: false,
+        }
+    }
+}
+
 struct Listener {
     events: mpsc::Sender<ListenEvent>,
     live: usize,
@@ -363,28 +388,15 @@ impl Engine {
             App::Pending(now + ATTACH_TIMEOUT)
         };
         let conn = Connection::accept(self.streams.config(), seg, OsRng.next_u32(), now);
-        self.insert_stream(
-            id,
-            StreamConn {
-                conn,
-                peer: sender,
-                local: repr.dst,
-                local_port: port,
-                remote: repr.src,
-                remote_port: repr.src_port,
-                app,
-                pending: VecDeque::new(),
-                pending_off: 0,
-                app_eof: false,
-                close_requested: false,
-                dial: None,
-                timer: None,
-                bytes_in: 0,
-                bytes_out: 0,
-                listener_port: (!echo).then_some(port),
-                dirty: false,
-            },
+        let mut s = StreamConn::new(
+            conn,
+            sender,
+            SockAddr::new(repr.dst, port),
+            SockAddr::new(repr.src, repr.src_port),
+            app,
         );
+        s.listener_port = (!echo).then_some(port);
+        self.insert_stream(id, s);
         self.after_io(id, now);
     }
 
@@ -729,28 +741,15 @@ impl Engine {
         let id = self.streams.next_id;
         self.streams.next_id += 1;
         let conn = Connection::connect(self.streams.config(), OsRng.next_u32(), now);
-        self.insert_stream(
-            id,
-            StreamConn {
-                conn,
-                peer: addr.node,
-                local: Addr::new(addr.network, self.node_id),
-                local_port,
-                remote: addr,
-                remote_port: port,
-                app: App::Attached(link),
-                pending: VecDeque::new(),
-                pending_off: 0,
-                app_eof: false,
-                close_requested: false,
-                dial: Some((reply, now + timeout)),
-                timer: None,
-                bytes_in: 0,
-                bytes_out: 0,
-                listener_port: None,
-                dirty: false,
-            },
+        let mut s = StreamConn::new(
+            conn,
+            addr.node,
+            SockAddr::new(Addr::new(addr.network, self.node_id), local_port),
+            SockAddr::new(addr, port),
+            App::Attached(link),
         );
+        s.dial = Some((reply, now + timeout));
+        self.insert_stream(id, s);
         self.after_io(id, now);
     }
 
@@ -1048,28 +1047,13 @@ mod tests {
         let mut t = StreamTable::new(Admission::default(), true, Instant::now());
         assert_eq!(t.config().max_cwnd, BULK_WINDOW);
         for i in 0..COMPACT_AFTER as u64 {
-            t.conns.insert(
-                i,
-                StreamConn {
-                    conn: Connection::connect(Config::default(), 0, Instant::now()),
-                    peer: 1,
-                    local: Addr::backbone(2),
-                    local_port: 49152,
-                    remote: Addr::backbone(1),
-                    remote_port: 7,
-                    app: App::Gone,
-                    pending: VecDeque::new(),
-                    pending_off: 0,
-                    app_eof: false,
-                    close_requested: false,
-                    dial: None,
-                    timer: None,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    listener_port: None,
-                    dirty: false,
-                },
+            let conn = Connection::connect(Config::default(), 0, Instant::now());
+            let ends = (
+                SockAddr::new(Addr::backbone(2), 49152),
+                SockAddr::new(Addr::backbone(1), 7),
             );
+            t.conns
+                .insert(i, StreamConn::new(conn, 1, ends.0, ends.1, App::Gone));
         }
         assert_eq!(t.config().max_cwnd, Config::compact().max_cwnd);
     }
