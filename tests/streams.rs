@@ -32,8 +32,14 @@ fn pilotctl(node: &Node) -> Command {
     c
 }
 
-/// `pilotctl listen ARGS` on `node`, once it says it is listening.
-fn spawn_listener(node: &Node, args: &[&str], stdout: Stdio) -> std::process::Child {
+/// `pilotctl listen ARGS` on `node`, once it says it is listening. The
+/// listener keeps reporting on stderr, so the pipe stays with the child's
+/// owner (returned alongside).
+fn spawn_listener(
+    node: &Node,
+    args: &[&str],
+    stdout: Stdio,
+) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
     let mut child = pilotctl(node)
         .arg("listen")
         .args(args)
@@ -45,7 +51,7 @@ fn spawn_listener(node: &Node, args: &[&str], stdout: Stdio) -> std::process::Ch
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
     assert!(line.contains("listening on port"), "{line}");
-    child
+    (child, err)
 }
 
 fn two_nodes(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, String) {
@@ -62,7 +68,7 @@ fn two_nodes(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, String) {
 fn one_gib_through_pilotctl_connect_arrives_byte_exact() {
     let rdv = Rendezvous::start();
     let (a, b, ab) = two_nodes(&rdv, &[]);
-    let mut listener = spawn_listener(&b, &["1000"], Stdio::piped());
+    let (mut listener, _err) = spawn_listener(&b, &["1000"], Stdio::piped());
     let mut out = listener.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut h = Sha256::new();
@@ -268,7 +274,10 @@ fn echo_ping_messages_datagrams_and_connection_management() {
         .starts_with(&addr_of(&a.json(&["info"]))));
 
     // connections and disconnect: hold a stream open with a listener on b
-    let mut lst = spawn_listener(&b, &["6000"], Stdio::piped());
+    let (mut lst, err) = spawn_listener(&b, &["6000"], Stdio::piped());
+    // Nobody reads the listener's stderr from here on: a closed pipe must
+    // not stop it (it reports accepted streams there).
+    drop(err);
     let mut holder = pilotctl(&a)
         .args(["connect", &ab, "6000", "--linger", "60s"])
         .stdin(Stdio::piped())
@@ -313,7 +322,7 @@ fn syn_admission_limits_refuse_beyond_the_per_port_cap() {
     let b = Node::new("beta");
     a.start(&rdv, &["--public"]);
     let ab = addr_of(&b.start(&rdv, &["--public", "--daemon-arg=--max-conns-per-port=2"]));
-    let mut lst = spawn_listener(&b, &["6100", "--keep"], Stdio::null());
+    let (mut lst, _err) = spawn_listener(&b, &["6100", "--keep"], Stdio::null());
     // Two streams held open fill the port's quota ...
     let mut holders = Vec::new();
     for _ in 0..2 {

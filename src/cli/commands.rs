@@ -304,7 +304,7 @@ pub(super) async fn run_pings(
         match pinger.once(seq, timeout).await {
             Ok(d) => {
                 if !cli.json {
-                    println!(
+                    outln!(
                         "{} bytes from {}: seq={seq} time={:.3} ms ({})",
                         d.bytes,
                         d.address,
@@ -319,7 +319,7 @@ pub(super) async fn run_pings(
             // Per-ping losses are reported and the run goes on.
             Err(e) if e.code == ErrorCode::Timeout => {
                 if !cli.json {
-                    println!("no reply from {}: seq={seq} (timeout)", a.target);
+                    outln!("no reply from {}: seq={seq} (timeout)", a.target);
                 }
                 last_err = Some(e);
             }

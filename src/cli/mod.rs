@@ -7,6 +7,30 @@
 //! Every failure is one line and a non-zero exit, never a panic or a
 //! backtrace: errors travel as [`CliError`] up to [`main`].
 
+/// Like `println!`, but a closed stdout (`pilotctl ... | head`) is not a panic.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// Like `eprintln!`, but a closed stderr is not a panic.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// Like `eprint!`, but a closed stderr is not a panic.
+macro_rules! errprint {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod commands;
 mod daemon_ctl;
 pub mod output;

@@ -9,11 +9,11 @@ use super::CliError;
 pub fn print_ok<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> String) {
     if json {
         let v = serde_json::json!({"status": "ok", "data": data});
-        println!("{v}");
+        outln!("{v}");
     } else {
         let text = human();
         if !text.is_empty() {
-            println!("{}", text.trim_end_matches('\n'));
+            outln!("{}", text.trim_end_matches('\n'));
         }
     }
 }
@@ -22,9 +22,9 @@ pub fn print_ok<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> Stri
 pub fn print_error(json: bool, e: &CliError) {
     if json {
         let v = serde_json::json!({"status": "error", "code": e.code, "message": e.message});
-        eprintln!("{v}");
+        errln!("{v}");
     } else {
-        eprintln!("error: {}", e.message);
+        errln!("error: {}", e.message);
     }
 }
 

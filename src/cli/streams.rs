@@ -137,7 +137,7 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
         });
         print_ok(true, &data, String::new);
     } else if a.message.is_some() && got > 0 {
-        println!();
+        outln!();
     }
     Ok(())
 }
@@ -151,7 +151,7 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
         .await?;
     let mut events = client.into_stream();
     if !cli.json {
-        eprintln!("listening on port {}", a.port);
+        errln!("listening on port {}", a.port);
     }
     let mut stdout = std::io::stdout();
     let mut buf = vec![0u8; CHUNK];
@@ -173,12 +173,12 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
             .await
         {
             if !cli.json {
-                eprintln!("stream from {remote} lost: {e}");
+                errln!("stream from {remote} lost: {e}");
             }
             continue;
         }
         if !cli.json {
-            eprintln!("accepted stream {conn_id} from {remote}");
+            errln!("accepted stream {conn_id} from {remote}");
         }
         let mut s = c.into_stream();
         let mut total = 0u64;
@@ -206,7 +206,7 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
             });
             print_ok(true, &data, String::new);
         } else {
-            eprintln!("stream {conn_id} from {remote} closed after {total} bytes");
+            errln!("stream {conn_id} from {remote} closed after {total} bytes");
         }
         if !a.keep {
             return Ok(());
@@ -248,7 +248,7 @@ pub(super) async fn recv(cli: &Cli, a: &RecvArgs) -> Result<(), CliError> {
         .await?;
     let mut s = client.into_stream();
     if !cli.json {
-        eprintln!("waiting for datagrams on port {}", a.port);
+        errln!("waiting for datagrams on port {}", a.port);
     }
     let mut n = 0u64;
     while a.count.is_none_or(|c| n < c) {
@@ -401,7 +401,7 @@ pub(super) async fn bench(cli: &Cli, a: &BenchArgs) -> Result<(), CliError> {
                 let width = 30;
                 let filled = (frac * width as f64) as usize;
                 let rate = got as f64 / start.elapsed().as_secs_f64() / 1e6;
-                eprint!(
+                errprint!(
                     "\r[{}{}] {:5.1}%  {:8.1} MB/s",
                     "#".repeat(filled),
                     " ".repeat(width - filled),
@@ -411,7 +411,7 @@ pub(super) async fn bench(cli: &Cli, a: &BenchArgs) -> Result<(), CliError> {
             }
         }
         if show {
-            eprint!("\r{}\r", " ".repeat(60));
+            errprint!("\r{}\r", " ".repeat(60));
         }
         Ok::<_, std::io::Error>(h.finalize())
     };
