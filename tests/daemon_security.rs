@@ -235,3 +235,75 @@ fn the_tunnel_enforces_the_security_rules() {
         before["dropped_crypto"].as_u64().unwrap() + 1
     );
 }
+
+#[test]
+fn garbage_on_the_udp_and_ipc_sockets_does_not_hurt_the_daemon() {
+    let rdv = Rendezvous::start();
+    let a = Node::new("alpha");
+    let b = Node::new("beta");
+    let info = a.start(&rdv, &["--public"]);
+    let ab = b.start(&rdv, &["--public"])["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let daemon: std::net::SocketAddr = a.json(&["lookup", info["address"].as_str().unwrap()])
+        ["real_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // 5,000 datagrams: random bytes, and random bytes behind every magic and
+    // beacon type, of random lengths (xorshift, fixed seed).
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut st = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        st ^= st << 13;
+        st ^= st >> 7;
+        st ^= st << 17;
+        st
+    };
+    let prefixes: [&[u8]; 9] = [
+        b"",
+        b"PILT",
+        b"PILS",
+        b"PILK",
+        b"PILA",
+        b"PILP",
+        &[0x04],
+        &[0x06],
+        &[0x02],
+    ];
+    for i in 0..5000 {
+        let len = (next() % 1600) as usize;
+        let mut d: Vec<u8> = prefixes[i % prefixes.len()].to_vec();
+        d.extend((0..len).map(|_| next() as u8));
+        let _ = sock.send_to(&d, daemon);
+    }
+    // IPC: garbage, a huge length prefix, JSON of the wrong shape.
+    for bad in [
+        b"\x00\x00\x00\x05hello".to_vec(),
+        b"\xff\xff\xff\xff".to_vec(),
+        b"\x00\x00\x00\x0c{\"cmd\":\"no\"}".to_vec(),
+    ] {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&a.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&bad).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        let text = String::from_utf8_lossy(reply.get(4..).unwrap_or_default()).to_string();
+        assert!(text.contains("\"status\":\"error\""), "{bad:?} -> {text}");
+    }
+
+    // Still alive and serving: info, and a ping through the tunnel.
+    let stats = a.json(&["info"])["stats"].clone();
+    assert!(
+        stats["dropped_malformed"].as_u64().unwrap() + stats["dropped_plaintext"].as_u64().unwrap()
+            > 0
+    );
+    assert_eq!(
+        a.json(&["ping", &ab, "--count", "2", "--interval", "50ms"])["received"],
+        2
+    );
+}
