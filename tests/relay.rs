@@ -21,11 +21,22 @@ fn an_unreachable_endpoint_falls_back_to_the_relay() {
     let ab = bb["address"].as_str().unwrap().to_string();
 
     let start = Instant::now();
-    let m = a.json(&["connect", &ab, "7", "--message", "through the relay", "--timeout", "40s"]);
+    let m = a.json(&[
+        "connect",
+        &ab,
+        "7",
+        "--message",
+        "through the relay",
+        "--timeout",
+        "40s",
+    ]);
     let took = start.elapsed();
     assert_eq!(m["data"], "through the relay");
     // Direct attempts at 0, 1 and 3 s; the relay from the third expiry (7 s).
-    assert!(took >= Duration::from_secs(6) && took < Duration::from_secs(25), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(25),
+        "{took:?}"
+    );
 
     let peers = a.json(&["peers"]);
     let p = peers["peers"]
@@ -39,7 +50,16 @@ fn an_unreachable_endpoint_falls_back_to_the_relay() {
     assert_eq!(p["encrypted"], true);
 
     // Once on the relay, more traffic flows without delay, both ways.
-    let p = a.json(&["ping", &ab, "--count", "3", "--interval", "50ms", "--timeout", "2s"]);
+    let p = a.json(&[
+        "ping",
+        &ab,
+        "--count",
+        "3",
+        "--interval",
+        "50ms",
+        "--timeout",
+        "2s",
+    ]);
     assert_eq!(p["received"], 3);
     let t = Instant::now();
     let big = "x".repeat(20_000);
