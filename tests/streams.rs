@@ -236,6 +236,16 @@ fn echo_ping_messages_datagrams_and_connection_management() {
         "{}",
         p.stdout
     );
+    // bench: 8 MiB through the echo service, both directions hashed
+    let bench = a.json(&["bench", &ab, "8"]);
+    assert_eq!(bench["verified"], true);
+    assert_eq!(bench["bytes"], 8 << 20);
+    assert!(bench["mb_per_s"].as_f64().unwrap() > 0.0);
+    let human = a.ctl(&["bench", &ab, "1"]);
+    assert!(
+        human.stdout.contains("MB/s each way (echo verified"),
+        "{human:?}"
+    );
     // connect --message to the echo port
     let m = a.json(&["connect", &ab, "7", "--message", "hello pilot"]);
     assert_eq!(m["data"], "hello pilot");
