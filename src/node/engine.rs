@@ -1090,9 +1090,6 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-/// Bytes a sealed frame adds to a virtual packet, for sizing buffers.
-pub const SEAL_OVERHEAD: usize = PILS_HEADER_LEN + TAG_LEN;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1100,6 +1097,5 @@ mod tests {
     #[test]
     fn buffer_layout_leaves_room_for_relay_and_seal() {
         assert_eq!(PLAIN_AT, 9 + 20);
-        assert_eq!(SEAL_OVERHEAD, 36);
     }
 }
