@@ -14,8 +14,8 @@ use tokio::sync::Mutex;
 use crate::crypto::identity::{decode_public_key_b64, Identity};
 use crate::ipc::proto::LookupData;
 use crate::ipc::ErrorCode;
-use crate::rendezvous::client::{sign, ClientError, RegistryClient};
-use crate::wire::registry::{self as reg, Request, Response};
+use crate::rendezvous::client::{ClientError, RegistryClient};
+use crate::wire::registry as reg;
 
 /// A failed registry call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,11 +81,14 @@ impl RegistryHandle {
         }
     }
 
-    /// Signs (when the operation is signed) and sends one request over
-    /// the shared connection ([`RegistryClient`] reconnects and retries
-    /// once on a broken connection, spec §6.1).
-    async fn call(&self, req: Request) -> Result<Response, RegError> {
-        let req = sign(req, self.identity.signing_key());
+    /// Runs one call of the shared [`RegistryClient`] (which builds, signs
+    /// and checks each message, and reconnects and retries once on a broken
+    /// connection, spec §6.1), connecting first if needed, and classifies
+    /// the failure the way pilotctl reports it.
+    async fn with_client<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut RegistryClient) -> Result<T, ClientError>,
+    ) -> Result<T, RegError> {
         let mut conn = self.conn.lock().await;
         if conn.is_none() {
             let c = RegistryClient::connect(self.addr)
@@ -96,7 +99,7 @@ impl RegistryHandle {
         let Some(client) = conn.as_mut() else {
             return Err(self.unavailable("not connected"));
         };
-        match client.request(&req).await {
+        match call(client).await {
             Ok(r) => Ok(r),
             Err(ClientError::Server(text)) => Err(RegError::Refused(text)),
             Err(e) if e.is_connection_error() => {
@@ -107,85 +110,61 @@ impl RegistryHandle {
         }
     }
 
+    fn key(&self) -> &ed25519_dalek::SigningKey {
+        self.identity.signing_key()
+    }
+
     /// `register` (spec §6.4.1); remembers the assigned node id.
     pub async fn register(&self, endpoint: &str, email: Option<&str>) -> Result<u32, RegError> {
         let mut r = reg::Register::new(&self.identity.public_key(), endpoint);
         r.owner = email.map(str::to_string);
         r.version = Some(concat!("pilot-rs/", env!("CARGO_PKG_VERSION")).into());
         r.protocol_version = Some(reg::PROTOCOL_VERSION);
-        match self.call(Request::Register(r)).await? {
-            Response::RegisterOk(ok) => {
-                self.node_id.store(ok.node_id, Ordering::Relaxed);
-                Ok(ok.node_id)
-            }
-            other => Err(RegError::Protocol(other.type_name().into())),
-        }
+        let ok = self.with_client(async |c| c.register(r).await).await?;
+        self.node_id.store(ok.node_id, Ordering::Relaxed);
+        Ok(ok.node_id)
     }
 
     /// `heartbeat` (spec §6.4.2).
     pub async fn heartbeat(&self) -> Result<(), RegError> {
-        let r = reg::NodeSigned {
-            node_id: self.node_id(),
-            signature: None,
-        };
-        match self.call(Request::Heartbeat(r)).await? {
-            Response::HeartbeatOk(_) => Ok(()),
-            other => Err(RegError::Protocol(other.type_name().into())),
-        }
+        let id = self.node_id();
+        self.with_client(async |c| c.heartbeat(self.key(), id).await.map(|_| ()))
+            .await
     }
 
     /// `deregister` (spec §6.4.10).
     pub async fn deregister(&self) -> Result<(), RegError> {
-        let r = reg::NodeSigned {
-            node_id: self.node_id(),
-            signature: None,
-        };
-        self.call(Request::Deregister(r)).await.map(|_| ())
+        let id = self.node_id();
+        self.with_client(async |c| c.deregister(self.key(), id).await)
+            .await
     }
 
     /// `set_hostname` (spec §6.4.5); empty clears.
     pub async fn set_hostname(&self, hostname: &str) -> Result<(), RegError> {
-        let r = reg::SetHostname {
-            node_id: self.node_id(),
-            hostname: hostname.into(),
-            signature: None,
-        };
-        match self.call(Request::SetHostname(r)).await? {
-            Response::SetHostnameOk(_) => Ok(()),
-            other => Err(RegError::Protocol(other.type_name().into())),
-        }
+        let id = self.node_id();
+        self.with_client(async |c| c.set_hostname(self.key(), id, hostname).await.map(|_| ()))
+            .await
     }
 
     /// `set_visibility` (spec §6.4.7).
     pub async fn set_visibility(&self, public: bool) -> Result<(), RegError> {
-        let r = reg::SetVisibility {
-            node_id: self.node_id(),
-            public,
-            signature: None,
-        };
-        match self.call(Request::SetVisibility(r)).await? {
-            Response::SetVisibilityOk(_) => Ok(()),
-            other => Err(RegError::Protocol(other.type_name().into())),
-        }
+        let id = self.node_id();
+        self.with_client(async |c| c.set_visibility(self.key(), id, public).await.map(|_| ()))
+            .await
     }
 
     /// `lookup` (spec §6.4.3), shaped for `pilotctl lookup`.
     pub async fn lookup(&self, node: u32) -> Result<LookupData, RegError> {
-        match self
-            .call(Request::Lookup(reg::Lookup { node_id: node }))
-            .await?
-        {
-            Response::LookupOk(ok) => Ok(LookupData {
-                node_id: ok.node_id,
-                address: ok.address,
-                hostname: ok.hostname.filter(|h| !h.is_empty()),
-                public_key: ok.public_key,
-                public: ok.public,
-                networks: ok.networks,
-                real_addr: ok.real_addr.filter(|a| !a.is_empty()),
-            }),
-            other => Err(RegError::Protocol(other.type_name().into())),
-        }
+        let ok = self.with_client(async |c| c.lookup(node).await).await?;
+        Ok(LookupData {
+            node_id: ok.node_id,
+            address: ok.address,
+            hostname: ok.hostname.filter(|h| !h.is_empty()),
+            public_key: ok.public_key,
+            public: ok.public,
+            networks: ok.networks,
+            real_addr: ok.real_addr.filter(|a| !a.is_empty()),
+        })
     }
 
     /// The Ed25519 key the registry holds for `node` (spec §4.3 step 2).
@@ -197,17 +176,15 @@ impl RegistryHandle {
 
     /// `resolve` (spec §6.4.4): the peer's endpoint.
     pub async fn resolve(&self, node: u32) -> Result<SocketAddr, RegError> {
-        let r = reg::Resolve {
-            node_id: node,
-            requester_id: self.node_id(),
-            signature: None,
-        };
-        match self.call(Request::Resolve(r)).await {
-            Ok(Response::ResolveOk(ok)) => ok
+        let id = self.node_id();
+        match self
+            .with_client(async |c| c.resolve(self.key(), id, node).await)
+            .await
+        {
+            Ok(ok) => ok
                 .real_addr
                 .parse()
                 .map_err(|_| RegError::Protocol(format!("bad real_addr {:?}", ok.real_addr))),
-            Ok(other) => Err(RegError::Protocol(other.type_name().into())),
             // The registry hides why (spec §6.4.4); say what it usually means.
             Err(RegError::Refused(t)) if t == "request failed" => Err(RegError::Refused(format!(
                 "node {node} is private or unknown (resolve refused)"
@@ -218,14 +195,11 @@ impl RegistryHandle {
 
     /// `resolve_hostname` (spec §6.4.6) with our id as requester (§12.14).
     pub async fn resolve_hostname(&self, hostname: &str) -> Result<u32, RegError> {
-        let r = reg::ResolveHostname {
-            hostname: hostname.into(),
-            requester_id: Some(self.node_id()),
-        };
-        match self.call(Request::ResolveHostname(r)).await? {
-            Response::ResolveHostnameOk(ok) => Ok(ok.node_id),
-            other => Err(RegError::Protocol(other.type_name().into())),
-        }
+        let id = self.node_id();
+        let ok = self
+            .with_client(async |c| c.resolve_hostname(Some(id), hostname).await)
+            .await?;
+        Ok(ok.node_id)
     }
 }
 
