@@ -249,8 +249,7 @@ fn last_error_line(log: &Path, from: u64) -> Option<String> {
 /// `daemon stop`.
 pub(super) async fn stop(cli: &Cli) -> Result<(), CliError> {
     let paths = Paths::from_env();
-    let config = Config::load(&paths.config()).unwrap_or_default();
-    let socket = paths.socket(cli.socket.as_deref(), &config);
+    let socket = super::commands::socket_path(cli);
     let Some(info) = probe(&socket).await? else {
         let _ = std::fs::remove_file(paths.pid());
         return Err(CliError::from(ClientError::NotRunning { socket }));
@@ -300,8 +299,7 @@ fn pid_alive(pid: u32) -> bool {
 /// `daemon status`.
 pub(super) async fn status(cli: &Cli) -> Result<(), CliError> {
     let paths = Paths::from_env();
-    let config = Config::load(&paths.config()).unwrap_or_default();
-    let socket = paths.socket(cli.socket.as_deref(), &config);
+    let socket = super::commands::socket_path(cli);
     match probe(&socket).await? {
         Some(info) => {
             let data = RunningData {
