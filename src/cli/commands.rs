@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::output::{kv, print_ok, table};
-use super::{daemon_ctl, streams};
+use super::{daemon_ctl, streams, trust};
 use super::{parse_duration, Cli, CliError, Command, DaemonCommand, PingArgs};
 use crate::config::{Config, Paths};
 use crate::ipc::proto::{FindData, HostnameData, InfoData, LookupData, PeersData, PingData};
@@ -36,6 +36,15 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Bench(a) => streams::bench(cli, a).await,
         Command::Connections => streams::connections(cli).await,
         Command::Disconnect { id, force } => streams::disconnect(cli, *id, *force).await,
+        Command::Handshake {
+            target,
+            justification,
+        } => trust::handshake(cli, target, justification).await,
+        Command::Pending => trust::pending(cli).await,
+        Command::Approve { target } => trust::approve(cli, target).await,
+        Command::Reject { target, reason } => trust::reject(cli, target, reason).await,
+        Command::Untrust { target } => trust::untrust(cli, target).await,
+        Command::Trust => trust::list(cli).await,
     }
 }
 

@@ -127,6 +127,22 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
         }
     }
     std::io::Write::flush(&mut stdout).map_err(|e| io_err("stdout", e))?;
+    // End of stream: a reset (e.g. the peer stopped trusting us) is an error.
+    if let Ok(v) = call::<serde_json::Value>(
+        cli,
+        &crate::ipc::Request::StreamEnded {
+            conn_id: info.conn_id,
+        },
+    )
+    .await
+    {
+        if v["reset"].as_bool() == Some(true) {
+            return Err(CliError::new(
+                ErrorCode::Refused,
+                format!("connection to {} reset by the peer", info.remote),
+            ));
+        }
+    }
     if cli.json {
         let data = serde_json::json!({
             "conn_id": info.conn_id,

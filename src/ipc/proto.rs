@@ -86,6 +86,62 @@ pub enum Request {
         /// The virtual port.
         port: u16,
     },
+    /// Trust commands (`handshake`, `pending`, `approve`, `reject`,
+    /// `untrust`, `trust`): see [`crate::node::trust`].
+    Trust(TrustRequest),
+    /// Whether a stream that ended did so by a reset (asked by a client
+    /// after the raw stream reached end of file).
+    StreamEnded {
+        /// The stream id.
+        conn_id: u64,
+    },
+    /// Stored messages and files (`inbox`, `received`).
+    Mailbox {
+        /// `inbox` or `received`.
+        which: String,
+        /// Delete what is listed.
+        #[serde(default)]
+        clear: bool,
+        /// Only entries from this sender (address text or node id).
+        #[serde(default)]
+        from: Option<String>,
+    },
+}
+
+/// The trust operations of [`Request::Trust`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TrustRequest {
+    /// Ask `target` to trust us.
+    Handshake {
+        /// Address, node id or hostname.
+        target: String,
+        /// Free text shown to the other operator.
+        #[serde(default)]
+        justification: String,
+    },
+    /// Requests waiting for our decision.
+    Pending,
+    /// Trust a pending requester.
+    Approve {
+        /// Address, node id or hostname.
+        target: String,
+    },
+    /// Refuse a pending requester.
+    Reject {
+        /// Address, node id or hostname.
+        target: String,
+        /// Text sent with the refusal.
+        #[serde(default)]
+        reason: String,
+    },
+    /// Withdraw trust.
+    Untrust {
+        /// Address, node id or hostname.
+        target: String,
+    },
+    /// The trusted peers, outstanding requests and counters.
+    List,
 }
 
 /// Announced on a listening connection.
@@ -209,6 +265,12 @@ pub enum ErrorCode {
     StartFailed,
     /// A bug or an unexpected local failure.
     Internal,
+    /// The peer is private and does not trust us (run `pilotctl handshake`).
+    NotTrusted,
+    /// The peer refused to store a message (its `ERR` reply, e.g. quota).
+    PeerError,
+    /// A size limit was exceeded (frame, quota).
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -227,6 +289,9 @@ impl ErrorCode {
             ErrorCode::Unreachable => "unreachable",
             ErrorCode::StartFailed => "start_failed",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotTrusted => "not_trusted",
+            ErrorCode::PeerError => "peer_error",
+            ErrorCode::TooLarge => "too_large",
         }
     }
 }

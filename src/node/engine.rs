@@ -159,6 +159,9 @@ pub enum Cmd {
         /// Result.
         reply: oneshot::Sender<Response>,
     },
+    /// Add (`true`) or remove a peer from the trust gate; removal resets
+    /// the peer's open streams (see `streams.rs`).
+    SetTrust(u32, bool),
     /// Receive datagrams on a port.
     RecvDatagrams {
         /// The port.
@@ -819,6 +822,8 @@ impl Engine {
             Err(e) => {
                 let msg = format!("cannot reach {}: {e}", Addr::backbone(node));
                 self.fail_peer(node, ErrorCode::Unreachable, &msg);
+                // A dial must not wait ~29 s for a peer we cannot reach.
+                self.fail_dials(node, &e, now);
             }
         }
     }
@@ -901,6 +906,7 @@ impl Engine {
             } => {
                 let _ = reply.send(self.send_datagram(addr, port, &data, now));
             }
+            Cmd::SetTrust(node, on) => self.set_trusted(node, on, now),
             Cmd::RecvDatagrams { port, reply } => {
                 let (tx, mut rx) = oneshot::channel();
                 let queue = self.recv_datagrams(port, tx);

@@ -12,11 +12,16 @@
 //! * the signal handler, which triggers an orderly shutdown (deregister,
 //!   remove the socket).
 
+pub mod dataexchange;
 pub mod engine;
+pub mod events;
+pub mod files;
 pub mod ipc_server;
 pub mod peer;
 pub mod registry;
 pub mod streams;
+pub mod svc;
+pub mod trust;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -69,6 +74,8 @@ pub struct DaemonConfig {
     pub admission: streams::Admission,
     /// Run the echo service on port 7.
     pub echo: bool,
+    /// Trust handshake, data exchange and event stream settings.
+    pub services: svc::ServiceConfig,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -138,6 +145,8 @@ pub struct Shared {
     pub registry: RegistryHandle,
     /// When the daemon started.
     pub started: Instant,
+    /// The trust store (spec §9).
+    pub trust: trust::TrustState,
     status: Mutex<Status>,
 }
 
@@ -265,7 +274,17 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     let registry_addr = resolve_addr("registry", &config.registry).await?;
     let ipc = ipc_server::bind(&config.socket).await?;
 
+    let state_dir = config
+        .identity
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let trust = trust::TrustState::load(
+        state_dir.join("trust.json"),
+        config.services.trust_auto_approve,
+    );
     let shared = Arc::new(Shared {
+        trust,
         registry: RegistryHandle::new(config.registry.clone(), registry_addr, identity.clone()),
         identity,
         beacon,
@@ -297,6 +316,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         cmd_tx.clone(),
         stop_rx.clone(),
     ));
+    svc::start_services(shared.clone(), cmd_tx.clone(), state_dir).await;
     let ipc_task = tokio::spawn(ipc_server::serve(
         ipc,
         shared.clone(),
@@ -426,6 +446,7 @@ mod tests {
             heartbeat: DEFAULT_HEARTBEAT,
             admission: streams::Admission::default(),
             echo: true,
+            services: svc::ServiceConfig::default(),
         };
         assert_eq!(
             registration_endpoint(&cfg, "0.0.0.0:4000".parse().unwrap()),

@@ -203,6 +203,65 @@ impl RegistryHandle {
     }
 }
 
+/// Trust-handshake calls (spec §6.4.8, §6.4.9), used by `node::trust`.
+impl RegistryHandle {
+    /// A new, separate connection (for the handshake long-poll, which
+    /// must not hold the shared connection).
+    pub async fn connect_new(&self) -> Result<RegistryClient, RegError> {
+        RegistryClient::connect(self.addr)
+            .await
+            .map_err(|e| self.unavailable(connection_cause(&e)))
+    }
+
+    /// Our signing key.
+    pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        self.key()
+    }
+
+    /// `request_handshake` from us to `to`.
+    pub async fn request_handshake(&self, to: u32, justification: &str) -> Result<(), RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| {
+            c.request_handshake(self.key(), id, to, justification)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// `respond_handshake` from us to `peer`.
+    pub async fn respond_handshake(&self, peer: u32, accept: bool) -> Result<(), RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| {
+            c.respond_handshake(self.key(), id, peer, accept)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// `report_trust` of `peer`.
+    pub async fn report_trust(&self, peer: u32) -> Result<(), RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| c.report_trust(self.key(), id, peer).await)
+            .await
+    }
+
+    /// `revoke_trust` of `peer`.
+    pub async fn revoke_trust(&self, peer: u32) -> Result<(), RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| c.revoke_trust(self.key(), id, peer).await)
+            .await
+    }
+
+    /// `check_trust` between us and `peer`.
+    pub async fn check_trust(&self, peer: u32) -> Result<bool, RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| c.check_trust(id, peer).await)
+            .await
+    }
+}
+
 /// The OS-level cause of a connection failure, without the address
 /// (which [`RegError::Unavailable`] names itself).
 fn connection_cause(e: &ClientError) -> String {

@@ -101,6 +101,8 @@ pub struct AppLink {
     pub blocked: Arc<AtomicBool>,
     /// Credits for bytes from the application.
     pub credits: Arc<Semaphore>,
+    /// Set when the stream ended by a reset or timeout rather than a close.
+    pub reset: Arc<AtomicBool>,
 }
 
 /// The application end of a stream, held by the IPC task.
@@ -111,6 +113,8 @@ pub struct AppEnd {
     pub blocked: Arc<AtomicBool>,
     /// See [`AppLink::credits`].
     pub credits: Arc<Semaphore>,
+    /// See [`AppLink::reset`].
+    pub reset: Arc<AtomicBool>,
 }
 
 /// A connected pair of stream ends.
@@ -118,16 +122,19 @@ pub fn app_pair() -> (AppLink, AppEnd) {
     let (tx, rx) = mpsc::channel(TO_APP_CHUNKS);
     let blocked = Arc::new(AtomicBool::new(false));
     let credits = Arc::new(Semaphore::new(FROM_APP_CREDITS));
+    let reset = Arc::new(AtomicBool::new(false));
     (
         AppLink {
             to_app: Some(tx),
             blocked: blocked.clone(),
             credits: credits.clone(),
+            reset: reset.clone(),
         },
         AppEnd {
             rx,
             blocked,
             credits,
+            reset,
         },
     )
 }
@@ -333,13 +340,19 @@ impl Engine {
     /// Spec §7.2 responder steps.
     fn on_syn(&mut self, sender: u32, repr: &Repr, seg: &Segment, now: Instant) {
         let port = repr.dst_port;
+        // Trust gate first (spec §7.2 step 3, §12.16), answered exactly like
+        // a closed port: an untrusted peer learns nothing about our ports,
+        // and its dial fails at once instead of timing out (the dialler
+        // tells `not_trusted` from `refused` with what it knows, see
+        // `node::trust::explain_refusal`).
+        if !self.admits(sender) {
+            self.refuse(repr, now);
+            return;
+        }
         let echo = port == ECHO_PORT && self.streams.echo;
         if !echo && !self.streams.listeners.contains_key(&port) {
             self.refuse(repr, now);
             return;
-        }
-        if !self.admits(sender) {
-            return; // trust gate: silent drop (spec §7.2 step 3)
         }
         let adm = self.streams.admission.clone();
         if !self.streams.global_bucket.take(adm.syn_rate, now) {
@@ -468,6 +481,10 @@ impl Engine {
                         tracing::warn!("stream {id}: peer closed with data missing (truncated)");
                     }
                     Event::Refused | Event::TimedOut | Event::Reset | Event::Closed => {
+                        if let (Event::Reset | Event::TimedOut, App::Attached(link)) = (&ev, &s.app)
+                        {
+                            link.reset.store(true, Ordering::Release);
+                        }
                         if let Some((reply, _)) = s.dial.take() {
                             let to = SockAddr::new(s.remote, s.remote_port);
                             let r = match ev {
@@ -1004,6 +1021,65 @@ impl Engine {
         self.streams.dgram_listeners.insert(port, tx);
         let _ = reply.send(Response::ok(&serde_json::json!({"port": port})));
         Some(rx)
+    }
+
+    /// Adds a peer to the trust gate, or removes it and resets its open
+    /// streams at once (`pilotctl untrust`: the peer sees a reset, not a
+    /// hang). Public nodes admit everyone, so nothing is cut there.
+    pub(super) fn set_trusted(&mut self, node: u32, on: bool, now: Instant) {
+        if on {
+            self.trusted.insert(node);
+            return;
+        }
+        self.trusted.remove(&node);
+        if self.shared.config.public {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .streams
+            .conns
+            .iter()
+            .filter(|(_, s)| s.peer == node)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                s.conn.abort();
+            }
+            self.after_io(id, now);
+        }
+    }
+
+    /// Fails the pending dials to `node` after the registry refused to tell
+    /// us where it is (a private node that does not trust us, or an unknown
+    /// one): the user gets the reason now, not a dial timeout.
+    pub(super) fn fail_dials(&mut self, node: u32, err: &super::registry::RegError, now: Instant) {
+        let ids: Vec<u64> = self
+            .streams
+            .conns
+            .iter()
+            .filter(|(_, s)| s.peer == node && s.dial.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        let text = err.to_string();
+        let addr = Addr::backbone(node);
+        let resp = if text.contains("private") {
+            Response::error(
+                ErrorCode::NotTrusted,
+                super::trust::not_trusted_message(addr),
+            )
+        } else {
+            Response::error(err.code(), format!("cannot reach {addr}: {err}"))
+        };
+        for id in ids {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                if let Some((reply, _)) = s.dial.take() {
+                    let _ = reply.send(resp.clone());
+                }
+                s.conn.abort();
+            }
+            self.after_io(id, now);
+        }
     }
 
     /// The SYN and datagram gate (spec §7.2 step 3, §12.16): public nodes
