@@ -16,6 +16,7 @@ pub mod engine;
 pub mod ipc_server;
 pub mod peer;
 pub mod registry;
+pub mod stream_table;
 pub mod streams;
 pub mod udp;
 
