@@ -31,9 +31,11 @@ macro_rules! errprint {
     }};
 }
 
+mod client;
 mod commands;
 mod daemon_ctl;
 pub mod output;
+mod ping;
 mod streams;
 mod trust;
 

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::commands::{call, check_target};
+use super::client::{call, check_target};
 use super::output::{print_ok, table};
 use super::{Cli, CliError};
 use crate::ipc::proto::TrustRequest;

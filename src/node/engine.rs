@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::peer::{Peer, MAX_QUEUEING_PEERS};
 use super::registry::RegError;
-use super::streams::{AppLink, StreamTable};
+use super::stream_table::{AppLink, StreamTable};
 use super::udp::{self, TxBatch};
 use super::Shared;
 use crate::crypto::tunnel::{derive_tunnel_key, sign_auth, verify_auth, KeyPair, Session};
@@ -255,7 +255,7 @@ impl Engine {
             tx: TxBatch::default(),
             last_punch: None,
             streams: StreamTable::new(shared_admission, shared_echo, Instant::now()),
-            app_buf: vec![0u8; super::streams::APP_CHUNK],
+            app_buf: vec![0u8; super::stream_table::APP_CHUNK],
             trusted: HashSet::new(),
         }
     }

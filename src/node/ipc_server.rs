@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::engine::Cmd;
 use super::registry::RegError;
-use super::streams::{app_pair, AppEnd, APP_CHUNK};
+use super::stream_table::{app_pair, AppEnd, APP_CHUNK};
 use super::{NodeError, Shared};
 use crate::ipc::proto::{FindData, HostnameData};
 use crate::ipc::{read_message, write_message, ErrorCode, Request, Response};

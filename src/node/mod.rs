@@ -19,6 +19,7 @@ pub mod files;
 pub mod ipc_server;
 pub mod peer;
 pub mod registry;
+pub mod stream_table;
 pub mod streams;
 pub mod svc;
 pub mod trust;

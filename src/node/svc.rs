@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::Cmd;
-use super::streams::{app_pair, AppEnd, APP_CHUNK};
+use super::stream_table::{app_pair, AppEnd, APP_CHUNK};
 use crate::ipc::proto::ListenEvent;
 use crate::ipc::{ErrorCode, Response};
 use crate::wire::address::{Addr, SockAddr};
