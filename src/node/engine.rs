@@ -530,7 +530,7 @@ impl Engine {
         }
         self.flush_queue(node, now);
         if fresh {
-            self.path_on_session(node, now);
+            self.path_on_session(node, answer_at, now);
         }
     }
 

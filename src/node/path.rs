@@ -540,6 +540,13 @@ impl Engine {
         if nodes.is_empty() {
             nodes = self.nat.pending.iter().map(|(n, _)| *n).collect();
         }
+        if nodes.is_empty() {
+            // The other side asked: our PILA lets it start the key exchange
+            // from its side of the NAT (a symmetric NAT's mapping towards
+            // us is only learnt from what we receive).
+            let frame = self.pila_frame.clone();
+            self.send_raw(&frame, ep);
+        }
         for node in nodes {
             if let Some(p) = self.peers.get_mut(&node) {
                 p.path.open_probe(&[ep], now);
@@ -616,6 +623,10 @@ impl Engine {
         }
         self.spawn_resolve(node);
         self.force_pila(node, now);
+        // A ping lost on the way (relay queues drop under load) is sent
+        // again; the reply is matched by sequence number, so a late first
+        // answer is harmless.
+        self.resend_pings(node, now);
     }
 
     /// Re-sends pending pings to `node` on its current path (after a path
@@ -645,9 +656,22 @@ impl Engine {
         }
     }
 
-    /// A session with `node` was (re)established.
-    pub(super) fn path_on_session(&mut self, node: u32, now: Instant) {
+    /// A session with `node` was (re)established by a PILA that came from
+    /// `pila_from` when that is not the peer's endpoint.
+    pub(super) fn path_on_session(
+        &mut self,
+        node: u32,
+        pila_from: Option<SocketAddr>,
+        now: Instant,
+    ) {
         self.resend_pings(node, now);
+        // The peer's PILA came from elsewhere (a NAT mapping the registry
+        // does not know): one sealed probe there lets the real peer answer
+        // with a PILS, which moves the endpoint. A replay cannot get here
+        // (same key: no new session).
+        if let Some(from) = pila_from {
+            self.send_probe(node, from, now);
+        }
         // Measure the RTT and validate the path at once.
         if let Some(p) = self.peers.get(&node) {
             if !p.relay {
@@ -666,8 +690,14 @@ impl Engine {
         if is_local(ep.ip()) || self.shared.config.endpoint.is_some() {
             return;
         }
+        // The registry records the address our TCP connection comes from
+        // with the port we register: behind a port-preserving NAT that is
+        // already right, and only a different port needs a new registration.
         let registered = self.shared.status().endpoint;
-        let first_differs = before.is_none() && registered.parse::<SocketAddr>().ok() != Some(ep);
+        let first_differs = before.is_none()
+            && registered
+                .parse::<SocketAddr>()
+                .is_ok_and(|r| r.port() != ep.port());
         let changed = before.is_some_and(|b| b != ep);
         if !changed && !first_differs {
             return;
