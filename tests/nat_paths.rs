@@ -7,97 +7,10 @@
 mod common;
 mod netlab;
 
-use std::io::{Read, Write};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Node};
-use netlab::{Lab, Nat};
-
-pub fn peer(node: &Node, addr: &str) -> serde_json::Value {
-    let v = node.json(&["peers"]);
-    v["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["address"] == addr)
-        .cloned()
-        .unwrap_or(serde_json::Value::Null)
-}
-
-/// Deterministic test bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// An echo stream (`pilotctl connect ADDR 7`) fed at a steady pace from a
-/// thread; `finish` closes it and returns what came back.
-struct EchoFeed {
-    child: std::process::Child,
-    writer: Option<std::thread::JoinHandle<()>>,
-    reader: Option<std::thread::JoinHandle<Vec<u8>>>,
-    sent: Vec<u8>,
-}
-
-impl EchoFeed {
-    fn start(node: &Node, addr: &str, data: Vec<u8>, chunk: usize, every: Duration) -> EchoFeed {
-        let mut child = node
-            .command()
-            .arg("--socket")
-            .arg(&node.socket)
-            .args(["connect", addr, "7", "--linger", "3s", "--timeout", "30s"])
-            .env("HOME", node.home.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let to_send = data.clone();
-        let writer = std::thread::spawn(move || {
-            for c in to_send.chunks(chunk) {
-                if stdin.write_all(c).is_err() {
-                    return;
-                }
-                std::thread::sleep(every);
-            }
-        });
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let _ = stdout.read_to_end(&mut got);
-            got
-        });
-        EchoFeed {
-            child,
-            writer: Some(writer),
-            reader: Some(reader),
-            sent: data,
-        }
-    }
-
-    fn finish(mut self) -> (Vec<u8>, Vec<u8>) {
-        let _ = self.writer.take().unwrap().join();
-        let got = self.reader.take().unwrap().join().unwrap();
-        let _ = self.child.wait();
-        (std::mem::take(&mut self.sent), got)
-    }
-}
-
-impl Drop for EchoFeed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::wait_until;
+use netlab::{pattern, peer, EchoFeed, Lab, Nat};
 
 #[test]
 fn a_relayed_pair_goes_direct_when_the_nat_allows_without_breaking_a_stream() {
@@ -180,7 +93,16 @@ fn a_restarted_peer_behind_a_nat_is_reachable_within_two_seconds() {
     p.stop();
     lab.start(&p, &[]);
     let t0 = Instant::now();
-    let r = q.ctl(&["--json", "ping", &pa, "--control", "--count", "1", "--timeout", "5s"]);
+    let r = q.ctl(&[
+        "--json",
+        "ping",
+        &pa,
+        "--control",
+        "--count",
+        "1",
+        "--timeout",
+        "5s",
+    ]);
     let took = t0.elapsed();
     assert_eq!(r.code, 0, "{r:?}\nq log:\n{}", q.log());
     assert!(took < Duration::from_secs(2), "{took:?}\n{}", q.log());

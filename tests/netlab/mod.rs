@@ -29,6 +29,7 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -134,7 +135,6 @@ fn nft(ns: &str, rules: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn nft");
-    use std::io::Write;
     child
         .stdin
         .take()
@@ -538,8 +538,45 @@ impl Lab {
         self.set_nat(host, host.nat);
     }
 
-    /// `tc netem` on `host`'s uplink (its router's WAN, or the host's own
-    /// interface), e.g. `"delay 40ms 10ms loss 5% reorder 5%"`.
+    /// Impairs `host`'s uplink in both directions: `tc netem` with `spec`
+    /// when the kernel has netem, else (the VMs this suite runs on have no
+    /// sch_netem) an nftables rule on the router dropping `loss_pct` % of
+    /// forwarded UDP, with neither delay nor reordering. Returns what was
+    /// applied, for the test's output.
+    pub fn impair(&self, host: &Host, spec: &str, loss_pct: u32) -> String {
+        if self.try_netem(host, spec) {
+            return format!("netem {spec}");
+        }
+        let router = host.router.as_deref().expect("a host behind a router");
+        nft(
+            router,
+            &format!(
+                "table inet impair {{\n  chain lossy {{\n    type filter hook forward priority -10; policy accept;\n    \
+                 meta l4proto udp numgen random mod 100 < {loss_pct} drop\n  }}\n}}\n"
+            ),
+        );
+        format!("nftables loss {loss_pct}% (no sch_netem in this kernel: no delay, no reordering)")
+    }
+
+    fn try_netem(&self, host: &Host, spec: &str) -> bool {
+        let (ns, dev) = match &host.router {
+            Some(r) => (r.as_str(), "wan0"),
+            None => (host.ns.as_str(), "eth0"),
+        };
+        let mut args = vec![
+            "ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
+        ];
+        args.extend(spec.split_whitespace());
+        if run(&args).is_err() {
+            return false;
+        }
+        self.netem(host, spec);
+        true
+    }
+
+    /// `tc netem` on `host`'s uplink in both directions (its router's WAN
+    /// egress and the public bridge port's), e.g.
+    /// `"delay 40ms 10ms loss 5% reorder 5%"`.
     pub fn netem(&self, host: &Host, spec: &str) {
         let (ns, dev) = match &host.router {
             Some(r) => (r.as_str(), "wan0"),
@@ -622,4 +659,95 @@ impl Drop for Lab {
 /// `pilotctl` path for commands the harness builds itself.
 pub fn pilotctl() -> &'static str {
     PILOTCTL
+}
+
+pub fn peer(node: &Node, addr: &str) -> serde_json::Value {
+    let v = node.json(&["peers"]);
+    v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == addr)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Deterministic test bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// An echo stream (`pilotctl connect ADDR 7`) fed at a steady pace from a
+/// thread; `finish` closes it and returns what came back.
+pub struct EchoFeed {
+    child: std::process::Child,
+    writer: Option<std::thread::JoinHandle<()>>,
+    reader: Option<std::thread::JoinHandle<Vec<u8>>>,
+    sent: Vec<u8>,
+}
+
+impl EchoFeed {
+    pub fn start(
+        node: &Node,
+        addr: &str,
+        data: Vec<u8>,
+        chunk: usize,
+        every: Duration,
+    ) -> EchoFeed {
+        let mut child = node
+            .command()
+            .arg("--socket")
+            .arg(&node.socket)
+            .args(["connect", addr, "7", "--linger", "3s", "--timeout", "30s"])
+            .env("HOME", node.home.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let to_send = data.clone();
+        let writer = std::thread::spawn(move || {
+            for c in to_send.chunks(chunk) {
+                if stdin.write_all(c).is_err() {
+                    return;
+                }
+                std::thread::sleep(every);
+            }
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let _ = stdout.read_to_end(&mut got);
+            got
+        });
+        EchoFeed {
+            child,
+            writer: Some(writer),
+            reader: Some(reader),
+            sent: data,
+        }
+    }
+
+    pub fn finish(mut self) -> (Vec<u8>, Vec<u8>) {
+        let _ = self.writer.take().unwrap().join();
+        let got = self.reader.take().unwrap().join().unwrap();
+        let _ = self.child.wait();
+        (std::mem::take(&mut self.sent), got)
+    }
+}
+
+impl Drop for EchoFeed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
