@@ -169,9 +169,18 @@ pub struct StreamData {
     /// State name (`SynSent`, `Established`, `FinWait`, `TimeWait`, `Closed`).
     #[serde(default)]
     pub state: String,
-    /// `direct` or `relay`.
+    /// `direct`, `lan` or `relay`.
     #[serde(default)]
     pub path: String,
+    /// The peer's UDP endpoint in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Latest round-trip time to the peer in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Milliseconds since the peer's path last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_since_ms: Option<u64>,
     /// Bytes received from the peer and delivered.
     #[serde(default)]
     pub bytes_in: u64,
@@ -364,6 +373,11 @@ pub struct Stats {
     pub dropped_beacon_source: u64,
     /// PILA frames that failed verification.
     pub dropped_auth: u64,
+    /// Verified PILAs from an address other than the peer's endpoint
+    /// (replayed or spoofed, or a move not yet proven by a PILS): answered
+    /// there, endpoint unchanged.
+    #[serde(default)]
+    pub endpoint_refused: u64,
 }
 
 /// `lookup`: what the registry knows of a node.
@@ -405,6 +419,21 @@ pub struct PeerData {
     /// Milliseconds since the last authenticated frame from the peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_ms: Option<u64>,
+    /// Latest round-trip time in milliseconds (path probes and pings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Tunnel payload bytes received from the peer.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Tunnel payload bytes sent to the peer.
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// How many times the path changed.
+    #[serde(default)]
+    pub path_changes: u32,
+    /// Milliseconds since the path last changed (absent: never changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_since_ms: Option<u64>,
 }
 
 /// `peers`: the peer table.

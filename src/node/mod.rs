@@ -17,6 +17,7 @@ pub mod engine;
 pub mod events;
 pub mod files;
 pub mod ipc_server;
+pub mod path;
 pub mod peer;
 pub mod registry;
 pub mod stream_table;
@@ -296,6 +297,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         }),
         config,
     });
+    // LAN addresses with the tunnel port (spec §5.3), for the LAN shortcut.
+    if local.ip().is_unspecified() || path::is_private(local.ip()) {
+        let lan: Vec<String> = path::local_private_v4()
+            .into_iter()
+            .filter(|ip| local.ip().is_unspecified() || local.ip() == *ip)
+            .map(|ip| SocketAddr::new(ip.into(), local.port()).to_string())
+            .collect();
+        shared.registry.set_lan_addrs(lan);
+    }
     let node_id = match register(&shared).await {
         Ok(id) => id,
         Err(e) => {

@@ -55,6 +55,7 @@ pub struct RegistryHandle {
     identity: Identity,
     node_id: AtomicU32,
     conn: Mutex<Option<RegistryClient>>,
+    lan_addrs: std::sync::Mutex<Vec<String>>,
 }
 
 impl RegistryHandle {
@@ -66,6 +67,7 @@ impl RegistryHandle {
             identity,
             node_id: AtomicU32::new(0),
             conn: Mutex::new(None),
+            lan_addrs: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -118,6 +120,10 @@ impl RegistryHandle {
     pub async fn register(&self, endpoint: &str, email: Option<&str>) -> Result<u32, RegError> {
         let mut r = reg::Register::new(&self.identity.public_key(), endpoint);
         r.owner = email.map(str::to_string);
+        let lan = self.lan_addrs.lock().map(|l| l.clone()).unwrap_or_default();
+        if !lan.is_empty() {
+            r.lan_addrs = Some(lan);
+        }
         r.version = Some(concat!("pilot-rs/", env!("CARGO_PKG_VERSION")).into());
         r.protocol_version = Some(reg::PROTOCOL_VERSION);
         let ok = self.with_client(async |c| c.register(r).await).await?;
@@ -190,6 +196,42 @@ impl RegistryHandle {
                 "node {node} is private or unknown (resolve refused)"
             ))),
             Err(e) => Err(e),
+        }
+    }
+
+    /// `resolve` (spec §6.4.4) with the peer's LAN addresses (for the LAN
+    /// shortcut, §5.4 step 2); unparsable LAN entries are skipped.
+    pub async fn resolve_full(&self, node: u32) -> Result<(SocketAddr, Vec<SocketAddr>), RegError> {
+        let id = self.node_id();
+        match self
+            .with_client(async |c| c.resolve(self.key(), id, node).await)
+            .await
+        {
+            Ok(ok) => {
+                let ep = ok
+                    .real_addr
+                    .parse()
+                    .map_err(|_| RegError::Protocol(format!("bad real_addr {:?}", ok.real_addr)))?;
+                let lan = ok
+                    .lan_addrs
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .take(8)
+                    .collect();
+                Ok((ep, lan))
+            }
+            Err(RegError::Refused(t)) if t == "request failed" => Err(RegError::Refused(format!(
+                "node {node} is private or unknown (resolve refused)"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the LAN addresses sent with every later `register` (spec §5.3).
+    pub fn set_lan_addrs(&self, addrs: Vec<String>) {
+        if let Ok(mut l) = self.lan_addrs.lock() {
+            *l = addrs;
         }
     }
 

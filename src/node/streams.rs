@@ -207,6 +207,9 @@ impl Engine {
                                 remote: SockAddr::new(s.remote, s.remote_port).to_string(),
                                 state: state_name(s.conn.state()).into(),
                                 path: String::new(),
+                                endpoint: None,
+                                rtt_ms: None,
+                                path_since_ms: None,
                                 bytes_in: 0,
                                 bytes_out: 0,
                             };
@@ -641,20 +644,27 @@ impl Engine {
                 remote: String::new(),
                 state: "Closed".into(),
                 path: String::new(),
+                endpoint: None,
+                rtt_ms: None,
+                path_since_ms: None,
                 bytes_in: 0,
                 bytes_out: 0,
             };
         };
+        let peer = self.peers.get(&s.peer);
         StreamData {
             conn_id: id,
             local: SockAddr::new(s.local, s.local_port).to_string(),
             remote: SockAddr::new(s.remote, s.remote_port).to_string(),
             state: state_name(s.conn.state()).into(),
-            path: self
-                .peers
-                .get(&s.peer)
-                .map_or("direct", |p| p.path_name())
-                .into(),
+            path: peer.map_or("direct", |p| p.path_name()).into(),
+            endpoint: peer.and_then(|p| p.endpoint).map(|e| e.to_string()),
+            rtt_ms: peer
+                .and_then(|p| p.path.rtt)
+                .map(|r| r.as_secs_f64() * 1000.0),
+            path_since_ms: peer
+                .and_then(|p| p.path.changed_at)
+                .map(|t| t.elapsed().as_millis() as u64),
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
         }
