@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::output::{kv, print_ok, table};
-use super::{daemon_ctl, streams};
+use super::{config_cmd, daemon_ctl, streams};
 use super::{parse_duration, Cli, CliError, Command, DaemonCommand, PingArgs};
 use crate::config::{Config, Paths};
 use crate::ipc::proto::{FindData, HostnameData, InfoData, LookupData, PeersData, PingData};
@@ -17,6 +17,7 @@ const IPC_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Runs one parsed command.
 pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
+    check_config_for_socket(cli)?;
     match &cli.command {
         Command::Daemon(DaemonCommand::Start(a)) => daemon_ctl::start(cli, a).await,
         Command::Daemon(DaemonCommand::Stop) => daemon_ctl::stop(cli).await,
@@ -24,6 +25,10 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Info => info(cli).await,
         Command::Lookup { target } => lookup(cli, target).await,
         Command::Peers => peers(cli).await,
+        Command::SetHostname { hostname } if hostname.is_empty() => Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "empty hostname: to remove this node's hostname, run `pilotctl clear-hostname`",
+        )),
         Command::SetHostname { hostname } => set_hostname(cli, hostname).await,
         Command::ClearHostname => set_hostname(cli, "").await,
         Command::Find { hostname } => find(cli, hostname).await,
@@ -36,7 +41,32 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Bench(a) => streams::bench(cli, a).await,
         Command::Connections => streams::connections(cli).await,
         Command::Disconnect { id, force } => streams::disconnect(cli, *id, *force).await,
+        Command::Config(a) => config_cmd::run(cli, a).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = std::io::stdout();
+            clap_complete::generate(*shell, &mut Cli::command(), "pilotctl", &mut out);
+            Ok(())
+        }
     }
+}
+
+/// Without `--socket` or `PILOT_SOCKET`, the socket comes from config.json:
+/// a damaged file is an error naming it, not a silent fall-back to the
+/// default socket (which may be another user's daemon, or none).
+fn check_config_for_socket(cli: &Cli) -> Result<(), CliError> {
+    let from_env = std::env::var_os("PILOT_SOCKET").is_some_and(|s| !s.is_empty());
+    if cli.socket.is_some() || from_env {
+        return Ok(());
+    }
+    let needs_socket = !matches!(
+        cli.command,
+        Command::Config(_) | Command::Completions { .. } | Command::Daemon(DaemonCommand::Start(_))
+    );
+    if needs_socket {
+        config_cmd::load(&Paths::from_env())?;
+    }
+    Ok(())
 }
 
 pub(super) fn socket_path(cli: &Cli) -> std::path::PathBuf {
@@ -62,9 +92,42 @@ pub(super) async fn call<T: serde::de::DeserializeOwned>(
 /// Checks a target's form before bothering the daemon, so a typo gets the
 /// expected-form message even when no daemon runs.
 pub(super) fn check_target(target: &str) -> Result<(), CliError> {
-    parse_target(target)
-        .map(|_| ())
-        .map_err(|e| CliError::new(ErrorCode::InvalidAddress, e.to_string()))
+    if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits is a node id, never a hostname (parse_target would
+        // otherwise take an out-of-range id for a hostname).
+        if target.parse::<u32>().is_err() {
+            return Err(CliError::new(
+                ErrorCode::InvalidAddress,
+                format!(
+                    "node id {target} is out of range (0-{}); a full address looks like 0:0000.0000.002A",
+                    u32::MAX
+                ),
+            ));
+        }
+    }
+    parse_target(target).map(|_| ()).map_err(|e| {
+        let lower = target.to_ascii_lowercase();
+        let hint = if lower != target && is_valid_hostname(&lower) {
+            format!("; hostnames are lower-case: did you mean {lower:?}?")
+        } else {
+            "; hostnames are lower-case a-z, 0-9 and '-'".to_string()
+        };
+        CliError::new(ErrorCode::InvalidAddress, format!("{e}{hint}"))
+    })
+}
+
+/// Asks the registry (through the daemon) whether `target` exists, so a
+/// node id or hostname nobody has answers `not_found` at once instead of
+/// after the dial's ~29 s. Any other failure (registry down: tunnels work
+/// without it) lets the caller go on.
+pub(super) async fn preflight(cli: &Cli, target: &str) -> Result<(), CliError> {
+    let req = Request::Lookup {
+        target: target.into(),
+    };
+    match call::<serde_json::Value>(cli, &req).await {
+        Err(e) if e.code == ErrorCode::NotFound || e.code == ErrorCode::DaemonNotRunning => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn check_hostname(h: &str) -> Result<(), CliError> {
@@ -248,8 +311,15 @@ impl Pinger {
     }
 }
 
-/// Checks `ping`'s options.
-pub(super) fn ping_options(a: &PingArgs) -> Result<(Duration, Duration), CliError> {
+/// Default wait for each ping reply.
+const PING_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default wait for the tunnel and stream before the first ping: the
+/// protocol's SYN timeline gives up after ~29 s (relay fallback included).
+const PING_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks `ping`'s options: (interval, per-reply timeout, dial timeout).
+/// An explicit `--timeout` bounds the dial too.
+pub(super) fn ping_options(a: &PingArgs) -> Result<(Duration, Duration, Duration), CliError> {
     check_target(&a.target)?;
     if a.count == 0 {
         return Err(CliError::new(
@@ -263,11 +333,25 @@ pub(super) fn ping_options(a: &PingArgs) -> Result<(Duration, Duration), CliErro
             "--size must be at most 1024 bytes",
         ));
     }
-    Ok((parse_duration(&a.interval)?, parse_duration(&a.timeout)?))
+    let interval = parse_duration(&a.interval)?;
+    match &a.timeout {
+        Some(t) => {
+            let t = parse_duration(t)?;
+            if t.is_zero() {
+                return Err(CliError::new(
+                    ErrorCode::InvalidArgument,
+                    "--timeout must be positive",
+                ));
+            }
+            Ok((interval, t, t))
+        }
+        None => Ok((interval, PING_REPLY_TIMEOUT, PING_DIAL_TIMEOUT)),
+    }
 }
 
 async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
-    let (interval, timeout) = ping_options(a)?;
+    let (interval, timeout, _) = ping_options(a)?;
+    preflight(cli, &a.target).await?;
     let client = Client::connect(&socket_path(cli)).await?;
     let req = Request::Ping {
         target: a.target.clone(),

@@ -329,8 +329,9 @@ impl EchoStream {
 
 /// `ping` over the echo port.
 pub(super) async fn echo_ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
-    let (interval, timeout) = ping_options(a)?;
-    let (stream, info) = dial(cli, &a.target, ECHO_PORT, Duration::from_secs(30)).await?;
+    let (interval, timeout, dial_timeout) = ping_options(a)?;
+    super::commands::preflight(cli, &a.target).await?;
+    let (stream, info) = dial(cli, &a.target, ECHO_PORT, dial_timeout).await?;
     let echo = EchoStream {
         stream,
         address: remote_addr(&info),
