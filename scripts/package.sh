@@ -5,6 +5,7 @@
 #   scripts/package.sh                    release build, packages in target/dist/
 #   scripts/package.sh --profile dev --no-build
 #                                         package the binaries the tests built
+#   scripts/package.sh --bin-dir DIR      package the binaries in DIR (no build)
 #   scripts/package.sh --source           also a source tarball for Homebrew
 #
 # One build feeds both formats: the binaries, man pages made from each
@@ -19,13 +20,15 @@ profile=release
 build=1
 source_tarball=0
 out=target/dist
+bin_dir_opt=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     --source) source_tarball=1; shift ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --bin-dir) bin_dir_opt="$2"; build=0; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "package.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +48,7 @@ case "$profile" in
   dev|test) bin_dir="$target_dir/debug" ;;
   *) bin_dir="$target_dir/$profile" ;;
 esac
+[ -z "$bin_dir_opt" ] || bin_dir="$bin_dir_opt"
 
 # Every [[bin]] of Cargo.toml, so a new binary is packaged without edits here.
 mapfile -t bins < <(awk '
