@@ -241,9 +241,10 @@ if [ "$exposed" = 1 ]; then
   if [ "$mode" = netns ] && [ -x "$bin/pilot-gateway" ]; then
     step "alpha runs the gateway: beta becomes 10.4.0.1 on alpha's machine"
     say "\$ alpha: pilot-gateway start --ports 80 ${addr[beta]}"
-    HOME="$work/alpha" PILOT_SOCKET="$work/alpha/pilot.sock" in_ns "${node_ns[alpha]}" \
-      "$bin/pilot-gateway" --socket "$work/alpha/pilot.sock" start --ports 80 "${addr[beta]}" \
-      >"$work/gateway.log" 2>&1 &
+    # in the foreground under this script, so cleanup stops it like the rest
+    HOME="$work/alpha" in_ns "${node_ns[alpha]}" \
+      "$bin/pilot-gateway" --socket "$work/alpha/pilot.sock" start --foreground \
+      --device "pqgw$$" --ports 80 "${addr[beta]}" >"$work/gateway.log" 2>&1 &
     pids+=($!)
     url="http://10.4.0.1/"
     wait_for 15 in_ns "${node_ns[alpha]}" curl -sf --max-time 3 "$url" ||
