@@ -81,6 +81,9 @@ pub struct Config {
     /// Public visibility.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<bool>,
+    /// The daemon's log filter (`pilot-daemon --log-level`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
     /// Keys we do not interpret, kept as they were.
     #[serde(flatten)]
     pub other: serde_json::Map<String, serde_json::Value>,

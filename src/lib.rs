@@ -24,3 +24,12 @@ pub mod node;
 pub mod rendezvous;
 pub mod stream;
 pub mod wire;
+
+/// `VERSION (commit HASH)`: what every binary's `--version` prints; the
+/// commit is stamped by build.rs.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PILOT_GIT_COMMIT"),
+    ")"
+);

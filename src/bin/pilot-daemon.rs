@@ -10,7 +10,7 @@ use clap::Parser;
 /// Registers with the rendezvous, keeps its registration alive, sets up
 /// encrypted tunnels to peers and serves `pilotctl` on a local socket.
 #[derive(Debug, Parser)]
-#[command(name = "pilot-daemon", version)]
+#[command(name = "pilot-daemon", version = pilot::VERSION)]
 struct Args {
     /// Registry address HOST:PORT.
     #[arg(long, env = "PILOT_REGISTRY", default_value = pilot::node::DEFAULT_REGISTRY)]
@@ -86,7 +86,7 @@ fn main() {
         .init();
     if let Err(e) = run(args) {
         // pilotctl reads this last line to report why a start failed.
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", pilot::cli::output::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }

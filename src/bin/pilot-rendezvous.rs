@@ -29,7 +29,7 @@ use pilot::rendezvous::{Config, Rendezvous};
 /// (no 120 s heartbeat skip); the beacon relays a frame only when it comes
 /// from the address the beacon observed for the claimed sender (spec §12.8).
 #[derive(Debug, Parser)]
-#[command(name = "pilot-rendezvous", version, about, long_about)]
+#[command(name = "pilot-rendezvous", version = pilot::VERSION, about, long_about)]
 struct Args {
     /// TCP address of the registry.
     #[arg(long, env = "PILOT_REGISTRY_ADDR", default_value = "0.0.0.0:9000")]
@@ -192,7 +192,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pilot-rendezvous: error: {e:#}");
+            eprintln!(
+                "pilot-rendezvous: error: {}",
+                pilot::cli::output::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }

@@ -13,7 +13,7 @@ use super::{Cli, CliError};
 use crate::config::{Config, Paths};
 use crate::ipc::proto::StreamData;
 use crate::ipc::{Client, ErrorCode, Request};
-use crate::wire::address::parse_target;
+use crate::wire::address::{is_valid_hostname, parse_target};
 
 /// Registry round trips may need a reconnect; give them time.
 pub(super) const IPC_TIMEOUT: Duration = Duration::from_secs(15);
@@ -43,9 +43,42 @@ pub(super) async fn call<T: serde::de::DeserializeOwned>(
 /// Checks a target's form before bothering the daemon, so a typo gets the
 /// expected-form message even when no daemon runs.
 pub(super) fn check_target(target: &str) -> Result<(), CliError> {
-    parse_target(target)
-        .map(|_| ())
-        .map_err(|e| CliError::new(ErrorCode::InvalidAddress, e.to_string()))
+    if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
+        // All digits is a node id, never a hostname (parse_target would
+        // otherwise take an out-of-range id for a hostname).
+        if target.parse::<u32>().is_err() {
+            return Err(CliError::new(
+                ErrorCode::InvalidAddress,
+                format!(
+                    "node id {target} is out of range (0-{}); a full address looks like 0:0000.0000.002A",
+                    u32::MAX
+                ),
+            ));
+        }
+    }
+    parse_target(target).map(|_| ()).map_err(|e| {
+        let lower = target.to_ascii_lowercase();
+        let hint = if lower != target && is_valid_hostname(&lower) {
+            format!("; hostnames are lower-case: did you mean {lower:?}?")
+        } else {
+            "; hostnames are lower-case a-z, 0-9 and '-'".to_string()
+        };
+        CliError::new(ErrorCode::InvalidAddress, format!("{e}{hint}"))
+    })
+}
+
+/// Asks the registry (through the daemon) whether `target` exists, so a
+/// node id or hostname nobody has answers `not_found` at once instead of
+/// after the dial's ~29 s. Any other failure (registry down: tunnels work
+/// without it) lets the caller go on.
+pub(super) async fn preflight(cli: &Cli, target: &str) -> Result<(), CliError> {
+    let req = Request::Lookup {
+        target: target.into(),
+    };
+    match call::<serde_json::Value>(cli, &req).await {
+        Err(e) if e.code == ErrorCode::NotFound || e.code == ErrorCode::DaemonNotRunning => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// An I/O failure as a CLI error naming what failed.

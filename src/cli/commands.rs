@@ -2,7 +2,7 @@
 
 use super::client::{call, check_target};
 use super::output::{kv, print_ok, table};
-use super::{daemon_ctl, ping, streams, trust};
+use super::{config_cmd, daemon_ctl, ping, streams, trust};
 use super::{Cli, CliError, Command, DaemonCommand};
 use crate::config::{Config, Paths};
 use crate::ipc::proto::{FindData, HostnameData, InfoData, LookupData, PeersData};
@@ -11,6 +11,7 @@ use crate::wire::address::is_valid_hostname;
 
 /// Runs one parsed command.
 pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
+    check_config_for_socket(cli)?;
     match &cli.command {
         Command::Daemon(DaemonCommand::Start(a)) => daemon_ctl::start(cli, a).await,
         Command::Daemon(DaemonCommand::Stop) => daemon_ctl::stop(cli).await,
@@ -18,6 +19,14 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Info => info(cli).await,
         Command::Lookup { target } => lookup(cli, target).await,
         Command::Peers => peers(cli).await,
+        Command::SetHostname { hostname } if hostname.is_empty() => Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "empty hostname: to remove this node's hostname, run `pilotctl clear-hostname`",
+        )),
+        Command::SetHostname { hostname } if hostname.is_empty() => Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "empty hostname: to remove this node's hostname, run `pilotctl clear-hostname`",
+        )),
         Command::SetHostname { hostname } => set_hostname(cli, hostname).await,
         Command::ClearHostname => set_hostname(cli, "").await,
         Command::Find { hostname } => find(cli, hostname).await,
@@ -39,7 +48,32 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Reject { target, reason } => trust::reject(cli, target, reason).await,
         Command::Untrust { target } => trust::untrust(cli, target).await,
         Command::Trust => trust::list(cli).await,
+        Command::Config(a) => config_cmd::run(cli, a).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = std::io::stdout();
+            clap_complete::generate(*shell, &mut Cli::command(), "pilotctl", &mut out);
+            Ok(())
+        }
     }
+}
+
+/// Without `--socket` or `PILOT_SOCKET`, the socket comes from config.json:
+/// a damaged file is an error naming it, not a silent fall-back to the
+/// default socket (which may be another user's daemon, or none).
+fn check_config_for_socket(cli: &Cli) -> Result<(), CliError> {
+    let from_env = std::env::var_os("PILOT_SOCKET").is_some_and(|s| !s.is_empty());
+    if cli.socket.is_some() || from_env {
+        return Ok(());
+    }
+    let needs_socket = !matches!(
+        cli.command,
+        Command::Config(_) | Command::Completions { .. } | Command::Daemon(DaemonCommand::Start(_))
+    );
+    if needs_socket {
+        config_cmd::load(&Paths::from_env())?;
+    }
+    Ok(())
 }
 
 fn check_hostname(h: &str) -> Result<(), CliError> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::output::{kv, print_ok};
-use super::{parse_duration, Cli, CliError, StartArgs};
+use super::{config_cmd, parse_duration, Cli, CliError, StartArgs};
 use crate::config::{create_private_dir, Config, Paths};
 use crate::ipc::proto::InfoData;
 use crate::ipc::{Client, ClientError, ErrorCode, Request};
@@ -74,46 +74,40 @@ fn daemon_binary() -> PathBuf {
 }
 
 /// `daemon start`.
+///
+/// The flags are merged over the saved settings, checked (a registry or
+/// beacon that does not resolve is refused here, naming the flag), and saved
+/// to config.json only once the daemon is up: a start that fails leaves the
+/// file as it was, so one bad `--registry` cannot poison later starts.
 pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     let paths = Paths::from_env();
-    let cfg_err =
-        |e: crate::config::ConfigError| CliError::new(ErrorCode::InvalidArgument, e.to_string());
-    let mut config = Config::load(&paths.config()).map_err(cfg_err)?;
+    let saved = config_cmd::load(&paths)?;
+    let mut config = saved.clone();
     let wait = parse_duration(&args.wait)?;
 
-    // Flags win over the config file, and are remembered for the next start.
-    let mut changed = false;
+    // Flags win over the config file.
     for (flag, slot) in [
         (&args.registry, &mut config.registry),
         (&args.beacon, &mut config.beacon),
         (&args.hostname, &mut config.hostname),
         (&args.email, &mut config.email),
         (&args.listen, &mut config.listen),
+        (&args.log_level, &mut config.log_level),
     ] {
-        if flag.is_some() && flag != slot {
+        if flag.is_some() {
             *slot = flag.clone();
-            changed = true;
         }
     }
-    if args.public && config.public != Some(true) {
+    if args.public {
         config.public = Some(true);
-        changed = true;
+    }
+    if args.private {
+        config.public = Some(false);
     }
     if let Some(sock) = &cli.socket {
-        let s = sock.display().to_string();
-        if config.socket.as_deref() != Some(s.as_str()) {
-            config.socket = Some(s);
-            changed = true;
-        }
+        config.socket = Some(sock.display().to_string());
     }
-    if let Some(h) = &config.hostname {
-        if !h.is_empty() && !crate::wire::address::is_valid_hostname(h) {
-            return Err(CliError::new(
-                ErrorCode::InvalidArgument,
-                format!("invalid hostname {h:?} (expected 1-63 of a-z, 0-9 and '-', not starting or ending with '-')"),
-            ));
-        }
-    }
+    config_cmd::check_all(&config).await?;
     let socket = paths.socket(cli.socket.as_deref(), &config);
 
     if let Some(info) = probe(&socket).await? {
@@ -133,9 +127,14 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
             format!("{}: {e}", paths.home.display()),
         )
     })?;
-    if changed {
-        config.save(&paths.config()).map_err(cfg_err)?;
-    }
+    let save = |config: &Config| -> Result<(), CliError> {
+        if *config != saved {
+            config
+                .save(&paths.config())
+                .map_err(config_cmd::config_error)?;
+        }
+        Ok(())
+    };
 
     let mut cmd = std::process::Command::new(daemon_binary());
     cmd.arg("--socket").arg(&socket);
@@ -146,6 +145,7 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
         ("--hostname", &config.hostname),
         ("--email", &config.email),
         ("--listen", &config.listen),
+        ("--log-level", &config.log_level),
         ("--heartbeat", &args.heartbeat),
     ] {
         if let Some(v) = value {
@@ -158,6 +158,7 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     cmd.args(&args.daemon_arg);
 
     if args.foreground {
+        // Nothing is saved: the daemon's own errors go to the terminal.
         use std::os::unix::process::CommandExt;
         let err = cmd.exec();
         return Err(CliError::new(
@@ -198,6 +199,29 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     let pid = child.id();
     let _ = std::fs::write(paths.pid(), format!("{pid}\n"));
 
+    if wait.is_zero() {
+        // Asked not to wait: the options are taken as given.
+        save(&config)?;
+        #[derive(Serialize)]
+        struct Starting {
+            pid: u32,
+            socket: String,
+            logs: String,
+        }
+        let d = Starting {
+            pid,
+            socket: socket.display().to_string(),
+            logs: log_path.display().to_string(),
+        };
+        print_ok(cli.json, &d, || {
+            format!(
+                "Daemon starting (pid {pid}); `pilotctl daemon status` tells when it is up\n  Logs  {}",
+                d.logs
+            )
+        });
+        return Ok(());
+    }
+
     let deadline = Instant::now() + wait;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -208,9 +232,13 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
                     log_path.display()
                 )
             });
-            return Err(CliError::new(ErrorCode::StartFailed, why));
+            return Err(CliError::new(
+                ErrorCode::StartFailed,
+                format!("{why} (nothing saved to {})", paths.config().display()),
+            ));
         }
         if let Ok(Some(info)) = probe(&socket).await {
+            save(&config)?;
             let data = RunningData {
                 pid,
                 address: info.address,
@@ -223,16 +251,58 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
             return Ok(());
         }
         if Instant::now() >= deadline {
+            // A start that did not succeed leaves nothing running.
+            terminate(&mut child).await;
+            let _ = std::fs::remove_file(paths.pid());
+            let last = last_log_line(&log_path, log_start)
+                .map(|l| format!("; its last log line: {l}"))
+                .unwrap_or_default();
             return Err(CliError::new(
                 ErrorCode::Timeout,
                 format!(
-                    "pilot-daemon (pid {pid}) has no address after {wait:?}; it keeps trying, see {}",
+                    "pilot-daemon (pid {pid}) had no address after {wait:?}, so it was stopped and nothing was saved{last} (log: {}; more time: --wait 60s)",
                     log_path.display()
                 ),
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// SIGTERM, then SIGKILL after 3 s; reaps the child.
+async fn terminate(child: &mut std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last non-empty line the daemon logged since `from`.
+fn last_log_line(log: &Path, from: u64) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(text.get(from as usize..)?);
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+}
+
+/// Where the daemon `pid` writes its log: its stderr, as the kernel sees it
+/// (`/proc/PID/fd/2`), so `status` shows the daemon's log even when asked
+/// from another HOME; `None` when that cannot be read.
+fn daemon_log_path(pid: u32) -> Option<String> {
+    let p = std::fs::read_link(format!("/proc/{pid}/fd/2")).ok()?;
+    // pipes, sockets and terminals are not files to look at
+    p.is_absolute()
+        .then(|| p.display().to_string())
+        .filter(|s| !s.starts_with("/dev/") && !s.contains(':'))
 }
 
 /// The daemon's fatal error line (it prints `error: ...` last), from the
@@ -298,7 +368,6 @@ fn pid_alive(pid: u32) -> bool {
 
 /// `daemon status`.
 pub(super) async fn status(cli: &Cli) -> Result<(), CliError> {
-    let paths = Paths::from_env();
     let socket = super::client::socket_path(cli);
     match probe(&socket).await? {
         Some(info) => {
@@ -308,7 +377,7 @@ pub(super) async fn status(cli: &Cli) -> Result<(), CliError> {
                 node_id: info.node_id,
                 hostname: info.hostname,
                 socket: socket.display().to_string(),
-                logs: paths.log().display().to_string(),
+                logs: daemon_log_path(info.pid).unwrap_or_else(|| "-".into()),
             };
             print_ok(cli.json, &data, || running_block(&data));
             Ok(())

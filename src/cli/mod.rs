@@ -33,6 +33,7 @@ macro_rules! errprint {
 
 mod client;
 mod commands;
+mod config_cmd;
 mod daemon_ctl;
 pub mod output;
 mod ping;
@@ -79,7 +80,7 @@ impl From<crate::ipc::ClientError> for CliError {
 /// Addresses may be given in full (`0:0000.0000.002A`), as a bare decimal
 /// node id (`42`), or as a hostname registered with the rendezvous.
 #[derive(Debug, Parser)]
-#[command(name = "pilotctl", version)]
+#[command(name = "pilotctl", version = crate::VERSION)]
 pub struct Cli {
     /// Print machine-readable JSON: {"status":"ok","data":...} on stdout, or
     /// {"status":"error","code":...,"message":...} on stderr.
@@ -177,6 +178,46 @@ pub enum Command {
     },
     /// List trusted peers (and how each was trusted).
     Trust,
+    /// Show or edit the saved settings (~/.pilot/config.json) that
+    /// `daemon start` uses.
+    Config(ConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// e.g. `pilotctl completions bash > /etc/bash_completion.d/pilotctl`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Options of `config`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// What to do [default: show].
+    #[command(subcommand)]
+    pub action: Option<ConfigAction>,
+}
+
+/// `pilotctl config ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConfigAction {
+    /// Print the saved settings and the file's path.
+    Show,
+    /// Save one setting (registry, beacon, socket, hostname, email, listen,
+    /// public, log-level).
+    Set {
+        /// The setting's name.
+        key: String,
+        /// Its new value.
+        value: String,
+    },
+    /// Forget one setting (the built-in default applies again).
+    Unset {
+        /// The setting's name.
+        key: String,
+    },
+    /// Remove the file (kept as config.json.bak): every setting back to its default.
+    Reset,
 }
 
 /// Options of `connect`.
@@ -252,14 +293,15 @@ pub struct BenchArgs {
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
     /// Start pilot-daemon in the background and wait until it has an address.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Stop the running daemon (it deregisters from the rendezvous).
     Stop,
     /// Tell whether a daemon is running, and its address.
     Status,
 }
 
-/// Options of `daemon start`; given values are saved to ~/.pilot/config.json.
+/// Options of `daemon start`; given values are saved to ~/.pilot/config.json
+/// once the daemon is up (a start that fails saves nothing).
 #[derive(Debug, Clone, Args, Default)]
 pub struct StartArgs {
     /// Registry address HOST:PORT [config "registry"; env PILOT_REGISTRY; default 127.0.0.1:9000].
@@ -278,8 +320,15 @@ pub struct StartArgs {
     #[arg(long, value_name = "IP:PORT")]
     pub listen: Option<String>,
     /// Make this node public: anyone may resolve its endpoint and connect.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "private")]
     pub public: bool,
+    /// Make this node private again (undoes a remembered --public).
+    #[arg(long)]
+    pub private: bool,
+    /// The daemon's log filter: error, warn, info, debug, trace, or a
+    /// tracing filter such as pilot=debug [config "log_level"; default info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
     /// Run in the foreground (logs to the terminal) instead of in the background.
     #[arg(long)]
     pub foreground: bool,
@@ -290,7 +339,9 @@ pub struct StartArgs {
     /// --daemon-arg=--syn-rate-per-source=1000.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub daemon_arg: Vec<String>,
-    /// How long to wait for the daemon to get an address [default 15s].
+    /// How long to wait for the daemon to get an address [default 15s]; a
+    /// daemon that has none by then is stopped. 0s returns at once without
+    /// checking.
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub wait: String,
 }
@@ -309,9 +360,11 @@ pub struct PingArgs {
     /// Time between pings, e.g. 1s or 200ms.
     #[arg(long, default_value = "1s")]
     pub interval: String,
-    /// How long to wait for each reply.
-    #[arg(long, default_value = "3s")]
-    pub timeout: String,
+    /// How long to wait for each reply, and for the tunnel to the node
+    /// [default: 3s per reply; setting up the tunnel may take the protocol's
+    /// ~29 s, relay included].
+    #[arg(long)]
+    pub timeout: Option<String>,
     /// Use control pings (protocol 3, port 0) instead of the echo service.
     #[arg(long)]
     pub control: bool,
@@ -344,9 +397,58 @@ pub fn parse_duration(s: &str) -> Result<Duration, CliError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `pilotctl help --help` (clap's built-in `help` takes no flags) means the
+/// help itself: drop -h/--help after a leading `help` subcommand.
+fn normalize_help(mut args: Vec<String>) -> Vec<String> {
+    // The first word that is neither a flag nor the value of `--socket`.
+    let mut i = 1;
+    while i < args.len() {
+        if args[i] == "--socket" {
+            i += 2;
+        } else if args[i].starts_with('-') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    if args.get(i).is_some_and(|a| a == "help") {
+        let tail: Vec<String> = args
+            .split_off(i + 1)
+            .into_iter()
+            .filter(|a| a != "-h" && a != "--help")
+            .collect();
+        args.extend(tail);
+    }
+    args
+}
+
+/// A clap usage error as one line: its first line and the lines that
+/// complete it (the missing arguments), without the usage block.
+fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        if !line.is_empty() {
+            parts.push(line.trim_start_matches("error: ").to_string());
+        }
+    }
+    let mut line = parts.join(" ");
+    if line.is_empty() {
+        line = "invalid arguments".into();
+    }
+    if let Some(usage) = text.lines().find_map(|l| l.trim().strip_prefix("Usage: ")) {
+        line.push_str(&format!(" (usage: {usage})"));
+    }
+    line
+}
+
 /// Runs pilotctl with the process arguments; returns the exit code.
 pub fn main() -> i32 {
-    let args: Vec<String> = std::env::args().collect();
+    let args = normalize_help(std::env::args().collect());
     let json = args.iter().any(|a| a == "--json");
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
@@ -357,9 +459,7 @@ pub fn main() -> i32 {
                 return 0;
             }
             if json {
-                let first = e.to_string();
-                let line = first.lines().next().unwrap_or("invalid arguments");
-                let line = line.trim_start_matches("error: ");
+                let line = usage_error_line(&e);
                 output::print_error(true, &CliError::new(ErrorCode::InvalidArgument, line));
                 return 2;
             }
@@ -403,6 +503,44 @@ mod tests {
         for bad in ["", "s", "-1s", "3x", "1e999s", "nan"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn help_help_is_help() {
+        assert_eq!(
+            normalize_help(argv("pilotctl help --help")),
+            argv("pilotctl help")
+        );
+        assert_eq!(
+            normalize_help(argv("pilotctl --json help ping -h")),
+            argv("pilotctl --json help ping")
+        );
+        // only the help subcommand is touched
+        assert_eq!(
+            normalize_help(argv("pilotctl ping --help")),
+            argv("pilotctl ping --help")
+        );
+        assert_eq!(
+            normalize_help(argv("pilotctl --socket help info --help")),
+            argv("pilotctl --socket help info --help")
+        );
+        assert_eq!(
+            normalize_help(argv("pilotctl --socket /s help --help")),
+            argv("pilotctl --socket /s help")
+        );
+    }
+
+    #[test]
+    fn usage_errors_are_whole_lines() {
+        let e = Cli::try_parse_from(argv("pilotctl ping")).unwrap_err();
+        let line = usage_error_line(&e);
+        assert!(line.contains("<TARGET>"), "{line}");
+        assert!(line.contains("not provided"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
     }
 
     #[test]

@@ -28,6 +28,24 @@ pub fn print_error(json: bool, e: &CliError) {
     }
 }
 
+/// An error and its causes on one line, each cause once: many errors
+/// already quote their source in their own message (`cannot bind X: Not a
+/// directory (os error 20)`), so a cause whose text is already in the line
+/// is not repeated (anyhow's `{:#}` would print it twice).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
 /// Formats `(key, value)` rows with the values aligned in one column.
 pub fn kv(rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -71,6 +89,18 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot bind /x: {0}")]
+        struct Bind(#[source] std::io::Error);
+        let io = std::io::Error::from_raw_os_error(20);
+        let e = anyhow::Error::new(Bind(io)).context("starting");
+        let line = error_chain(e.as_ref());
+        assert_eq!(line.matches("os error 20").count(), 1, "{line}");
+        assert!(line.starts_with("starting: cannot bind /x: "), "{line}");
+    }
 
     #[test]
     fn kv_aligns_values() {

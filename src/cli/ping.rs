@@ -8,7 +8,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::client::{check_target, dial, io_err, remote_addr, socket_path, IPC_TIMEOUT};
+use super::client::{
+    check_target, dial, io_err, preflight, remote_addr, socket_path, IPC_TIMEOUT,
+};
 use super::output::print_ok;
 use super::{parse_duration, Cli, CliError, PingArgs};
 use crate::ipc::proto::PingData;
@@ -54,8 +56,15 @@ impl Pinger {
     }
 }
 
-/// Checks `ping`'s options.
-fn ping_options(a: &PingArgs) -> Result<(Duration, Duration), CliError> {
+/// Default wait for each ping reply.
+const PING_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default wait for the tunnel and stream before the first ping: the
+/// protocol's SYN timeline gives up after ~29 s (relay fallback included).
+const PING_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Checks `ping`'s options: (interval, per-reply timeout, dial timeout).
+/// An explicit `--timeout` bounds the dial too.
+fn ping_options(a: &PingArgs) -> Result<(Duration, Duration, Duration), CliError> {
     check_target(&a.target)?;
     if a.count == 0 {
         return Err(CliError::new(
@@ -69,12 +78,26 @@ fn ping_options(a: &PingArgs) -> Result<(Duration, Duration), CliError> {
             "--size must be at most 1024 bytes",
         ));
     }
-    Ok((parse_duration(&a.interval)?, parse_duration(&a.timeout)?))
+    let interval = parse_duration(&a.interval)?;
+    match &a.timeout {
+        Some(t) => {
+            let t = parse_duration(t)?;
+            if t.is_zero() {
+                return Err(CliError::new(
+                    ErrorCode::InvalidArgument,
+                    "--timeout must be positive",
+                ));
+            }
+            Ok((interval, t, t))
+        }
+        None => Ok((interval, PING_REPLY_TIMEOUT, PING_DIAL_TIMEOUT)),
+    }
 }
 
 /// `ping --control`: control pings (protocol 3, port 0) through the daemon.
 pub(super) async fn control_ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
-    let (interval, timeout) = ping_options(a)?;
+    let (interval, timeout, _) = ping_options(a)?;
+    preflight(cli, &a.target).await?;
     let client = Client::connect(&socket_path(cli)).await?;
     let req = Request::Ping {
         target: a.target.clone(),
@@ -202,8 +225,9 @@ impl EchoStream {
 
 /// `ping` over the echo port.
 pub(super) async fn echo_ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
-    let (interval, timeout) = ping_options(a)?;
-    let (stream, info) = dial(cli, &a.target, ECHO_PORT, Duration::from_secs(30)).await?;
+    let (interval, timeout, dial_timeout) = ping_options(a)?;
+    preflight(cli, &a.target).await?;
+    let (stream, info) = dial(cli, &a.target, ECHO_PORT, dial_timeout).await?;
     let echo = EchoStream {
         stream,
         address: remote_addr(&info),
