@@ -36,6 +36,14 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Bench(a) => streams::bench(cli, a).await,
         Command::Connections => streams::connections(cli).await,
         Command::Disconnect { id, force } => streams::disconnect(cli, *id, *force).await,
+        Command::Expose(a) => super::forward::expose(cli, a).await,
+        Command::Unexpose { port } => super::forward::unexpose(cli, *port).await,
+        Command::Forward(a) => super::forward::forward(cli, a).await,
+        Command::Gateway { args } => Err(super::gateway::passthrough(
+            cli.json,
+            cli.socket.as_deref(),
+            args,
+        )),
     }
 }
 

@@ -86,6 +86,40 @@ pub enum Request {
         /// The virtual port.
         port: u16,
     },
+    /// Serve virtual `port` by forwarding each stream to the local TCP
+    /// service `to` (`HOST:PORT`); kept by the daemon until `unexpose`.
+    Expose {
+        /// The virtual port.
+        port: u16,
+        /// The local TCP service.
+        to: String,
+    },
+    /// Stop exposing `port`.
+    Unexpose {
+        /// The virtual port.
+        port: u16,
+    },
+    /// The exposed ports.
+    ExposeList,
+}
+
+/// One exposed port (`expose`, `unexpose`, `expose --list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExposeData {
+    /// The virtual port.
+    pub port: u16,
+    /// The local TCP service it forwards to.
+    pub to: String,
+    /// Streams forwarded so far.
+    #[serde(default)]
+    pub streams: u64,
+}
+
+/// `expose --list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExposeListData {
+    /// Exposed ports, by port.
+    pub exposed: Vec<ExposeData>,
 }
 
 /// Announced on a listening connection.

@@ -354,6 +354,9 @@ async fn handle(req: Request, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Resp
             })
             .await
         }
+        Request::Expose { port, to } => super::expose::expose(port, to, cmds.clone()).await,
+        Request::Unexpose { port } => super::expose::unexpose(port, cmds).await,
+        Request::ExposeList => super::expose::list(),
         Request::Dial { .. }
         | Request::Attach { .. }
         | Request::Listen { .. }

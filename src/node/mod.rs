@@ -13,6 +13,7 @@
 //!   remove the socket).
 
 pub mod engine;
+pub mod expose;
 pub mod ipc_server;
 pub mod peer;
 pub mod registry;
