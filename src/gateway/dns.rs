@@ -158,7 +158,8 @@ mod tests {
                 want_a: false
             })
         );
-        let p = Packet::parse(&reply(&q, Outcome::NoData).unwrap()).unwrap();
+        let r = reply(&q, Outcome::NoData).unwrap();
+        let p = Packet::parse(&r).unwrap();
         assert!(p.answers.is_empty());
         assert_eq!(p.rcode(), RCODE::NoError);
         assert_eq!(question(b"\x00\x01garbage"), None);
