@@ -33,7 +33,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
     def do_GET(self):
-        p = self.path
+        p = self.path.split("?")[0]
         if p == "/":
             return self.reply(200, b"hello from beta\n")
         if p.startswith("/file/"):
