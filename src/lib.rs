@@ -12,13 +12,16 @@
 //! * [`node`], [`rendezvous`], [`ipc`], [`cli`]: the tokio shells that
 //!   drive the cores with real sockets and timers.
 //!
-//! Arrows point down: `bin -> cli/node/rendezvous -> ipc -> stream/crypto -> wire`.
+//! * [`gateway`]: the TUN + smoltcp gateway, a client of the daemon's IPC.
+//!
+//! Arrows point down: `bin -> cli/node/rendezvous/gateway -> ipc -> stream/crypto -> wire`.
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod gateway;
 pub mod ipc;
 pub mod node;
 pub mod rendezvous;

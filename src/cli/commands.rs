@@ -55,6 +55,14 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
             clap_complete::generate(*shell, &mut Cli::command(), "pilotctl", &mut out);
             Ok(())
         }
+        Command::Expose(a) => super::forward::expose(cli, a).await,
+        Command::Unexpose { port } => super::forward::unexpose(cli, *port).await,
+        Command::Forward(a) => super::forward::forward(cli, a).await,
+        Command::Gateway { args } => Err(super::gateway::passthrough(
+            cli.json,
+            cli.socket.as_deref(),
+            args,
+        )),
     }
 }
 

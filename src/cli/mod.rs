@@ -35,6 +35,8 @@ mod client;
 mod commands;
 mod config_cmd;
 mod daemon_ctl;
+mod forward;
+pub mod gateway;
 pub mod output;
 mod ping;
 mod streams;
@@ -178,6 +180,29 @@ pub enum Command {
     },
     /// List trusted peers (and how each was trusted).
     Trust,
+    /// Serve a virtual port by forwarding each stream to a local TCP service
+    /// (kept by the daemon after pilotctl exits).
+    ///
+    /// `pilotctl expose 80 --to 127.0.0.1:8000` makes a local web server
+    /// reachable as this node's port 80; `--list` shows what is exposed.
+    Expose(ExposeArgs),
+    /// Stop exposing a virtual port.
+    Unexpose {
+        /// The virtual port.
+        port: u16,
+    },
+    /// Listen on a local TCP port and forward each connection to a remote
+    /// virtual port (no root needed).
+    ///
+    /// `pilotctl forward 8080 beta:80` then `curl http://127.0.0.1:8080/`.
+    Forward(ForwardArgs),
+    /// Run pilot-gateway (start, stop, map, unmap, list; see `pilot-gateway --help`).
+    #[command(disable_help_flag = true)]
+    Gateway {
+        /// Arguments for pilot-gateway.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Show or edit the saved settings (~/.pilot/config.json) that
     /// `daemon start` uses.
     Config(ConfigArgs),
@@ -238,6 +263,31 @@ pub struct ConnectArgs {
     /// closing (the protocol has no half-close).
     #[arg(long, default_value = "1s")]
     pub linger: String,
+}
+
+/// Options of `expose`.
+#[derive(Debug, Clone, Args)]
+pub struct ExposeArgs {
+    /// The virtual port to serve.
+    pub port: Option<u16>,
+    /// The local TCP service, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: Option<String>,
+    /// List the exposed ports instead.
+    #[arg(long, conflicts_with_all = ["port", "to"])]
+    pub list: bool,
+}
+
+/// Options of `forward`.
+#[derive(Debug, Clone, Args)]
+pub struct ForwardArgs {
+    /// Local listen address, [IP:]PORT (IP defaults to 127.0.0.1; port 0 picks one).
+    pub listen: String,
+    /// The remote end, ADDRESS:PORT or HOSTNAME:PORT.
+    pub target: String,
+    /// Give up dialling after this long (the connection is then reset).
+    #[arg(long, default_value = "15s")]
+    pub timeout: String,
 }
 
 /// Options of `listen`.

@@ -106,6 +106,21 @@ pub enum Request {
         #[serde(default)]
         from: Option<String>,
     },
+    /// Serve virtual `port` by forwarding each stream to the local TCP
+    /// service `to` (`HOST:PORT`); kept by the daemon until `unexpose`.
+    Expose {
+        /// The virtual port.
+        port: u16,
+        /// The local TCP service.
+        to: String,
+    },
+    /// Stop exposing `port`.
+    Unexpose {
+        /// The virtual port.
+        port: u16,
+    },
+    /// The exposed ports.
+    ExposeList,
 }
 
 /// The trust operations of [`Request::Trust`].
@@ -142,6 +157,25 @@ pub enum TrustRequest {
     },
     /// The trusted peers, outstanding requests and counters.
     List,
+}
+
+/// One exposed port (`expose`, `unexpose`, `expose --list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExposeData {
+    /// The virtual port.
+    pub port: u16,
+    /// The local TCP service it forwards to.
+    pub to: String,
+    /// Streams forwarded so far.
+    #[serde(default)]
+    pub streams: u64,
+}
+
+/// `expose --list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExposeListData {
+    /// Exposed ports, by port.
+    pub exposed: Vec<ExposeData>,
 }
 
 /// Announced on a listening connection.

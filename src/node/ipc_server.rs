@@ -383,6 +383,9 @@ async fn handle(req: Request, shared: &Arc<Shared>, cmds: &mpsc::Sender<Cmd>) ->
         Request::Mailbox { which, clear, from } => {
             super::dataexchange::mailbox(shared, &which, clear, from.as_deref())
         }
+        Request::Expose { port, to } => super::expose::expose(port, to, cmds.clone()).await,
+        Request::Unexpose { port } => super::expose::unexpose(port, cmds).await,
+        Request::ExposeList => super::expose::list(),
         Request::Dial { .. }
         | Request::Attach { .. }
         | Request::Listen { .. }

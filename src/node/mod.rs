@@ -16,6 +16,7 @@ pub mod dataexchange;
 pub mod engine;
 pub mod events;
 pub mod files;
+pub mod expose;
 pub mod ipc_server;
 pub mod path;
 pub mod peer;
