@@ -120,6 +120,19 @@ impl RegistryHandle {
         r.owner = email.map(str::to_string);
         r.version = Some(concat!("pilot-rs/", env!("CARGO_PKG_VERSION")).into());
         r.protocol_version = Some(reg::PROTOCOL_VERSION);
+        // Sign it (our extension): a registration for our key must never be
+        // something anyone who read the key can send (issue 10 item 1).
+        r.timestamp = Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        );
+        {
+            use ed25519_dalek::Signer;
+            let sig = self.key().sign(r.signed_text().as_bytes());
+            r.signature = Some(reg::b64_encode(&sig.to_bytes()));
+        }
         let ok = self.with_client(async |c| c.register(r).await).await?;
         self.node_id.store(ok.node_id, Ordering::Relaxed);
         Ok(ok.node_id)

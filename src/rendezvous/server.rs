@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::state::Registry;
+use super::state::{ConnAuth, Registry};
 use super::store::Durability;
 use crate::wire::registry::{
     self as wire, BinaryLookupReply, BinaryMessage, FrameDecoder, FrameError, Lookup, NodeSigned,
@@ -226,6 +226,7 @@ async fn serve(
     let mut requests: u64 = 0;
     let mut deadline = Instant::now() + shared.idle_timeout;
     let mut budget: Option<OwnedSemaphorePermit> = None;
+    let mut auth = ConnAuth::default();
     loop {
         if mode == Mode::Unknown {
             let p = dec.pending();
@@ -276,8 +277,8 @@ async fn serve(
                     }
                 }
                 let reply = match mode {
-                    Mode::Binary => handle_binary(&frame, peer, shared).await,
-                    _ => json_frame(&handle_json(&frame, peer, shared).await),
+                    Mode::Binary => handle_binary(&frame, peer, shared, &mut auth).await,
+                    _ => json_frame(&handle_json(&frame, peer, shared, &mut auth).await),
                 };
                 write_reply(&mut wr, &reply, shared.write_timeout).await?;
                 deadline = Instant::now() + shared.idle_timeout;
@@ -359,8 +360,10 @@ fn reserve(
 }
 
 /// Runs one request through the registry, waiting for durability.
-async fn execute(req: Request, peer: SocketAddr, shared: &Shared) -> Response {
-    let out = shared.registry.handle(req, peer, std::time::Instant::now());
+async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut ConnAuth) -> Response {
+    let out = shared
+        .registry
+        .handle_on(auth, req, peer, std::time::Instant::now());
     if let Some(generation) = out.durable_generation {
         shared.durability.poke();
         if !shared
@@ -375,9 +378,14 @@ async fn execute(req: Request, peer: SocketAddr, shared: &Shared) -> Response {
     out.response
 }
 
-async fn handle_json(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Response {
+async fn handle_json(
+    payload: &[u8],
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+) -> Response {
     match wire::parse_request(payload) {
-        Ok(req) => execute(req, peer, shared).await,
+        Ok(req) => execute(req, peer, shared, auth).await,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "malformed request");
             Response::error("malformed request")
@@ -385,21 +393,26 @@ async fn handle_json(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Respo
     }
 }
 
-async fn handle_binary(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Vec<u8> {
+async fn handle_binary(
+    payload: &[u8],
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+) -> Vec<u8> {
     let msg = match BinaryMessage::parse_frame_payload(payload) {
         Ok(m) => m,
         Err(_) => return binary_frame(&BinaryMessage::Error("request failed".into())),
     };
     let reply = match msg {
         BinaryMessage::Json(j) => {
-            BinaryMessage::Json(wire::to_json(&handle_json(&j, peer, shared).await))
+            BinaryMessage::Json(wire::to_json(&handle_json(&j, peer, shared, auth).await))
         }
         BinaryMessage::Heartbeat { node_id, signature } => {
             let req = Request::Heartbeat(NodeSigned {
                 node_id,
                 signature: Some(wire::b64_encode(&signature)),
             });
-            match execute(req, peer, shared).await {
+            match execute(req, peer, shared, auth).await {
                 Response::HeartbeatOk(ok) => BinaryMessage::HeartbeatReply {
                     unix_time: ok.time,
                     key_expiry_warning: ok.key_expiry_warning,
@@ -408,7 +421,7 @@ async fn handle_binary(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Vec
             }
         }
         BinaryMessage::Lookup { node_id } => {
-            match execute(Request::Lookup(Lookup { node_id }), peer, shared).await {
+            match execute(Request::Lookup(Lookup { node_id }), peer, shared, auth).await {
                 Response::LookupOk(l) => BinaryMessage::LookupReply(BinaryLookupReply {
                     node_id: l.node_id,
                     public: l.public,
@@ -436,7 +449,7 @@ async fn handle_binary(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Vec
                 requester_id,
                 signature: Some(wire::b64_encode(&signature)),
             });
-            match execute(req, peer, shared).await {
+            match execute(req, peer, shared, auth).await {
                 Response::ResolveOk(r) => BinaryMessage::ResolveReply {
                     node_id: r.node_id,
                     real_addr: r.real_addr,

@@ -153,6 +153,34 @@ pub struct Outcome {
     pub durable_generation: Option<u64>,
 }
 
+/// How long a signed registration's timestamp stays acceptable (either
+/// direction, for clock skew): bounds how long a captured one can be replayed.
+pub const REGISTER_SIGNATURE_WINDOW: u64 = 300;
+/// Node ids one connection remembers as proven (a daemon uses one).
+const MAX_PROVEN_PER_CONN: usize = 16;
+
+/// What one registry connection has proven (issue 10 item 1). `register` is
+/// unsigned in Pilot v1, so a registration that names an already-known key
+/// changes nothing until the key is proven: by our signed registration, or
+/// (reference nodes) by a signed request for that node on the same
+/// connection, which then applies the parked registration.
+#[derive(Debug, Default)]
+pub struct ConnAuth {
+    /// Node ids whose key signed something on this connection.
+    proven: HashSet<u32>,
+    /// The last unproven registration of a known key on this connection.
+    pending: Option<(u32, wire::Register, SocketAddr)>,
+}
+
+impl ConnAuth {
+    fn prove(&mut self, id: u32) {
+        if self.proven.len() >= MAX_PROVEN_PER_CONN {
+            self.proven.clear();
+        }
+        self.proven.insert(id);
+    }
+}
+
 /// The registry state machine. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Registry {
@@ -448,11 +476,45 @@ impl Registry {
         stale
     }
 
-    /// Handles one request from a client whose TCP source is `peer`.
+    /// Handles one request from a client whose TCP source is `peer`, on a
+    /// connection of its own (nothing is remembered between calls).
     pub fn handle(&self, req: Request, peer: SocketAddr, now: Instant) -> Outcome {
+        self.handle_on(&mut ConnAuth::default(), req, peer, now)
+    }
+
+    /// Handles one request arriving on the connection whose proofs are
+    /// `conn`.
+    pub fn handle_on(
+        &self,
+        conn: &mut ConnAuth,
+        req: Request,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Outcome {
         let mut st = self.lock();
         let gen_before = st.generation;
-        let response = match Self::dispatch(&mut st, req, peer, now) {
+        // A signed request from the node whose registration is parked on
+        // this connection proves the key: apply the registration first (it
+        // may make a reaped node live again, which the request needs).
+        if let Some((signer, text)) = req.signed_string() {
+            if conn
+                .pending
+                .as_ref()
+                .is_some_and(|(id, _, _)| *id == signer)
+            {
+                let proven = st
+                    .nodes
+                    .get(&signer)
+                    .is_some_and(|n| signature_ok(&n.key, &text, req.signature()));
+                if proven {
+                    if let Some((_, r, at)) = conn.pending.take() {
+                        conn.prove(signer);
+                        let _ = Self::register(&mut st, conn, r, at, now, unix_now());
+                    }
+                }
+            }
+        }
+        let response = match Self::dispatch(&mut st, conn, req, peer, now) {
             Ok(r) => r,
             Err(text) => Response::error(&text),
         };
@@ -465,6 +527,7 @@ impl Registry {
 
     fn dispatch(
         st: &mut State,
+        conn: &mut ConnAuth,
         req: Request,
         peer: SocketAddr,
         now: Instant,
@@ -476,9 +539,12 @@ impl Registry {
             }
         }
         st.verify(&req)?;
+        if let Some((signer, _)) = req.signed_string() {
+            conn.prove(signer);
+        }
         let unix = unix_now();
         Ok(match req {
-            Request::Register(r) => Self::register(st, r, peer, now, unix)?,
+            Request::Register(r) => Self::register(st, conn, r, peer, now, unix)?,
             Request::Heartbeat(NodeSigned { node_id, .. }) => {
                 // `verify` has checked the node is live and the signature.
                 if let Some(n) = st.nodes.get_mut(&node_id) {
@@ -676,6 +742,7 @@ impl Registry {
 
     fn register(
         st: &mut State,
+        conn: &mut ConnAuth,
         r: wire::Register,
         peer: SocketAddr,
         now: Instant,
@@ -684,8 +751,21 @@ impl Registry {
         let pk = wire::decode_public_key(&r.public_key)
             .ok_or("registration rejected: bad public key encoding")?;
         let key = VerifyingKey::from_bytes(&pk).map_err(|_| "registration rejected: bad key")?;
+        if r.signature.is_some() {
+            // Our signed registration: a bad signature or a stale timestamp
+            // is refused outright rather than treated as unsigned.
+            let fresh = r
+                .timestamp
+                .is_some_and(|t| (t - unix as i64).unsigned_abs() <= REGISTER_SIGNATURE_WINDOW);
+            if !fresh || !signature_ok(&key, &r.signed_text(), r.signature.as_deref()) {
+                return Err("registration rejected: invalid signature or expired timestamp".into());
+            }
+            if let Some(&id) = st.by_key.get(&pk) {
+                conn.prove(id);
+            }
+        }
         let port = listen_port(&r.listen_addr).ok_or("invalid listen_addr")?;
-        let lan_addrs = r.lan_addrs.unwrap_or_default();
+        let lan_addrs = r.lan_addrs.clone().unwrap_or_default();
         if lan_addrs.len() > MAX_LAN_ADDRS {
             return Err("too many lan_addrs".into());
         }
@@ -699,6 +779,27 @@ impl Registry {
         let real_addr = SocketAddr::new(canonical_ip(peer.ip()), port).to_string();
 
         let id = match st.by_key.get(&pk) {
+            Some(&id) if !conn.proven.contains(&id) && r.signature.is_none() => {
+                // A known key, not proven on this connection: anyone can
+                // read it with `lookup`, so change nothing yet; park the
+                // registration until a signed request proves the key.
+                let n = st
+                    .nodes
+                    .get(&id)
+                    .ok_or("registration rejected: index inconsistency")?;
+                let hostname = n.hostname.clone().filter(|_| n.live);
+                conn.pending = Some((id, r.clone(), peer));
+                return Ok(Response::RegisterOk(RegisterOk {
+                    node_id: id,
+                    network_id: 0,
+                    address: Addr::backbone(id).to_string(),
+                    public_key: r.public_key,
+                    observed_addr: real_addr,
+                    protocol_version: PROTOCOL_VERSION,
+                    hostname,
+                    hostname_error: None,
+                }));
+            }
             Some(&id) => id,
             None => {
                 // Rule 3 of the reference (owner takeover) is deliberately
@@ -725,6 +826,7 @@ impl Registry {
                         key_created: unix,
                     },
                 );
+                conn.prove(id);
                 id
             }
         };
@@ -837,6 +939,107 @@ mod tests {
         assert!(matches!(set(&b, 2, "alpha"), Response::SetHostnameOk(_)));
         assert!(set(&b, 2, "localhost").type_name() == "error");
         assert!(set(&b, 2, &"a".repeat(64)).type_name() == "error");
+    }
+
+    #[test]
+    fn unsigned_register_of_a_known_key_waits_for_a_signed_request() {
+        let r = Registry::new();
+        let t = Instant::now();
+        let k = key(1);
+        let mut first = ConnAuth::default();
+        let mut req = wire::Register::new(k.verifying_key().as_bytes(), "0.0.0.0:4000");
+        req.hostname = Some("alpha".into());
+        let out = r.handle_on(&mut first, Request::Register(req.clone()), peer(), t);
+        assert_eq!(out.response.type_name(), "register_ok");
+        let lookup = |r: &Registry| match r
+            .handle(Request::Lookup(wire::Lookup { node_id: 1 }), peer(), t)
+            .response
+        {
+            Response::LookupOk(l) => l,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(lookup(&r).hostname.as_deref(), Some("alpha"));
+
+        // Another connection re-registers the key from elsewhere: parked.
+        let mut other = ConnAuth::default();
+        let elsewhere: SocketAddr = "10.9.9.9:1".parse().unwrap();
+        req.hostname = Some("beta".into());
+        req.listen_addr = "0.0.0.0:5000".into();
+        r.handle_on(&mut other, Request::Register(req.clone()), elsewhere, t);
+        assert_eq!(lookup(&r).hostname.as_deref(), Some("alpha"));
+        let hb = signed(
+            Request::Heartbeat(NodeSigned {
+                node_id: 1,
+                signature: None,
+            }),
+            &k,
+        );
+        // A signature by another key applies nothing.
+        let bad = signed(
+            Request::Heartbeat(NodeSigned {
+                node_id: 1,
+                signature: None,
+            }),
+            &key(2),
+        );
+        assert_eq!(
+            r.handle_on(&mut other, bad, elsewhere, t)
+                .response
+                .type_name(),
+            "error"
+        );
+        assert_eq!(lookup(&r).hostname.as_deref(), Some("alpha"));
+        // The real key's heartbeat on that connection applies it.
+        assert_eq!(
+            r.handle_on(&mut other, hb, elsewhere, t)
+                .response
+                .type_name(),
+            "heartbeat_ok"
+        );
+        let Response::ResolveOk(res) = r
+            .handle(
+                signed(
+                    Request::Resolve(wire::Resolve {
+                        node_id: 1,
+                        requester_id: 1,
+                        signature: None,
+                    }),
+                    &k,
+                ),
+                peer(),
+                t,
+            )
+            .response
+        else {
+            panic!()
+        };
+        assert_eq!(res.real_addr, "10.9.9.9:5000");
+        assert_eq!(lookup(&r).hostname.as_deref(), Some("beta"));
+
+        // Our signed registration applies at once; a stale one is refused.
+        let mut third = ConnAuth::default();
+        let mut sreq = wire::Register::new(k.verifying_key().as_bytes(), "0.0.0.0:6000");
+        sreq.timestamp = Some(unix_now() as i64);
+        sreq.signature = Some(wire::b64_encode(
+            &k.sign(sreq.signed_text().as_bytes()).to_bytes(),
+        ));
+        assert_eq!(
+            r.handle_on(&mut third, Request::Register(sreq.clone()), elsewhere, t)
+                .response
+                .type_name(),
+            "register_ok"
+        );
+        assert!(third.proven.contains(&1));
+        sreq.timestamp = Some(unix_now() as i64 - 3600);
+        sreq.signature = Some(wire::b64_encode(
+            &k.sign(sreq.signed_text().as_bytes()).to_bytes(),
+        ));
+        assert_eq!(
+            r.handle_on(&mut third, Request::Register(sreq), elsewhere, t)
+                .response
+                .type_name(),
+            "error"
+        );
     }
 
     #[test]
