@@ -299,6 +299,13 @@ pub struct Stats {
     pub dropped_beacon_source: u64,
     /// PILA frames that failed verification.
     pub dropped_auth: u64,
+    /// Unauthenticated work refused by a rate limit (PILAs, key lookups,
+    /// answers to undecryptable frames).
+    #[serde(default)]
+    pub dropped_rate_limited: u64,
+    /// PILAs naming a peer key that a newer session superseded (replays).
+    #[serde(default)]
+    pub dropped_superseded_key: u64,
 }
 
 /// `lookup`: what the registry knows of a node.
