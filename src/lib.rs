@@ -21,6 +21,7 @@ pub mod config;
 pub mod crypto;
 pub mod ipc;
 pub mod node;
+pub mod ratelimit;
 pub mod rendezvous;
 pub mod stream;
 pub mod wire;

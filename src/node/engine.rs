@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::keys::{KeyHistory, Verdict};
 use super::peer::{Peer, MAX_QUEUEING_PEERS};
-use super::ratelimit::{Bucket, Limiter};
 use super::registry::RegError;
 use super::streams::{AppLink, StreamTable};
 use super::udp::{self, TxBatch};
@@ -35,6 +34,7 @@ use crate::ipc::proto::{
     DatagramData, InfoData, ListenEvent, PeerData, PeersData, PingData, Stats,
 };
 use crate::ipc::{ErrorCode, Response};
+use crate::ratelimit::{Bucket, Limiter};
 use crate::wire::address::Addr;
 use crate::wire::beacon;
 use crate::wire::frame::{AuthKeyRepr, Frame, MAGIC_PILP, PILS_HEADER_LEN, TAG_LEN};

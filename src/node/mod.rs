@@ -16,7 +16,6 @@ pub mod engine;
 pub mod ipc_server;
 pub mod keys;
 pub mod peer;
-pub mod ratelimit;
 pub mod registry;
 pub mod statelock;
 pub mod streams;

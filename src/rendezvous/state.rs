@@ -44,6 +44,17 @@ pub const MAX_LAN_ADDRS: usize = 32;
 pub const MAX_TEXT_FIELD: usize = 256;
 /// Longest hostname (spec §6.4.5).
 pub const MAX_HOSTNAME: usize = 63;
+/// New node ids one source address may obtain: burst, then per second
+/// (issue 10 item 6: fresh-key registrations ran at ~1,400/s from one host;
+/// an IPv6 source counts by its /64).
+pub const NEW_IDS_PER_SOURCE: (f64, f64) = (1.0, 128.0);
+/// Source addresses tracked by the new-id quota.
+const QUOTA_SOURCES: usize = 65_536;
+/// An id whose key never signed anything within this time after its
+/// registration is reclaimed (issue 10 item 6).
+pub const UNPROVEN_GRACE: Duration = Duration::from_secs(600);
+/// Pending handshake requests older than this are dropped (issue 10 item 6).
+pub const HANDSHAKE_TTL: Duration = Duration::from_secs(3600);
 /// Names no node may take (spec §6.4.5).
 pub const RESERVED_HOSTNAMES: [&str; 3] = ["localhost", "backbone", "broadcast"];
 
@@ -73,6 +84,11 @@ pub struct Node {
     pub version: Option<String>,
     /// Unix seconds when this key was first registered.
     pub key_created: u64,
+    /// The key has signed something (nodes loaded from the store count as
+    /// proven); unproven ids are reclaimed after [`UNPROVEN_GRACE`].
+    pub proven: bool,
+    /// When this id was allocated (or loaded).
+    pub created: Instant,
 }
 
 /// The persisted form of a node (see `store.rs`).
@@ -130,6 +146,18 @@ struct PendingRequest {
     timestamp: i64,
 }
 
+/// The new-id quota key of a source address: the IPv4 address, or the /64
+/// of an IPv6 one.
+fn quota_key(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     nodes: HashMap<u32, Node>,
@@ -141,6 +169,10 @@ struct State {
     hs_responses: HashMap<u32, VecDeque<HandshakeResponseEntry>>,
     /// Bumped by every durable mutation.
     generation: u64,
+    /// Ids reclaimed from keys that never proved themselves.
+    free_ids: Vec<u32>,
+    /// New ids per source address.
+    new_id_quota: Option<crate::ratelimit::Limiter<IpAddr>>,
 }
 
 /// The result of handling one request.
@@ -228,6 +260,11 @@ pub fn validate_hostname(h: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn new_id_quota() -> crate::ratelimit::Limiter<IpAddr> {
+    let (rate, burst) = NEW_IDS_PER_SOURCE;
+    crate::ratelimit::Limiter::new(1e12, 1e12, rate, burst, QUOTA_SOURCES, Instant::now())
+}
+
 fn not_found(id: u32) -> String {
     format!("node {id}: node not found")
 }
@@ -256,12 +293,15 @@ impl State {
         }
     }
 
-    fn verify(&self, req: &Request) -> Result<(), String> {
+    fn verify(&mut self, req: &Request) -> Result<(), String> {
         let Some((signer, text)) = req.signed_string() else {
             return Ok(());
         };
         let node = self.live(signer)?;
         if signature_ok(&node.key, &text, req.signature()) {
+            if let Some(n) = self.nodes.get_mut(&signer) {
+                n.proven = true;
+            }
             Ok(())
         } else {
             Err(format!("signature verification failed for node {signer}"))
@@ -339,9 +379,25 @@ impl Registry {
         Registry {
             state: std::sync::Mutex::new(State {
                 next_id: 1,
+                new_id_quota: Some(new_id_quota()),
                 ..State::default()
             }),
         }
+    }
+
+    /// Turns the per-source new-id quota off (benchmarks, tests that
+    /// register many keys from one address).
+    pub fn without_quota(self) -> Registry {
+        self.lock().new_id_quota = None;
+        self
+    }
+
+    /// The IP address the registry observed for live node `id`'s proven
+    /// registration (the beacon binds ids to it, issue 10 item 5).
+    pub fn node_ip(&self, id: u32) -> Option<IpAddr> {
+        let st = self.lock();
+        let n = st.nodes.get(&id).filter(|n| n.live)?;
+        n.real_addr.parse::<SocketAddr>().ok().map(|a| a.ip())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -353,6 +409,7 @@ impl Registry {
     pub fn from_snapshot(snap: Snapshot, now: Instant) -> Result<Registry, SnapshotError> {
         let mut st = State {
             next_id: snap.next_id.max(1),
+            new_id_quota: Some(new_id_quota()),
             ..State::default()
         };
         for r in snap.nodes {
@@ -385,11 +442,17 @@ impl Registry {
                 lan_addrs: r.lan_addrs,
                 version: r.version,
                 key_created: r.key_created,
+                proven: true,
+                created: now,
             };
             if st.nodes.insert(r.id, node).is_some() {
                 return Err(bad("id listed twice"));
             }
         }
+        st.free_ids = (1..st.next_id)
+            .rev()
+            .filter(|id| !st.nodes.contains_key(id))
+            .collect();
         for [a, b] in snap.trust {
             if !st.nodes.contains_key(&a) || !st.nodes.contains_key(&b) {
                 return Err(SnapshotError(format!(
@@ -470,10 +533,45 @@ impl Registry {
                 n.live = false;
             }
         }
-        if !stale.is_empty() {
+        // Ids whose key never signed anything are reclaimed (issue 10
+        // item 6): registering costs nothing, so unproven ids must not
+        // accumulate.
+        let unproven: Vec<u32> = st
+            .nodes
+            .values()
+            .filter(|n| !n.proven && now.saturating_duration_since(n.created) >= UNPROVEN_GRACE)
+            .map(|n| n.id)
+            .collect();
+        for &id in &unproven {
+            st.release_hostname(id);
+            if let Some(n) = st.nodes.remove(&id) {
+                st.by_key.remove(n.key.as_bytes());
+            }
+            st.hs_requests.remove(&id);
+            st.hs_responses.remove(&id);
+            if let Some(peers) = st.trust.remove(&id) {
+                for p in peers {
+                    if let Some(s) = st.trust.get_mut(&p) {
+                        s.remove(&id);
+                    }
+                }
+            }
+            st.free_ids.push(id);
+        }
+        // Pending handshake requests expire.
+        let horizon = unix_now().saturating_sub(HANDSHAKE_TTL.as_secs()) as i64;
+        st.hs_requests.retain(|_, inbox| {
+            inbox.retain(|p| p.timestamp >= horizon);
+            !inbox.is_empty()
+        });
+        st.hs_responses.retain(|_, inbox| {
+            inbox.retain(|p| p.timestamp >= horizon);
+            !inbox.is_empty()
+        });
+        if !stale.is_empty() || !unproven.is_empty() {
             st.dirty();
         }
-        stale
+        stale.into_iter().chain(unproven).collect()
     }
 
     /// Handles one request from a client whose TCP source is `peer`, on a
@@ -804,11 +902,23 @@ impl Registry {
             None => {
                 // Rule 3 of the reference (owner takeover) is deliberately
                 // not implemented: an unknown key always gets a new id.
-                if st.next_id > MAX_NODES {
-                    return Err("too many nodes".into());
+                if let Some(q) = st.new_id_quota.as_mut() {
+                    if !q.allow(&quota_key(peer.ip()), now) {
+                        return Err(
+                            "rate limited: too many new registrations from this address".into()
+                        );
+                    }
                 }
-                let id = st.next_id;
-                st.next_id += 1;
+                let id = match st.free_ids.pop() {
+                    Some(id) => id,
+                    None => {
+                        if st.next_id > MAX_NODES {
+                            return Err("too many nodes".into());
+                        }
+                        st.next_id += 1;
+                        st.next_id - 1
+                    }
+                };
                 st.by_key.insert(pk, id);
                 st.nodes.insert(
                     id,
@@ -824,6 +934,8 @@ impl Registry {
                         lan_addrs: Vec::new(),
                         version: None,
                         key_created: unix,
+                        proven: r.signature.is_some(),
+                        created: now,
                     },
                 );
                 conn.prove(id);
@@ -1039,6 +1151,67 @@ mod tests {
                 .response
                 .type_name(),
             "error"
+        );
+    }
+
+    #[test]
+    fn new_ids_are_quota_limited_per_source_and_unproven_ids_reclaimed() {
+        let r = Registry::new();
+        let t = Instant::now();
+        let burst = NEW_IDS_PER_SOURCE.1 as usize;
+        let from = |ip: &str| -> SocketAddr { format!("{ip}:1").parse().unwrap() };
+        let reg_from = |n: u32, ip: &str| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&n.to_be_bytes());
+            let k = SigningKey::from_bytes(&seed);
+            let req = Request::Register(wire::Register::new(k.verifying_key().as_bytes(), ":1"));
+            r.handle(req, from(ip), t).response
+        };
+        let ok = (0..burst as u32 + 50)
+            .filter(|n| reg_from(*n, "10.0.0.1").type_name() == "register_ok")
+            .count();
+        assert_eq!(ok, burst, "one source gets its burst, then is limited");
+        assert_eq!(
+            reg_from(100_000, "10.0.0.1"),
+            Response::error("rate limited: too many new registrations from this address")
+        );
+        assert_eq!(reg_from(100_001, "10.0.0.2").type_name(), "register_ok");
+
+        // A key that signs something keeps its id; the others are reclaimed
+        // after the grace period and their ids reused.
+        let k1 = {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&0u32.to_be_bytes());
+            SigningKey::from_bytes(&seed)
+        };
+        let hb = signed(
+            Request::Heartbeat(NodeSigned {
+                node_id: 1,
+                signature: None,
+            }),
+            &k1,
+        );
+        assert_eq!(r.handle(hb, peer(), t).response.type_name(), "heartbeat_ok");
+        let later = t + UNPROVEN_GRACE + Duration::from_secs(1);
+        let gone = r.reap(later, Duration::from_secs(100_000));
+        assert_eq!(gone.len(), burst, "all but node 1 reclaimed");
+        assert!(!gone.contains(&1));
+        let Response::RegisterOk(again) = r
+            .handle(
+                Request::Register(wire::Register::new(
+                    key(250).verifying_key().as_bytes(),
+                    ":1",
+                )),
+                from("10.0.0.3"),
+                later,
+            )
+            .response
+        else {
+            panic!()
+        };
+        assert!(
+            again.node_id <= burst as u32 + 1,
+            "a reclaimed id is reused"
         );
     }
 

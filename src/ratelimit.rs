@@ -1,6 +1,6 @@
-//! Token buckets for unauthenticated work (issue 10 items 2-4): PILA
-//! verification per source address and in total, answers to undecryptable
-//! frames, log lines. Each bucket is two numbers; the per-source table is
+//! Token buckets for unauthenticated work (issue 10): PILA verification per
+//! source address and in total, answers to undecryptable frames (node), new
+//! node ids per source address (rendezvous). Each bucket is two numbers; the per-source table is
 //! bounded and forgets full (idle) buckets first.
 
 use std::collections::HashMap;
