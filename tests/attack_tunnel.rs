@@ -308,3 +308,162 @@ fn attack_pila_flood_from_spoofed_ids() {
         ["registered"]
         == true));
 }
+
+#[test]
+fn attack_port_scan_of_a_private_node() {
+    let rdv = Rendezvous::start();
+    let a = Node::new("alpha");
+    let info = a.start(&rdv, &[]);
+    let daemon_node = info["node_id"].as_u64().unwrap() as u32;
+    let identity = Identity::from_seed([12u8; 32]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (id, daemon) = register_fake(&rdv, &identity, &sock, &a.json(&["info"]));
+    let kp = KeyPair::from_secret([13u8; 32]);
+    sock.send_to(&pila(&identity, id, &kp), daemon).unwrap();
+    let theirs = recv_pila(&sock, Duration::from_secs(3)).expect("PILA answer");
+    let mut s = Session::new(derive_tunnel_key(&kp, &theirs.x25519).unwrap(), [0x5C; 4]);
+    // SYNs from an untrusted peer to an unbound port and to the echo port.
+    for (i, port) in [4242u16, 7].into_iter().enumerate() {
+        let repr = Repr {
+            flags: Flags::SYN,
+            protocol: Protocol::Stream,
+            src: Addr::backbone(id),
+            dst: Addr::backbone(daemon_node),
+            src_port: 50_000 + i as u16,
+            dst_port: port,
+            seq: 1,
+            ack: 0,
+            window: 512,
+            payload_len: 0,
+        };
+        let mut pkt = vec![0u8; 34];
+        emit_packet(&repr, &[], &mut pkt).unwrap();
+        sock.send_to(&seal(&mut s, id, &pkt), daemon).unwrap();
+    }
+    let end = Instant::now() + Duration::from_millis(1200);
+    let mut buf = vec![0u8; 65_535];
+    while Instant::now() < end {
+        sock.set_read_timeout(Some(end - Instant::now() + Duration::from_millis(1)))
+            .unwrap();
+        let Ok((n, _)) = sock.recv_from(&mut buf) else {
+            break;
+        };
+        if let Ok(plain) = s.open_in_place(&mut buf[..n], Instant::now()) {
+            let (r, _) = parse_packet(plain).unwrap();
+            assert_ne!(
+                r.protocol,
+                Protocol::Stream,
+                "a private node answered an untrusted SYN ({:?} from port {})",
+                r.flags,
+                r.src_port
+            );
+        }
+    }
+}
+
+/// A TCP proxy to `to` that delays every chunk by `delay` in each direction
+/// (a slow registry link). Runs until the process exits.
+fn slow_proxy(to: String, delay: Duration) -> String {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(c) = c else { continue };
+            let Ok(up) = TcpStream::connect(&to) else {
+                continue;
+            };
+            for (mut from, mut into) in [(c.try_clone().unwrap(), up.try_clone().unwrap()), (up, c)]
+            {
+                let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65_536];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0
+                            || tx
+                                .send((Instant::now() + delay, buf[..n].to_vec()))
+                                .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                std::thread::spawn(move || {
+                    for (due, bytes) in rx {
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        if into.write_all(&bytes).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn attack_spoofed_pilas_starve_the_registry_link() {
+    let rdv = Rendezvous::start();
+    let proxy = slow_proxy(rdv.registry.clone(), Duration::from_millis(50));
+    let a = Node::new("alpha");
+    let out = a.ctl(&[
+        "--json",
+        "daemon",
+        "start",
+        "--registry",
+        &proxy,
+        "--beacon",
+        &rdv.beacon,
+        "--heartbeat",
+        "1s",
+        "--public",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let info = a.json(&["info"]);
+    let me = info["node_id"].as_u64().unwrap().to_string();
+    let daemon: SocketAddr = info["endpoint"].as_str().unwrap().parse().unwrap();
+
+    // 200 validly signed PILAs per second for unknown ids, from 40 source
+    // addresses (5/s each: under any per-source limit), for 6 s.
+    let attacker = Identity::from_seed([21u8; 32]);
+    let kp = KeyPair::from_secret([22u8; 32]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let socks: Vec<UdpSocket> = (10..50)
+                .map(|i| UdpSocket::bind(format!("127.0.0.{i}:0")).unwrap())
+                .collect();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..10 {
+                    let _ = socks[n as usize % socks.len()]
+                        .send_to(&pila(&attacker, 500_000 + n, &kp), daemon);
+                    n += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let mut worst = Duration::ZERO;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let look = a.ctl(&["--json", "lookup", &me]);
+        worst = worst.max(t.elapsed());
+        assert_eq!(look.code, 0, "lookup failed during the flood: {look:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    assert!(
+        worst < Duration::from_secs(2),
+        "lookup took {worst:?} during the flood"
+    );
+    assert_eq!(a.json(&["info"])["registered"], true);
+    let st = stats(&a);
+    assert!(st["dropped_rate_limited"].as_u64().unwrap() > 0, "{st}");
+}

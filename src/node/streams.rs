@@ -332,14 +332,16 @@ impl Engine {
 
     /// Spec §7.2 responder steps.
     fn on_syn(&mut self, sender: u32, repr: &Repr, seg: &Segment, now: Instant) {
+        // Trust gate first: an untrusted source learns nothing, not even
+        // which ports are bound (spec §12.20, issue 10 item 10).
+        if !self.admits(sender) {
+            return; // trust gate: silent drop (spec §7.2 step 3)
+        }
         let port = repr.dst_port;
         let echo = port == ECHO_PORT && self.streams.echo;
         if !echo && !self.streams.listeners.contains_key(&port) {
             self.refuse(repr, now);
             return;
-        }
-        if !self.admits(sender) {
-            return; // trust gate: silent drop (spec §7.2 step 3)
         }
         let adm = self.streams.admission.clone();
         if !self.streams.global_bucket.take(adm.syn_rate, now) {
