@@ -129,20 +129,30 @@ fn attack_one_identity_two_daemons() {
     let info = a.start(&rdv, &["--public"]);
     let pid = a.pid().unwrap();
     // A second daemon with the same ~/.pilot but its own socket.
-    let out = Command::new(env!("CARGO_BIN_EXE_pilot-daemon"))
+    let errf = a.home.path().join("second.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pilot-daemon"))
         .args(["--registry", &rdv.registry, "--beacon", &rdv.beacon])
         .arg("--socket")
         .arg(a.home.path().join("second.sock"))
         .env("HOME", a.home.path())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&errf).unwrap())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(
-        out.status.code(),
-        Some(0),
-        "second daemon started: {stderr}"
+    let exited = wait_until(Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&errf).unwrap_or_default();
+    assert!(
+        exited,
+        "a second daemon with the same identity came up: {stderr}"
     );
+    assert_ne!(status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("already uses the identity") && stderr.contains(&format!("pid {pid}")),
         "{stderr}"
