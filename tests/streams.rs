@@ -363,3 +363,176 @@ fn syn_admission_limits_refuse_beyond_the_per_port_cap() {
     let _ = lst.kill();
     let _ = lst.wait();
 }
+
+/// What came back through one `pilotctl connect … 7`.
+struct EchoRun {
+    back: u64,
+    sent_hash: Vec<u8>,
+    back_hash: Vec<u8>,
+    exit_ok: bool,
+    secs: f64,
+}
+
+/// Pushes `total` pseudo-random bytes through `pilotctl connect TARGET 7`
+/// (stdin written by one thread, the echo read from stdout by this one, as
+/// a request/response application would) and hashes both directions.
+/// `stall` stops reading stdout for a while after that many bytes came
+/// back. A watchdog kills pilotctl after `deadline`, so a deadlock fails the
+/// test (short count) instead of hanging it.
+fn echo_through_connect(
+    node: &Node,
+    target: &str,
+    total: u64,
+    seed: u64,
+    stall: Option<(u64, Duration)>,
+    deadline: Duration,
+) -> EchoRun {
+    let start = Instant::now();
+    let mut child = pilotctl(node)
+        .args(["connect", target, "7", "--linger", "3s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            while start.elapsed() < deadline {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // SAFETY: signals our own child, which we have not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            true
+        })
+    };
+    let mut input = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut state = seed | 1;
+        let mut left = total;
+        while left > 0 {
+            let k = (left as usize).min(buf.len());
+            fill(&mut buf[..k], &mut state);
+            h.update(&buf[..k]);
+            if input.write_all(&buf[..k]).is_err() {
+                break;
+            }
+            left -= k as u64;
+        }
+        h.finalize().to_vec()
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut back = 0u64;
+    let mut stall = stall;
+    loop {
+        let k = out.read(&mut buf).unwrap_or(0);
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        back += k as u64;
+        if let Some((after, pause)) = stall {
+            if back >= after {
+                std::thread::sleep(pause);
+                stall = None;
+            }
+        }
+    }
+    let exit_ok = child.wait().unwrap().success();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let killed = watchdog.join().unwrap();
+    assert!(!killed, "pilotctl connect still running after {deadline:?} ({back} of {total} bytes back): deadlock");
+    EchoRun {
+        back,
+        sent_hash: writer.join().unwrap(),
+        back_hash: h.finalize().to_vec(),
+        exit_ok,
+        secs: start.elapsed().as_secs_f64(),
+    }
+}
+
+/// Issue 14: `pilotctl connect` to the echo port deadlocked once the echo
+/// filled the return path (128 MiB and more hung every time).
+#[test]
+fn one_gib_echo_through_pilotctl_connect_comes_back_byte_exact() {
+    let rdv = Rendezvous::start();
+    let (a, _b, ab) = two_nodes(&rdv, &[]);
+    const TOTAL: u64 = 1 << 30;
+    let r = echo_through_connect(&a, &ab, TOTAL, 7, None, Duration::from_secs(600));
+    assert!(r.exit_ok);
+    assert_eq!(r.back, TOTAL);
+    assert_eq!(
+        r.back_hash, r.sent_hash,
+        "the echo differs from what was sent"
+    );
+    eprintln!(
+        "1 GiB echoed in {:.1}s ({:.0} MB/s each way, debug build)",
+        r.secs,
+        TOTAL as f64 / r.secs / 1e6
+    );
+}
+
+#[test]
+fn sixteen_concurrent_64_mib_echoes_through_pilotctl_connect() {
+    let rdv = Rendezvous::start();
+    let (a, _b, ab) = two_nodes(&rdv, &[]);
+    const TOTAL: u64 = 64 << 20;
+    let start = Instant::now();
+    let runs: Vec<EchoRun> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16u64)
+            .map(|i| {
+                let (a, ab) = (&a, &ab);
+                s.spawn(move || {
+                    echo_through_connect(a, ab, TOTAL, 100 + i, None, Duration::from_secs(600))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, r) in runs.iter().enumerate() {
+        assert!(r.exit_ok, "connect {i} failed");
+        assert_eq!(r.back, TOTAL, "connect {i}");
+        assert_eq!(r.back_hash, r.sent_hash, "connect {i}: the echo differs");
+    }
+    eprintln!(
+        "16 x 64 MiB echoed in {:.1}s (debug build)",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// An application that stops reading for 10 s (its stdout consumer stalls,
+/// so pilotctl stops reading the stream, the daemon's queue fills and the
+/// windows close all the way back to the sender) loses nothing and
+/// deadlocks nothing once it resumes.
+#[test]
+fn an_application_that_stops_reading_for_ten_seconds_loses_nothing() {
+    let rdv = Rendezvous::start();
+    let (a, _b, ab) = two_nodes(&rdv, &[]);
+    const TOTAL: u64 = 64 << 20;
+    let pause = Duration::from_secs(10);
+    let r = echo_through_connect(
+        &a,
+        &ab,
+        TOTAL,
+        9,
+        Some((1 << 20, pause)),
+        Duration::from_secs(300),
+    );
+    assert!(r.exit_ok);
+    assert_eq!(r.back, TOTAL);
+    assert_eq!(r.back_hash, r.sent_hash);
+    assert!(r.secs >= pause.as_secs_f64());
+    // The stall must not leave the stream crawling: after it, the rest of
+    // the transfer runs at speed (generous bound for a loaded debug build).
+    assert!(r.secs < 120.0, "took {:.1}s", r.secs);
+    eprintln!("64 MiB echo with a 10 s stall: {:.1}s", r.secs);
+}

@@ -58,6 +58,19 @@ struct Args {
     /// Do not run the echo service on port 7.
     #[arg(long)]
     no_echo: bool,
+    /// Trust every handshake request automatically (spec §9.5).
+    #[arg(long)]
+    trust_auto_approve: bool,
+    /// Do not run the data-exchange service on port 1001.
+    #[arg(long)]
+    no_dataexchange: bool,
+    /// Do not run the event broker on port 1002.
+    #[arg(long)]
+    no_eventstream: bool,
+    /// Disk budget of ~/.pilot/inbox + ~/.pilot/received, e.g. 1G, 500M
+    /// [default 1G]; messages beyond it get `ERR ... quota`.
+    #[arg(long, default_value = "1G")]
+    quota: String,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "PILOT_LOG", default_value = "info")]
     log_level: String,
@@ -84,6 +97,21 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `1G`, `500M`, `64K` or a plain byte count.
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid size {s:?} (expected e.g. 1G, 500M, 64K)"))?;
+    Ok(n.saturating_mul(mult))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -113,6 +141,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             max_total: args.max_conns_total,
         },
         echo: !args.no_echo,
+        services: pilot::node::svc::ServiceConfig {
+            trust_auto_approve: args.trust_auto_approve,
+            dataexchange: !args.no_dataexchange,
+            eventstream: !args.no_eventstream,
+            quota_bytes: parse_size(&args.quota)?,
+        },
     };
     // One thread: the event loop owns all protocol state, and the IPC pumps
     // only move bytes to and from it; cross-thread wake-ups would cost more

@@ -1,19 +1,13 @@
 //! The commands that talk to a running daemon.
 
-use std::time::Duration;
-
-use serde::Serialize;
-
+use super::client::{call, check_target};
 use super::output::{kv, print_ok, table};
-use super::{daemon_ctl, streams};
-use super::{parse_duration, Cli, CliError, Command, DaemonCommand, PingArgs};
+use super::{daemon_ctl, ping, streams, trust};
+use super::{Cli, CliError, Command, DaemonCommand};
 use crate::config::{Config, Paths};
-use crate::ipc::proto::{FindData, HostnameData, InfoData, LookupData, PeersData, PingData};
-use crate::ipc::{Client, ErrorCode, Request};
-use crate::wire::address::{is_valid_hostname, parse_target};
-
-/// Registry round trips may need a reconnect; give them time.
-const IPC_TIMEOUT: Duration = Duration::from_secs(15);
+use crate::ipc::proto::{FindData, HostnameData, InfoData, LookupData, PeersData};
+use crate::ipc::{ErrorCode, Request};
+use crate::wire::address::is_valid_hostname;
 
 /// Runs one parsed command.
 pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
@@ -27,8 +21,8 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::SetHostname { hostname } => set_hostname(cli, hostname).await,
         Command::ClearHostname => set_hostname(cli, "").await,
         Command::Find { hostname } => find(cli, hostname).await,
-        Command::Ping(a) if a.control => ping(cli, a).await,
-        Command::Ping(a) => streams::echo_ping(cli, a).await,
+        Command::Ping(a) if a.control => ping::control_ping(cli, a).await,
+        Command::Ping(a) => ping::echo_ping(cli, a).await,
         Command::Connect(a) => streams::connect(cli, a).await,
         Command::Listen(a) => streams::listen(cli, a).await,
         Command::Send(a) => streams::send(cli, a).await,
@@ -36,35 +30,16 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Bench(a) => streams::bench(cli, a).await,
         Command::Connections => streams::connections(cli).await,
         Command::Disconnect { id, force } => streams::disconnect(cli, *id, *force).await,
+        Command::Handshake {
+            target,
+            justification,
+        } => trust::handshake(cli, target, justification).await,
+        Command::Pending => trust::pending(cli).await,
+        Command::Approve { target } => trust::approve(cli, target).await,
+        Command::Reject { target, reason } => trust::reject(cli, target, reason).await,
+        Command::Untrust { target } => trust::untrust(cli, target).await,
+        Command::Trust => trust::list(cli).await,
     }
-}
-
-pub(super) fn socket_path(cli: &Cli) -> std::path::PathBuf {
-    let paths = Paths::from_env();
-    let config = Config::load(&paths.config()).unwrap_or_default();
-    paths.socket(cli.socket.as_deref(), &config)
-}
-
-pub(super) async fn call<T: serde::de::DeserializeOwned>(
-    cli: &Cli,
-    req: &Request,
-) -> Result<T, CliError> {
-    let mut c = Client::connect(&socket_path(cli)).await?;
-    let v = c.request(req, IPC_TIMEOUT).await?;
-    serde_json::from_value(v).map_err(|e| {
-        CliError::new(
-            ErrorCode::Internal,
-            format!("unexpected reply from the daemon: {e}"),
-        )
-    })
-}
-
-/// Checks a target's form before bothering the daemon, so a typo gets the
-/// expected-form message even when no daemon runs.
-pub(super) fn check_target(target: &str) -> Result<(), CliError> {
-    parse_target(target)
-        .map(|_| ())
-        .map_err(|e| CliError::new(ErrorCode::InvalidAddress, e.to_string()))
 }
 
 fn check_hostname(h: &str) -> Result<(), CliError> {
@@ -208,143 +183,5 @@ async fn find(cli: &Cli, hostname: &str) -> Result<(), CliError> {
     )
     .await?;
     print_ok(cli.json, &d, || format!("{}  {}", d.hostname, d.address));
-    Ok(())
-}
-
-#[derive(Debug, Serialize)]
-pub(super) struct PingSummary {
-    target: String,
-    address: Option<String>,
-    sent: u32,
-    received: u32,
-    replies: Vec<PingData>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min_us: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    avg_us: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_us: Option<u64>,
-}
-
-/// Where pings go: the daemon's control ping, or an echo stream.
-pub(super) enum Pinger {
-    /// Control pings (protocol 3, port 0) through the daemon.
-    Control(Client, Request),
-    /// An open stream to the echo port.
-    Echo(streams::EchoStream),
-}
-
-impl Pinger {
-    async fn once(&mut self, seq: u32, timeout: Duration) -> Result<PingData, CliError> {
-        match self {
-            Pinger::Control(client, req) => {
-                let v = client.request(req, timeout + IPC_TIMEOUT).await?;
-                serde_json::from_value(v).map_err(|e| {
-                    CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}"))
-                })
-            }
-            Pinger::Echo(e) => e.ping(seq, timeout).await,
-        }
-    }
-}
-
-/// Checks `ping`'s options.
-pub(super) fn ping_options(a: &PingArgs) -> Result<(Duration, Duration), CliError> {
-    check_target(&a.target)?;
-    if a.count == 0 {
-        return Err(CliError::new(
-            ErrorCode::InvalidArgument,
-            "--count must be at least 1",
-        ));
-    }
-    if a.size > 1024 {
-        return Err(CliError::new(
-            ErrorCode::InvalidArgument,
-            "--size must be at most 1024 bytes",
-        ));
-    }
-    Ok((parse_duration(&a.interval)?, parse_duration(&a.timeout)?))
-}
-
-async fn ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
-    let (interval, timeout) = ping_options(a)?;
-    let client = Client::connect(&socket_path(cli)).await?;
-    let req = Request::Ping {
-        target: a.target.clone(),
-        size: a.size,
-        timeout_ms: timeout.as_millis() as u64,
-    };
-    run_pings(cli, a, Pinger::Control(client, req), interval, timeout).await
-}
-
-/// Sends `a.count` pings, one line per reply, then the summary.
-pub(super) async fn run_pings(
-    cli: &Cli,
-    a: &PingArgs,
-    mut pinger: Pinger,
-    interval: Duration,
-    timeout: Duration,
-) -> Result<(), CliError> {
-    let mut s = PingSummary {
-        target: a.target.clone(),
-        address: None,
-        sent: 0,
-        received: 0,
-        replies: Vec::new(),
-        min_us: None,
-        avg_us: None,
-        max_us: None,
-    };
-    let mut last_err = None;
-    for seq in 1..=a.count {
-        if seq > 1 {
-            tokio::time::sleep(interval).await;
-        }
-        s.sent += 1;
-        match pinger.once(seq, timeout).await {
-            Ok(d) => {
-                if !cli.json {
-                    outln!(
-                        "{} bytes from {}: seq={seq} time={:.3} ms ({})",
-                        d.bytes,
-                        d.address,
-                        d.rtt_us as f64 / 1000.0,
-                        d.path
-                    );
-                }
-                s.address = Some(d.address.clone());
-                s.received += 1;
-                s.replies.push(d);
-            }
-            // Per-ping losses are reported and the run goes on.
-            Err(e) if e.code == ErrorCode::Timeout => {
-                if !cli.json {
-                    outln!("no reply from {}: seq={seq} (timeout)", a.target);
-                }
-                last_err = Some(e);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    if s.received == 0 {
-        return Err(last_err.unwrap_or_else(|| CliError::new(ErrorCode::Timeout, "no replies")));
-    }
-    let rtts: Vec<u64> = s.replies.iter().map(|r| r.rtt_us).collect();
-    s.min_us = rtts.iter().min().copied();
-    s.max_us = rtts.iter().max().copied();
-    s.avg_us = Some(rtts.iter().sum::<u64>() / rtts.len() as u64);
-    let loss = 100.0 * f64::from(s.sent - s.received) / f64::from(s.sent);
-    print_ok(cli.json, &s, || {
-        format!(
-            "--- {} ping statistics ---\n{} sent, {} received, {:.0}% loss, rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
-            s.address.as_deref().unwrap_or(&s.target),
-            s.sent,
-            s.received,
-            loss,
-            s.min_us.unwrap_or(0) as f64 / 1000.0,
-            s.avg_us.unwrap_or(0) as f64 / 1000.0,
-            s.max_us.unwrap_or(0) as f64 / 1000.0,
-        )
-    });
     Ok(())
 }

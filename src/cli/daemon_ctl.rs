@@ -246,7 +246,7 @@ fn last_error_line(log: &Path, from: u64) -> Option<String> {
 /// `daemon stop`.
 pub(super) async fn stop(cli: &Cli) -> Result<(), CliError> {
     let paths = Paths::from_env();
-    let socket = super::commands::socket_path(cli);
+    let socket = super::client::socket_path(cli);
     let Some(info) = probe(&socket).await? else {
         let _ = std::fs::remove_file(paths.pid());
         return Err(CliError::from(ClientError::NotRunning { socket }));
@@ -296,7 +296,7 @@ fn pid_alive(pid: u32) -> bool {
 /// `daemon status`.
 pub(super) async fn status(cli: &Cli) -> Result<(), CliError> {
     let paths = Paths::from_env();
-    let socket = super::commands::socket_path(cli);
+    let socket = super::client::socket_path(cli);
     match probe(&socket).await? {
         Some(info) => {
             let data = RunningData {

@@ -31,10 +31,13 @@ macro_rules! errprint {
     }};
 }
 
+mod client;
 mod commands;
 mod daemon_ctl;
 pub mod output;
+mod ping;
 mod streams;
+mod trust;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -144,6 +147,36 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Ask a node to trust this one (private nodes accept only trusted peers).
+    Handshake {
+        /// Address, bare node id or hostname.
+        target: String,
+        /// Why (shown to the other node's operator).
+        #[arg(default_value = "")]
+        justification: String,
+    },
+    /// List handshake requests waiting for your decision.
+    Pending,
+    /// Trust a node that asked (see `pending`).
+    Approve {
+        /// Address or node id.
+        target: String,
+    },
+    /// Refuse a node's handshake request.
+    Reject {
+        /// Address or node id.
+        target: String,
+        /// Why.
+        #[arg(default_value = "")]
+        reason: String,
+    },
+    /// Stop trusting a node: its streams are closed and new ones refused.
+    Untrust {
+        /// Address or node id.
+        target: String,
+    },
+    /// List trusted peers (and how each was trusted).
+    Trust,
 }
 
 /// Options of `connect`.

@@ -1,5 +1,5 @@
 //! pilotctl's stream and datagram commands: `connect`, `listen`, `send`,
-//! `recv`, `bench`, echo `ping`, `connections`, `disconnect`.
+//! `recv`, `bench`, `connections`, `disconnect` (echo pings live in `ping`).
 //!
 //! A stream command sends one IPC request (`dial` or `attach`); after the
 //! daemon's reply the same Unix connection carries the stream's raw bytes,
@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 
-use super::commands::{call, check_target, ping_options, run_pings, socket_path, Pinger};
+use super::client::{call, check_target, dial, io_err, remote_addr, socket_path};
 use super::output::{print_ok, table};
 use super::{
-    parse_duration, BenchArgs, Cli, CliError, ConnectArgs, ListenArgs, PingArgs, RecvArgs, SendArgs,
+    parse_duration, BenchArgs, Cli, CliError, ConnectArgs, ListenArgs, RecvArgs, SendArgs,
 };
-use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, PingData, StreamData};
+use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, StreamData};
 use crate::ipc::{read_message, Client, ErrorCode, Request};
 
 /// Echo service port (spec §8.3).
@@ -25,108 +24,38 @@ const CHUNK: usize = 256 * 1024;
 /// Block size for reading stdin in `connect`.
 const STDIN_BLOCK: usize = 256 * 1024;
 
-fn io_err(what: &str, e: std::io::Error) -> CliError {
-    CliError::new(ErrorCode::Internal, format!("{what}: {e}"))
-}
-
-/// Opens a stream through the daemon.
-async fn dial(
-    cli: &Cli,
-    target: &str,
-    port: u16,
-    timeout: Duration,
-) -> Result<(UnixStream, StreamData), CliError> {
-    let mut client = Client::connect(&socket_path(cli)).await?;
-    let req = Request::Dial {
-        target: target.to_string(),
-        port,
-        timeout_ms: timeout.as_millis() as u64,
-    };
-    let v = client
-        .request(&req, timeout + Duration::from_secs(15))
-        .await?;
-    let info: StreamData = serde_json::from_value(v)
-        .map_err(|e| CliError::new(ErrorCode::Internal, format!("unexpected dial reply: {e}")))?;
-    Ok((client.into_stream(), info))
-}
-
-fn remote_addr(info: &StreamData) -> String {
-    info.remote
-        .rsplit_once(':')
-        .map(|(a, _)| a.to_string())
-        .unwrap_or_else(|| info.remote.clone())
-}
-
-/// `connect`.
+/// `connect`: stdin goes to the stream and the stream to stdout, each
+/// direction pumped by its own thread with plain blocking calls, so neither
+/// ever waits for the other. (An earlier loop awaited the write of a stdin
+/// block inside the `select!` that read the stream: once an echo filled the
+/// return path, nobody read it and both directions stopped for good.)
 pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> {
     check_target(&a.target)?;
     let timeout = parse_duration(&a.timeout)?;
     let linger = parse_duration(&a.linger)?;
     let (stream, info) = dial(cli, &a.target, a.port, timeout).await?;
-    let (mut rd, mut wr) = stream.into_split();
-    let mut stdout = std::io::stdout();
-    let mut out_buf = vec![0u8; CHUNK];
-    let mut input_done = false;
-    // stdin is read by a plain thread in large blocks: tokio's stdin hops
-    // through its blocking pool for every read.
-    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    if a.message.is_none() {
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut stdin = std::io::stdin().lock();
-            loop {
-                let mut buf = vec![0u8; STDIN_BLOCK];
-                match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        if in_tx.blocking_send(buf).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-    }
-    let mut received = Vec::new();
-    let (mut sent, mut got) = (0u64, 0u64);
-    if let Some(m) = &a.message {
-        wr.write_all(m.as_bytes())
-            .await
-            .map_err(|e| io_err("stream", e))?;
-        sent = m.len() as u64;
-        input_done = true;
-    }
-    let mut last = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            r = rd.read(&mut out_buf) => match r {
-                Ok(0) => break,
-                Ok(n) => {
-                    got += n as u64;
-                    if cli.json {
-                        received.extend_from_slice(&out_buf[..n]);
-                    } else {
-                        write_remote(&mut stdout, &out_buf[..n]).map_err(|e| io_err("stdout", e))?;
-                    }
-                    last = tokio::time::Instant::now();
-                }
-                Err(e) => return Err(io_err("stream", e)),
-            },
-            r = in_rx.recv(), if !input_done => match r {
-                None => {
-                    input_done = true;
-                    last = tokio::time::Instant::now();
-                }
-                Some(block) => {
-                    wr.write_all(&block).await.map_err(|e| io_err("stream", e))?;
-                    sent += block.len() as u64;
-                }
-            },
-            _ = tokio::time::sleep_until(last + linger), if input_done => break,
+    let stream = stream
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        .map_err(|e| io_err("stream", e))?;
+    // Nothing else runs on this runtime: blocking here holds up no task.
+    let (sent, got, received) = pump_stdio(stream, a.message.clone(), linger, cli.json)?;
+    // End of stream: a reset (e.g. the peer stopped trusting us) is an error.
+    if let Ok(v) = call::<serde_json::Value>(
+        cli,
+        &Request::StreamEnded {
+            conn_id: info.conn_id,
+        },
+    )
+    .await
+    {
+        if v["reset"].as_bool() == Some(true) {
+            return Err(CliError::new(
+                ErrorCode::Refused,
+                format!("connection to {} reset by the peer", info.remote),
+            ));
         }
     }
-    std::io::Write::flush(&mut stdout).map_err(|e| io_err("stdout", e))?;
     if cli.json {
         let data = serde_json::json!({
             "conn_id": info.conn_id,
@@ -140,6 +69,107 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
         outln!();
     }
     Ok(())
+}
+
+/// What the stdin thread reports to the stream reader.
+#[derive(Default)]
+struct InputState {
+    /// Bytes written to the stream so far.
+    sent: u64,
+    /// When the input ended (all of it written).
+    done: Option<Instant>,
+    /// Writing to the stream failed.
+    error: Option<std::io::Error>,
+}
+
+/// The two pumps of `connect`. Returns (bytes sent, bytes received, the
+/// received bytes when `keep`). Ends when the stream ends, or `linger` after
+/// both the input ended and the last byte arrived (no half-close in Pilot
+/// v1, spec §7.10: the peer cannot tell us it is done replying).
+fn pump_stdio(
+    stream: std::os::unix::net::UnixStream,
+    message: Option<String>,
+    linger: Duration,
+    keep: bool,
+) -> Result<(u64, u64, Vec<u8>), CliError> {
+    use std::io::{ErrorKind, Read, Write};
+    use std::sync::{Arc, Mutex};
+    let mut wr = stream.try_clone().map_err(|e| io_err("stream", e))?;
+    let mut rd = stream;
+    let input = Arc::new(Mutex::new(InputState::default()));
+    let state = input.clone();
+    // Not joined: when the stream ends first, this thread may sit in a read
+    // of stdin that never returns; process exit ends it.
+    std::thread::spawn(move || {
+        let report = |f: &dyn Fn(&mut InputState)| {
+            if let Ok(mut s) = state.lock() {
+                f(&mut s);
+            }
+        };
+        let result = (|| -> std::io::Result<()> {
+            if let Some(m) = message {
+                wr.write_all(m.as_bytes())?;
+                report(&|s| s.sent += m.len() as u64);
+                return Ok(());
+            }
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; STDIN_BLOCK];
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    // An unreadable stdin ends the input like EOF.
+                    Err(_) => return Ok(()),
+                };
+                wr.write_all(&buf[..n])?;
+                report(&|s| s.sent += n as u64);
+            }
+        })();
+        let now = Instant::now();
+        if let Ok(mut s) = state.lock() {
+            s.done = Some(now);
+            s.error = result.err();
+        }
+    });
+    // Wake up at least every 100 ms (or per linger) to check the linger.
+    let tick = linger.clamp(Duration::from_millis(1), Duration::from_millis(100));
+    rd.set_read_timeout(Some(tick))
+        .map_err(|e| io_err("stream", e))?;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = vec![0u8; CHUNK];
+    let mut received = Vec::new();
+    let mut got = 0u64;
+    let mut last = Instant::now();
+    loop {
+        match rd.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n as u64;
+                if keep {
+                    received.extend_from_slice(&buf[..n]);
+                } else {
+                    write_remote(&mut stdout, &buf[..n]).map_err(|e| io_err("stdout", e))?;
+                }
+                last = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("stream", e)),
+        }
+        let done = input.lock().ok().and_then(|s| s.done);
+        if done.is_some_and(|d| Instant::now() >= d.max(last) + linger) {
+            break;
+        }
+    }
+    stdout.flush().map_err(|e| io_err("stdout", e))?;
+    let mut s = input
+        .lock()
+        .map_err(|_| CliError::new(ErrorCode::Internal, "the stdin thread failed"))?;
+    if let Some(e) = s.error.take() {
+        return Err(io_err("stream", e));
+    }
+    Ok((s.sent, got, received))
 }
 
 /// `listen`.
@@ -305,69 +335,15 @@ pub fn sanitize(bytes: &[u8]) -> String {
 
 /// Writes a peer's bytes to stdout: raw when piped (files, `tar`), sanitized
 /// when stdout is a terminal.
-fn write_remote(out: &mut std::io::Stdout, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::{IsTerminal, Write};
+fn write_remote<W: std::io::Write + std::io::IsTerminal>(
+    out: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     if out.is_terminal() {
         out.write_all(sanitize(bytes).as_bytes())
     } else {
         out.write_all(bytes)
     }
-}
-
-/// An open stream to a node's echo service, for `ping`.
-pub(super) struct EchoStream {
-    stream: UnixStream,
-    address: String,
-    size: usize,
-}
-
-impl EchoStream {
-    /// One round trip: `size` bytes out, the same bytes back.
-    pub(super) async fn ping(&mut self, seq: u32, timeout: Duration) -> Result<PingData, CliError> {
-        let mut msg = format!("ping-{seq}-").into_bytes();
-        msg.resize(self.size.max(msg.len()), b'.');
-        let start = Instant::now();
-        let work = async {
-            self.stream.write_all(&msg).await?;
-            let mut back = vec![0u8; msg.len()];
-            self.stream.read_exact(&mut back).await?;
-            Ok::<_, std::io::Error>(back)
-        };
-        let back = match tokio::time::timeout(timeout, work).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return Err(io_err("echo stream", e)),
-            Err(_) => {
-                return Err(CliError::new(
-                    ErrorCode::Timeout,
-                    format!("no echo from {} within {timeout:?}", self.address),
-                ))
-            }
-        };
-        if back != msg {
-            return Err(CliError::new(
-                ErrorCode::Internal,
-                "the echo differs from what was sent",
-            ));
-        }
-        Ok(PingData {
-            address: self.address.clone(),
-            bytes: msg.len(),
-            rtt_us: start.elapsed().as_micros() as u64,
-            path: "echo".into(),
-        })
-    }
-}
-
-/// `ping` over the echo port.
-pub(super) async fn echo_ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
-    let (interval, timeout) = ping_options(a)?;
-    let (stream, info) = dial(cli, &a.target, ECHO_PORT, Duration::from_secs(30)).await?;
-    let echo = EchoStream {
-        stream,
-        address: remote_addr(&info),
-        size: a.size.max(1),
-    };
-    run_pings(cli, a, Pinger::Echo(echo), interval, timeout).await
 }
 
 /// Deterministic bench payload: a cheap xorshift stream.

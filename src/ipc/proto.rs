@@ -86,6 +86,62 @@ pub enum Request {
         /// The virtual port.
         port: u16,
     },
+    /// Trust commands (`handshake`, `pending`, `approve`, `reject`,
+    /// `untrust`, `trust`): see [`crate::node::trust`].
+    Trust(TrustRequest),
+    /// Whether a stream that ended did so by a reset (asked by a client
+    /// after the raw stream reached end of file).
+    StreamEnded {
+        /// The stream id.
+        conn_id: u64,
+    },
+    /// Stored messages and files (`inbox`, `received`).
+    Mailbox {
+        /// `inbox` or `received`.
+        which: String,
+        /// Delete what is listed.
+        #[serde(default)]
+        clear: bool,
+        /// Only entries from this sender (address text or node id).
+        #[serde(default)]
+        from: Option<String>,
+    },
+}
+
+/// The trust operations of [`Request::Trust`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum TrustRequest {
+    /// Ask `target` to trust us.
+    Handshake {
+        /// Address, node id or hostname.
+        target: String,
+        /// Free text shown to the other operator.
+        #[serde(default)]
+        justification: String,
+    },
+    /// Requests waiting for our decision.
+    Pending,
+    /// Trust a pending requester.
+    Approve {
+        /// Address, node id or hostname.
+        target: String,
+    },
+    /// Refuse a pending requester.
+    Reject {
+        /// Address, node id or hostname.
+        target: String,
+        /// Text sent with the refusal.
+        #[serde(default)]
+        reason: String,
+    },
+    /// Withdraw trust.
+    Untrust {
+        /// Address, node id or hostname.
+        target: String,
+    },
+    /// The trusted peers, outstanding requests and counters.
+    List,
 }
 
 /// Announced on a listening connection.
@@ -113,9 +169,18 @@ pub struct StreamData {
     /// State name (`SynSent`, `Established`, `FinWait`, `TimeWait`, `Closed`).
     #[serde(default)]
     pub state: String,
-    /// `direct` or `relay`.
+    /// `direct`, `lan` or `relay`.
     #[serde(default)]
     pub path: String,
+    /// The peer's UDP endpoint in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Latest round-trip time to the peer in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Milliseconds since the peer's path last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_since_ms: Option<u64>,
     /// Bytes received from the peer and delivered.
     #[serde(default)]
     pub bytes_in: u64,
@@ -209,6 +274,12 @@ pub enum ErrorCode {
     StartFailed,
     /// A bug or an unexpected local failure.
     Internal,
+    /// The peer is private and does not trust us (run `pilotctl handshake`).
+    NotTrusted,
+    /// The peer refused to store a message (its `ERR` reply, e.g. quota).
+    PeerError,
+    /// A size limit was exceeded (frame, quota).
+    TooLarge,
 }
 
 impl ErrorCode {
@@ -227,6 +298,9 @@ impl ErrorCode {
             ErrorCode::Unreachable => "unreachable",
             ErrorCode::StartFailed => "start_failed",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotTrusted => "not_trusted",
+            ErrorCode::PeerError => "peer_error",
+            ErrorCode::TooLarge => "too_large",
         }
     }
 }
@@ -306,6 +380,11 @@ pub struct Stats {
     /// PILAs naming a peer key that a newer session superseded (replays).
     #[serde(default)]
     pub dropped_superseded_key: u64,
+    /// Verified PILAs from an address other than the peer's endpoint
+    /// (replayed or spoofed, or a move not yet proven by a PILS): answered
+    /// there, endpoint unchanged.
+    #[serde(default)]
+    pub endpoint_refused: u64,
 }
 
 /// `lookup`: what the registry knows of a node.
@@ -347,6 +426,21 @@ pub struct PeerData {
     /// Milliseconds since the last authenticated frame from the peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_ms: Option<u64>,
+    /// Latest round-trip time in milliseconds (path probes and pings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Tunnel payload bytes received from the peer.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Tunnel payload bytes sent to the peer.
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// How many times the path changed.
+    #[serde(default)]
+    pub path_changes: u32,
+    /// Milliseconds since the path last changed (absent: never changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_since_ms: Option<u64>,
 }
 
 /// `peers`: the peer table.

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::keys::{KeyHistory, Verdict};
 use super::peer::{Peer, MAX_QUEUEING_PEERS};
 use super::registry::RegError;
-use super::streams::{AppLink, StreamTable};
+use super::stream_table::{AppLink, StreamTable};
 use super::udp::{self, TxBatch};
 use super::Shared;
 use crate::crypto::tunnel::{derive_tunnel_key, sign_auth, verify_auth, KeyPair, Session};
@@ -37,7 +37,7 @@ use crate::ipc::{ErrorCode, Response};
 use crate::ratelimit::{Bucket, Limiter};
 use crate::wire::address::Addr;
 use crate::wire::beacon;
-use crate::wire::frame::{AuthKeyRepr, Frame, MAGIC_PILP, PILS_HEADER_LEN, TAG_LEN};
+use crate::wire::frame::{AuthKeyRepr, Frame, PILS_HEADER_LEN, TAG_LEN};
 use crate::wire::header::{self, Flags, Protocol, Repr};
 
 /// Beacon relay header: type + sender id + destination id (spec §5.1).
@@ -82,8 +82,6 @@ const MAX_NEGATIVE_KEYS: usize = 4096;
 const STALE_ANSWER_BUDGET: (f64, f64) = (10.0, 20.0);
 /// First ephemeral port (spec §2.5).
 pub(super) const EPHEMERAL_START: u16 = 49152;
-/// Punch packets sent per punch command (spec §5.4 sends three).
-const PUNCHES: usize = 3;
 
 /// A command for the event loop.
 pub enum Cmd {
@@ -114,7 +112,7 @@ pub enum Cmd {
         /// The peer.
         node: u32,
         /// The registry's answer.
-        result: Result<SocketAddr, RegError>,
+        result: Result<super::path::Resolution, RegError>,
     },
     /// Re-announce ourselves to the beacon (after registration/heartbeat).
     Discover,
@@ -181,6 +179,9 @@ pub enum Cmd {
         /// Result.
         reply: oneshot::Sender<Response>,
     },
+    /// Add (`true`) or remove a peer from the trust gate; removal resets
+    /// the peer's open streams (see `streams.rs`).
+    SetTrust(u32, bool),
     /// Receive datagrams on a port.
     RecvDatagrams {
         /// The port.
@@ -190,11 +191,11 @@ pub enum Cmd {
     },
 }
 
-struct PendingPing {
+pub(super) struct PendingPing {
     sent: Instant,
     deadline: Instant,
-    seq: u32,
-    size: usize,
+    pub(super) seq: u32,
+    pub(super) size: usize,
     reply: oneshot::Sender<Response>,
 }
 
@@ -211,7 +212,7 @@ pub struct Engine {
     socket: Arc<UdpSocket>,
     pub(super) node_id: u32,
     xkeys: KeyPair,
-    pila_frame: Vec<u8>,
+    pub(super) pila_frame: Vec<u8>,
     pub(super) peers: HashMap<u32, Peer>,
     waiting_pila: HashMap<u32, WaitingPila>,
     stale_answers: HashMap<u32, Instant>,
@@ -220,19 +221,20 @@ pub struct Engine {
     key_lookups: HashSet<u32>,
     negative_keys: HashMap<u32, Instant>,
     stale_budget: Bucket,
-    pings: HashMap<(u32, u16), PendingPing>,
+    pub(super) pings: HashMap<(u32, u16), PendingPing>,
     next_port: u16,
     next_ping_seq: u32,
-    stats: Stats,
-    cmd_tx: mpsc::Sender<Cmd>,
+    pub(super) stats: Stats,
+    pub(super) cmd_tx: mpsc::Sender<Cmd>,
     pub(super) sbuf: Vec<u8>,
     tx: TxBatch,
-    last_punch: Option<Instant>,
     pub(super) streams: StreamTable,
     pub(super) app_buf: Vec<u8>,
     /// Peers admitted by the SYN/datagram gate of a private node (filled
     /// by the trust handshake).
     pub(super) trusted: HashSet<u32>,
+    /// NAT traversal and path state (path.rs).
+    pub(super) nat: super::path::NatState,
 }
 
 impl Engine {
@@ -258,6 +260,7 @@ impl Engine {
         }
         let shared_admission = shared.config.admission.clone();
         let shared_echo = shared.config.echo;
+        let probe_port = EPHEMERAL_START;
         let mut pila_frame = vec![0u8; crate::wire::frame::PILA_LEN];
         let n = pila.emit(&mut pila_frame).unwrap_or(0);
         pila_frame.truncate(n);
@@ -283,16 +286,16 @@ impl Engine {
             negative_keys: HashMap::new(),
             stale_budget: Bucket::new(STALE_ANSWER_BUDGET.1, Instant::now()),
             pings: HashMap::new(),
-            next_port: EPHEMERAL_START,
+            next_port: EPHEMERAL_START + 1,
             next_ping_seq: 1,
             stats: Stats::default(),
             cmd_tx,
             sbuf: vec![0u8; RELAY_HEADER_LEN + MAX_DATAGRAM + TAG_LEN],
             tx: TxBatch::default(),
-            last_punch: None,
             streams: StreamTable::new(shared_admission, shared_echo, Instant::now()),
-            app_buf: vec![0u8; super::streams::APP_CHUNK],
+            app_buf: vec![0u8; super::stream_table::APP_CHUNK],
             trusted: HashSet::new(),
+            nat: super::path::NatState::new(probe_port),
         }
     }
 
@@ -369,7 +372,7 @@ impl Engine {
         stats.datagrams_out += 1;
     }
 
-    fn send_raw(&mut self, bytes: &[u8], to: SocketAddr) {
+    pub(super) fn send_raw(&mut self, bytes: &[u8], to: SocketAddr) {
         self.tx.push(&self.socket, bytes, to);
         self.stats.datagrams_out += 1;
     }
@@ -423,7 +426,7 @@ impl Engine {
         }
         let (punch_to, relay) = match beacon::Repr::parse_bytes(data) {
             Ok(beacon::Repr::DiscoverReply { endpoint }) => {
-                self.shared.set_observed(endpoint);
+                self.on_observed(endpoint, now);
                 (None, None)
             }
             Ok(beacon::Repr::PunchCommand { endpoint }) => (Some(endpoint), None),
@@ -435,17 +438,9 @@ impl Engine {
             }
         };
         if let Some(ep) = punch_to {
-            // Rate-limited: a punch command makes us send to an address we
-            // did not choose (spec §12.8).
-            if self
-                .last_punch
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100))
-            {
-                self.last_punch = Some(now);
-                for _ in 0..PUNCHES {
-                    self.send_raw(&MAGIC_PILP, ep);
-                }
-            }
+            // Rate-limited there: it makes us send to an address we did not
+            // choose (spec §12.8).
+            self.on_punch_command(ep, now);
         }
         if let Some(sender) = relay {
             // 0x06 | sender(4) | frame
@@ -576,13 +571,12 @@ impl Engine {
             self.stats.dropped_superseded_key += 1;
             return;
         }
-        if via_relay {
-            peer.relay = true;
-        } else {
-            peer.endpoint = Some(from);
-            peer.relay = false;
-        }
         peer.last_seen = Some(now);
+        // Path rules (path.rs): a PILA never moves the endpoint.
+        let answer_at = self.path_on_pila(node, from, via_relay, now);
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return;
+        };
         let fresh = peer.session.is_none() || peer.x25519 != Some(pila.x25519);
         let answer = if fresh {
             let key = match derive_tunnel_key(&self.xkeys, &pila.x25519) {
@@ -619,9 +613,18 @@ impl Engine {
                 .is_none_or(|t| now.duration_since(t) >= PILA_ANSWER_SPACING)
         };
         if answer {
-            self.send_pila(node, now);
+            match answer_at {
+                Some(at) => self.send_raw(&self.pila_frame.clone(), at),
+                None => self.send_pila(node, now),
+            }
+            if let Some(p) = self.peers.get_mut(&node) {
+                p.last_pila_sent = Some(now);
+            }
         }
-        self.flush_queue(node);
+        self.flush_queue(node, now);
+        if fresh {
+            self.path_on_session(node, answer_at, now);
+        }
     }
 
     fn handle_sealed(
@@ -665,11 +668,7 @@ impl Engine {
             return;
         }
         peer.last_seen = Some(now);
-        if relay_sender.is_some() {
-            peer.relay = true;
-        } else if peer.endpoint.is_none() {
-            peer.endpoint = Some(from);
-        }
+        self.path_rx(sender, from, relay_sender.is_some(), payload.len(), now);
         // The payload borrows the receive buffer, not self.
         self.dispatch(sender, &repr, payload, now);
     }
@@ -755,11 +754,17 @@ impl Engine {
                 payload_len: payload.len(),
             };
             self.send_packet(sender, &pong, payload, now);
+        } else if repr.src_port == 0
+            && repr.flags.contains(Flags::ACK)
+            && repr.dst_port == self.nat.probe_port
+        {
+            self.on_probe_pong(sender, repr.seq, now);
         } else if repr.src_port == 0 && repr.flags.contains(Flags::ACK) {
             // A pong for one of our pings.
             let key = (sender, repr.dst_port);
             if self.pings.get(&key).is_some_and(|p| p.seq == repr.seq) {
                 if let Some(p) = self.pings.remove(&key) {
+                    self.path_rtt(sender, now.duration_since(p.sent));
                     let path = self
                         .peers
                         .get(&sender)
@@ -797,7 +802,7 @@ impl Engine {
     pub(super) fn send_plain(&mut self, node: u32, len: usize, now: Instant) {
         let has_session = self.peers.get(&node).is_some_and(|p| p.session.is_some());
         if has_session {
-            self.seal_and_send(node, len);
+            self.seal_to(node, len, None, now);
         } else {
             let queueing = self.peers.values().filter(|p| !p.queue.is_empty()).count();
             let peer = self.peers.entry(node).or_default();
@@ -811,8 +816,15 @@ impl Engine {
     }
 
     /// Seals the `len`-byte plaintext at `PLAIN_AT` in the send buffer and
-    /// sends it by the peer's path.
-    fn seal_and_send(&mut self, node: u32, len: usize) {
+    /// sends it by the peer's path, or directly to `direct` when given (a
+    /// path probe).
+    pub(super) fn seal_to(
+        &mut self,
+        node: u32,
+        len: usize,
+        direct: Option<SocketAddr>,
+        now: Instant,
+    ) {
         let me = self.node_id;
         let Some(peer) = self.peers.get_mut(&node) else {
             return;
@@ -828,8 +840,12 @@ impl Engine {
                 return;
             }
         };
-        let (relay, endpoint) = (peer.relay, peer.endpoint);
+        let (relay, endpoint) = match direct {
+            Some(d) => (false, Some(d)),
+            None => (peer.relay, peer.endpoint),
+        };
         self.transmit(node, relay, endpoint, RELAY_HEADER_LEN, n);
+        self.path_tx(node, len, now);
     }
 
     /// Sends the frame at `sbuf[at..at + len]` directly or through the relay.
@@ -855,7 +871,7 @@ impl Engine {
         }
     }
 
-    fn flush_queue(&mut self, node: u32) {
+    fn flush_queue(&mut self, node: u32, now: Instant) {
         let Some(peer) = self.peers.get_mut(&node) else {
             return;
         };
@@ -864,7 +880,7 @@ impl Engine {
         for packet in queued {
             let len = packet.len();
             self.sbuf[PLAIN_AT..PLAIN_AT + len].copy_from_slice(&packet);
-            self.seal_and_send(node, len);
+            self.seal_to(node, len, None, now);
         }
     }
 
@@ -880,7 +896,7 @@ impl Engine {
     }
 
     /// Makes sure a key exchange with `node` is under way (spec §5.4).
-    fn ensure_tunnel(&mut self, node: u32, now: Instant) {
+    pub(super) fn ensure_tunnel(&mut self, node: u32, now: Instant) {
         let Some(peer) = self.peers.get_mut(&node) else {
             return;
         };
@@ -897,43 +913,11 @@ impl Engine {
             }
             return;
         }
-        if peer.resolving {
-            return;
-        }
-        peer.resolving = true;
-        let shared = self.shared.clone();
-        let tx = self.cmd_tx.clone();
-        tokio::spawn(async move {
-            let result = shared.registry.resolve(node).await;
-            let _ = tx.send(Cmd::Resolved { node, result }).await;
-        });
-    }
-
-    fn on_resolved(&mut self, node: u32, result: Result<SocketAddr, RegError>, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&node) else {
-            return;
-        };
-        peer.resolving = false;
-        match result {
-            Ok(ep) => {
-                if peer.endpoint.is_none() {
-                    peer.endpoint = Some(ep);
-                }
-                if let Some(b) = self.shared.beacon {
-                    let msg = beacon::encode_punch_request(self.node_id, node);
-                    self.send_raw(&msg, b);
-                }
-                self.ensure_tunnel(node, now);
-            }
-            Err(e) => {
-                let msg = format!("cannot reach {}: {e}", Addr::backbone(node));
-                self.fail_peer(node, ErrorCode::Unreachable, &msg);
-            }
-        }
+        self.spawn_resolve(node);
     }
 
     /// Gives up on queued traffic to `node`, failing its pending pings.
-    fn fail_peer(&mut self, node: u32, code: ErrorCode, msg: &str) {
+    pub(super) fn fail_peer(&mut self, node: u32, code: ErrorCode, msg: &str) {
         if let Some(peer) = self.peers.get_mut(&node) {
             peer.queue.clear();
             peer.pila_attempts = 0;
@@ -968,7 +952,7 @@ impl Engine {
                 reply,
             } => self.start_ping(addr, size, timeout, reply, now),
             Cmd::PeerKey { node, key } => self.on_peer_key(node, key, now),
-            Cmd::Resolved { node, result } => self.on_resolved(node, result, now),
+            Cmd::Resolved { node, result } => self.on_resolution(node, result, now),
             Cmd::Discover => self.send_discover(),
             Cmd::Dial {
                 addr,
@@ -1010,6 +994,7 @@ impl Engine {
             } => {
                 let _ = reply.send(self.send_datagram(addr, port, &data, now));
             }
+            Cmd::SetTrust(node, on) => self.set_trusted(node, on, now),
             Cmd::RecvDatagrams { port, reply } => {
                 let (tx, mut rx) = oneshot::channel();
                 let queue = self.recv_datagrams(port, tx);
@@ -1065,6 +1050,14 @@ impl Engine {
                 encrypted: p.session.is_some(),
                 last_seen_ms: p
                     .last_seen
+                    .map(|t| now.duration_since(t).as_millis() as u64),
+                rtt_ms: p.path.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                bytes_in: p.path.bytes_in,
+                bytes_out: p.path.bytes_out,
+                path_changes: p.path.changes,
+                path_since_ms: p
+                    .path
+                    .changed_at
                     .map(|t| now.duration_since(t).as_millis() as u64),
             })
             .collect();
@@ -1150,6 +1143,7 @@ impl Engine {
 
     fn housekeeping(&mut self, now: Instant) {
         self.stream_housekeeping(now);
+        self.path_housekeeping(now);
         let expired: Vec<(u32, u16)> = self
             .pings
             .iter()

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::engine::Cmd;
 use super::registry::RegError;
-use super::streams::{app_pair, AppEnd, APP_CHUNK};
+use super::stream_table::{app_pair, AppEnd, APP_CHUNK};
 use super::{NodeError, Shared};
 use crate::ipc::proto::{FindData, HostnameData};
 use crate::ipc::{read_message, write_message, ErrorCode, Request, Response};
@@ -137,6 +137,7 @@ async fn client(
                     reply,
                 })
                 .await;
+                let resp = super::trust::explain_refusal(&shared, addr.node, resp).await;
                 return take_stream(stream, resp, end, cmds).await;
             }
             Request::Attach { conn_id } => {
@@ -189,6 +190,7 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
         mut rx,
         blocked,
         credits,
+        reset,
     } = end;
     let reader = async {
         // Start small (most streams are chatty, and 10,000 idle ones must
@@ -225,6 +227,11 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
             if blocked.swap(false, Ordering::AcqRel) {
                 let _ = cmds.send(Cmd::Drained(id)).await;
             }
+        }
+        if reset.load(Ordering::Acquire) {
+            // Remembered so that the client can tell a reset from a close
+            // (`Request::StreamEnded`).
+            super::svc::note_reset(id);
         }
         let _ = wr.shutdown().await;
     };
@@ -293,11 +300,20 @@ fn reg_error(e: RegError) -> Response {
 }
 
 /// Turns a user's target into an address, resolving hostnames.
-async fn resolve_target(shared: &Shared, target: &str) -> Result<Addr, Response> {
+pub(super) async fn resolve_target(shared: &Shared, target: &str) -> Result<Addr, Response> {
     match parse_target(target) {
         Ok(Target::Addr(a)) => Ok(a),
         Ok(Target::Hostname(h)) => match shared.registry.resolve_hostname(&h).await {
             Ok(node) => Ok(Addr::backbone(node)),
+            // Private nodes are invisible to peers they do not trust
+            // (spec §6.4.6): say so instead of a bare not-found.
+            Err(e) if e.code() == ErrorCode::NotFound => Err(Response::error(
+                ErrorCode::NotFound,
+                format!(
+                    "hostname {h:?} not found, or private: ask its owner for its address \
+                     (then `pilotctl handshake <address>`)"
+                ),
+            )),
             Err(e) => Err(reg_error(e)),
         },
         Err(e) => Err(Response::error(ErrorCode::InvalidAddress, e.to_string())),
@@ -316,7 +332,7 @@ async fn ask(
         .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "the daemon dropped the request"))
 }
 
-async fn handle(req: Request, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Response {
+async fn handle(req: Request, shared: &Arc<Shared>, cmds: &mpsc::Sender<Cmd>) -> Response {
     match req {
         Request::Info => ask(cmds, Cmd::Info).await,
         Request::Peers => ask(cmds, Cmd::Peers).await,
@@ -371,6 +387,19 @@ async fn handle(req: Request, shared: &Shared, cmds: &mpsc::Sender<Cmd>) -> Resp
                 reply,
             })
             .await
+        }
+        Request::Trust(op) => {
+            let ctx = super::trust::Ctx {
+                shared: shared.clone(),
+                cmds: cmds.clone(),
+            };
+            super::trust::handle_ipc(ctx, op).await
+        }
+        Request::StreamEnded { conn_id } => Response::ok(
+            &serde_json::json!({"conn_id": conn_id, "reset": super::svc::was_reset(conn_id)}),
+        ),
+        Request::Mailbox { which, clear, from } => {
+            super::dataexchange::mailbox(shared, &which, clear, from.as_deref())
         }
         Request::Dial { .. }
         | Request::Attach { .. }

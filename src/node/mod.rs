@@ -12,13 +12,20 @@
 //! * the signal handler, which triggers an orderly shutdown (deregister,
 //!   remove the socket).
 
+pub mod dataexchange;
 pub mod engine;
+pub mod events;
+pub mod files;
 pub mod ipc_server;
 pub mod keys;
+pub mod path;
 pub mod peer;
 pub mod registry;
 pub mod statelock;
+pub mod stream_table;
 pub mod streams;
+pub mod svc;
+pub mod trust;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -71,6 +78,8 @@ pub struct DaemonConfig {
     pub admission: streams::Admission,
     /// Run the echo service on port 7.
     pub echo: bool,
+    /// Trust handshake, data exchange and event stream settings.
+    pub services: svc::ServiceConfig,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -143,6 +152,8 @@ pub struct Shared {
     pub registry: RegistryHandle,
     /// When the daemon started.
     pub started: Instant,
+    /// The trust store (spec §9).
+    pub trust: trust::TrustState,
     status: Mutex<Status>,
 }
 
@@ -278,7 +289,17 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     let registry_addr = resolve_addr("registry", &config.registry).await?;
     let ipc = ipc_server::bind(&config.socket).await?;
 
+    let state_dir = config
+        .identity
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let trust = trust::TrustState::load(
+        state_dir.join("trust.json"),
+        config.services.trust_auto_approve,
+    );
     let shared = Arc::new(Shared {
+        trust,
         registry: RegistryHandle::new(config.registry.clone(), registry_addr, identity.clone()),
         identity,
         beacon,
@@ -289,6 +310,15 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         }),
         config,
     });
+    // LAN addresses with the tunnel port (spec §5.3), for the LAN shortcut.
+    if local.ip().is_unspecified() || path::is_private(local.ip()) {
+        let lan: Vec<String> = path::local_private_v4()
+            .into_iter()
+            .filter(|ip| local.ip().is_unspecified() || local.ip() == *ip)
+            .map(|ip| SocketAddr::new(ip.into(), local.port()).to_string())
+            .collect();
+        shared.registry.set_lan_addrs(lan);
+    }
     let node_id = match register(&shared).await {
         Ok(id) => id,
         Err(e) => {
@@ -310,6 +340,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         cmd_tx.clone(),
         stop_rx.clone(),
     ));
+    svc::start_services(shared.clone(), cmd_tx.clone(), state_dir).await;
     let ipc_task = tokio::spawn(ipc_server::serve(
         ipc,
         shared.clone(),
@@ -447,6 +478,7 @@ mod tests {
             heartbeat: DEFAULT_HEARTBEAT,
             admission: streams::Admission::default(),
             echo: true,
+            services: svc::ServiceConfig::default(),
         };
         assert_eq!(
             registration_endpoint(&cfg, "0.0.0.0:4000".parse().unwrap()),

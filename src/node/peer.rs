@@ -39,6 +39,8 @@ pub struct Peer {
     pub pila_attempts: u32,
     /// When an authenticated frame last arrived from the peer.
     pub last_seen: Option<Instant>,
+    /// Path bookkeeping: probes, silence, RTT, bytes (path.rs).
+    pub path: super::path::PathState,
 }
 
 impl Peer {
@@ -50,12 +52,8 @@ impl Peer {
         self.queue.push_back(packet);
     }
 
-    /// `direct` or `relay`, for people.
+    /// `direct`, `lan` or `relay`, for people.
     pub fn path_name(&self) -> &'static str {
-        if self.relay {
-            "relay"
-        } else {
-            "direct"
-        }
+        super::path::path_kind(self.relay, self.endpoint)
     }
 }

@@ -61,6 +61,7 @@ pub struct RegistryHandle {
     node_id: AtomicU32,
     conn: Mutex<Option<RegistryClient>>,
     ctl: Mutex<Option<RegistryClient>>,
+    lan_addrs: std::sync::Mutex<Vec<String>>,
 }
 
 /// Which connection a call uses.
@@ -82,6 +83,7 @@ impl RegistryHandle {
             node_id: AtomicU32::new(0),
             conn: Mutex::new(None),
             ctl: Mutex::new(None),
+            lan_addrs: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -145,6 +147,10 @@ impl RegistryHandle {
     pub async fn register(&self, endpoint: &str, email: Option<&str>) -> Result<u32, RegError> {
         let mut r = reg::Register::new(&self.identity.public_key(), endpoint);
         r.owner = email.map(str::to_string);
+        let lan = self.lan_addrs.lock().map(|l| l.clone()).unwrap_or_default();
+        if !lan.is_empty() {
+            r.lan_addrs = Some(lan);
+        }
         r.version = Some(concat!("pilot-rs/", env!("CARGO_PKG_VERSION")).into());
         r.protocol_version = Some(reg::PROTOCOL_VERSION);
         // Sign it (our extension): a registration for our key must never be
@@ -241,6 +247,42 @@ impl RegistryHandle {
         }
     }
 
+    /// `resolve` (spec §6.4.4) with the peer's LAN addresses (for the LAN
+    /// shortcut, §5.4 step 2); unparsable LAN entries are skipped.
+    pub async fn resolve_full(&self, node: u32) -> Result<(SocketAddr, Vec<SocketAddr>), RegError> {
+        let id = self.node_id();
+        match self
+            .with_client(async |c| c.resolve(self.key(), id, node).await)
+            .await
+        {
+            Ok(ok) => {
+                let ep = ok
+                    .real_addr
+                    .parse()
+                    .map_err(|_| RegError::Protocol(format!("bad real_addr {:?}", ok.real_addr)))?;
+                let lan = ok
+                    .lan_addrs
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .take(8)
+                    .collect();
+                Ok((ep, lan))
+            }
+            Err(RegError::Refused(t)) if t == "request failed" => Err(RegError::Refused(format!(
+                "node {node} is private or unknown (resolve refused)"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the LAN addresses sent with every later `register` (spec §5.3).
+    pub fn set_lan_addrs(&self, addrs: Vec<String>) {
+        if let Ok(mut l) = self.lan_addrs.lock() {
+            *l = addrs;
+        }
+    }
+
     /// `resolve_hostname` (spec §6.4.6) with our id as requester (§12.14).
     pub async fn resolve_hostname(&self, hostname: &str) -> Result<u32, RegError> {
         let id = self.node_id();
@@ -248,6 +290,65 @@ impl RegistryHandle {
             .with_client(async |c| c.resolve_hostname(Some(id), hostname).await)
             .await?;
         Ok(ok.node_id)
+    }
+}
+
+/// Trust-handshake calls (spec §6.4.8, §6.4.9), used by `node::trust`.
+impl RegistryHandle {
+    /// A new, separate connection (for the handshake long-poll, which
+    /// must not hold the shared connection).
+    pub async fn connect_new(&self) -> Result<RegistryClient, RegError> {
+        RegistryClient::connect(self.addr)
+            .await
+            .map_err(|e| self.unavailable(connection_cause(&e)))
+    }
+
+    /// Our signing key.
+    pub fn signing_key(&self) -> &ed25519_dalek::SigningKey {
+        self.key()
+    }
+
+    /// `request_handshake` from us to `to`.
+    pub async fn request_handshake(&self, to: u32, justification: &str) -> Result<(), RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| {
+            c.request_handshake(self.key(), id, to, justification)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// `respond_handshake` from us to `peer`.
+    pub async fn respond_handshake(&self, peer: u32, accept: bool) -> Result<(), RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| {
+            c.respond_handshake(self.key(), id, peer, accept)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// `report_trust` of `peer`.
+    pub async fn report_trust(&self, peer: u32) -> Result<(), RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| c.report_trust(self.key(), id, peer).await)
+            .await
+    }
+
+    /// `revoke_trust` of `peer`.
+    pub async fn revoke_trust(&self, peer: u32) -> Result<(), RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| c.revoke_trust(self.key(), id, peer).await)
+            .await
+    }
+
+    /// `check_trust` between us and `peer`.
+    pub async fn check_trust(&self, peer: u32) -> Result<bool, RegError> {
+        let id = self.node_id();
+        self.with_client(async |c| c.check_trust(id, peer).await)
+            .await
     }
 }
 

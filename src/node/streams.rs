@@ -2,280 +2,28 @@
 //! engine ([`crate::stream::Connection`]), the tunnel (header encode, seal,
 //! send), and the applications on the IPC socket.
 //!
-//! Every connection lives in the event loop's [`StreamTable`]; its timers sit
-//! in one min-heap, so 10,000 idle streams cost nothing per tick. Data moves
-//! between the loop and an application's IPC connection through two bounded
-//! queues: chunks to the application (`to_app`; when it is full the loop
-//! stops reading the connection, so the receive window closes and the peer
-//! slows down), and chunks from it (credits from a semaphore bound what the
-//! application may have queued; the loop returns credits as the stream
-//! engine takes the bytes).
+//! Every connection lives in the event loop's [`StreamTable`](super::stream_table::StreamTable) (in
+//! [`super::stream_table`], with the application links); its timers sit in
+//! one min-heap, so 10,000 idle streams cost nothing per tick.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::engine::Engine;
+pub use super::stream_table::Admission;
+use super::stream_table::{
+    state_name, App, AppLink, Bucket, Listener, StreamConn, APP_CHUNK, ATTACH_TIMEOUT, DGRAM_QUEUE,
+    ECHO_PORT, MAX_TRACKED_SOURCES,
+};
 use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, StreamData};
 use crate::ipc::{ErrorCode, Response};
-use crate::stream::{self, Config, Connection, Event, Segment, State};
+use crate::stream::{self, Connection, Event, Segment, State};
 use crate::wire::address::{Addr, SockAddr};
 use crate::wire::header::{Flags, Packet, Protocol, Repr, HEADER_LEN};
-
-/// Largest chunk handed to an application at once.
-pub const APP_CHUNK: usize = 256 * 1024;
-/// Chunks queued towards an application before the loop stops reading.
-pub const TO_APP_CHUNKS: usize = 8;
-/// Bytes an application may have queued towards the loop.
-pub const FROM_APP_CREDITS: usize = 2 << 20;
-/// Window and buffer caps of the first streams (buffers grow on demand):
-/// large enough that a queue-inflated loopback RTT of several milliseconds
-/// does not cap throughput at window / RTT.
-const BULK_WINDOW: usize = 8 << 20;
-/// Streams beyond which new ones get the compact buffer profile.
-const COMPACT_AFTER: usize = 64;
-/// How long an accepted stream waits for its application to attach.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Echo service port (spec §2.5, §8.3).
-pub const ECHO_PORT: u16 = 7;
-/// Datagrams queued per receiving application.
-const DGRAM_QUEUE: usize = 256;
-
-/// SYN admission limits (spec §7.2 steps 5-7; daemon flags).
-#[derive(Debug, Clone)]
-pub struct Admission {
-    /// Global SYN rate per second (token bucket of the same size).
-    pub syn_rate: f64,
-    /// SYN rate per source node per second (bucket of the same size).
-    pub syn_rate_per_source: f64,
-    /// Live connections per local port.
-    pub max_per_port: usize,
-    /// Live connections in total.
-    pub max_total: usize,
-}
-
-impl Default for Admission {
-    fn default() -> Self {
-        Admission {
-            syn_rate: 100.0,
-            syn_rate_per_source: 10.0,
-            max_per_port: 1024,
-            max_total: 65_536,
-        }
-    }
-}
-
-/// Sources tracked by the per-source SYN limiter (spec §7.2: 4096).
-const MAX_TRACKED_SOURCES: usize = 4096;
-
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn take(&mut self, rate: f64, now: Instant) -> bool {
-        let dt = now.duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + dt * rate).min(rate.max(1.0));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// The application end of a stream, held by the event loop.
-pub struct AppLink {
-    /// Chunks for the application; dropped at end of stream.
-    pub to_app: Option<mpsc::Sender<Vec<u8>>>,
-    /// Set when `to_app` was full; the application's writer then reports
-    /// [`super::engine::Cmd::Drained`].
-    pub blocked: Arc<AtomicBool>,
-    /// Credits for bytes from the application.
-    pub credits: Arc<Semaphore>,
-}
-
-/// The application end of a stream, held by the IPC task.
-pub struct AppEnd {
-    /// Chunks from the loop.
-    pub rx: mpsc::Receiver<Vec<u8>>,
-    /// See [`AppLink::blocked`].
-    pub blocked: Arc<AtomicBool>,
-    /// See [`AppLink::credits`].
-    pub credits: Arc<Semaphore>,
-}
-
-/// A connected pair of stream ends.
-pub fn app_pair() -> (AppLink, AppEnd) {
-    let (tx, rx) = mpsc::channel(TO_APP_CHUNKS);
-    let blocked = Arc::new(AtomicBool::new(false));
-    let credits = Arc::new(Semaphore::new(FROM_APP_CREDITS));
-    (
-        AppLink {
-            to_app: Some(tx),
-            blocked: blocked.clone(),
-            credits: credits.clone(),
-        },
-        AppEnd {
-            rx,
-            blocked,
-            credits,
-        },
-    )
-}
-
-enum App {
-    /// Accepted, waiting for `attach` until the deadline.
-    Pending(Instant),
-    /// An IPC client owns the stream.
-    Attached(AppLink),
-    /// The built-in echo service.
-    Echo,
-    /// The application went away; incoming data is discarded.
-    Gone,
-}
-
-struct StreamConn {
-    conn: Connection,
-    peer: u32,
-    local: Addr,
-    local_port: u16,
-    remote: Addr,
-    remote_port: u16,
-    app: App,
-    /// Chunks from the application not yet taken by the engine.
-    pending: VecDeque<Vec<u8>>,
-    pending_off: usize,
-    app_eof: bool,
-    close_requested: bool,
-    dial: Option<(oneshot::Sender<Response>, Instant)>,
-    timer: Option<Instant>,
-    bytes_in: u64,
-    bytes_out: u64,
-    listener_port: Option<u16>,
-    /// Queued in [`StreamTable::dirty`].
-    dirty: bool,
-}
-
-impl StreamConn {
-    /// A stream with no application data, dial or timer yet.
-    fn new(conn: Connection, peer: u32, local: SockAddr, remote: SockAddr, app: App) -> StreamConn {
-        StreamConn {
-            conn,
-            peer,
-            local: local.addr,
-            local_port: local.port,
-            remote: remote.addr,
-            remote_port: remote.port,
-            app,
-            pending: VecDeque::new(),
-            pending_off: 0,
-            app_eof: false,
-            close_requested: false,
-            dial: None,
-            timer: None,
-            bytes_in: 0,
-            bytes_out: 0,
-            listener_port: None,
-            dirty: false,
-        }
-    }
-}
-
-struct Listener {
-    events: mpsc::Sender<ListenEvent>,
-    live: usize,
-}
-
-/// All streams of the node.
-pub struct StreamTable {
-    conns: HashMap<u64, StreamConn>,
-    by_tuple: HashMap<(u16, Addr, u16), u64>,
-    listeners: HashMap<u16, Listener>,
-    dgram_listeners: HashMap<u16, mpsc::Sender<DatagramData>>,
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    dirty: Vec<u64>,
-    ports_in_use: HashMap<u16, usize>,
-    next_id: u64,
-    admission: Admission,
-    global_bucket: Bucket,
-    source_buckets: HashMap<u32, Bucket>,
-    echo: bool,
-}
-
-impl StreamTable {
-    /// An empty table.
-    pub fn new(admission: Admission, echo: bool, now: Instant) -> StreamTable {
-        StreamTable {
-            conns: HashMap::new(),
-            by_tuple: HashMap::new(),
-            listeners: HashMap::new(),
-            dgram_listeners: HashMap::new(),
-            timers: BinaryHeap::new(),
-            dirty: Vec::new(),
-            ports_in_use: HashMap::new(),
-            next_id: 1,
-            global_bucket: Bucket {
-                tokens: admission.syn_rate,
-                at: now,
-            },
-            admission,
-            source_buckets: HashMap::new(),
-            echo,
-        }
-    }
-
-    /// The earliest stream timer.
-    pub fn next_timer(&self) -> Option<Instant> {
-        self.timers.peek().map(|r| r.0 .0)
-    }
-
-    /// Number of live streams.
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// True when there are no streams.
-    pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-    }
-
-    fn config(&self) -> Config {
-        if self.conns.len() >= COMPACT_AFTER {
-            Config::compact()
-        } else {
-            Config {
-                max_cwnd: BULK_WINDOW,
-                send_buffer_bytes: BULK_WINDOW,
-                recv_buffer_bytes: BULK_WINDOW,
-                recv_window_segments: (BULK_WINDOW / stream::DEFAULT_MSS) as u16,
-                ..Config::default()
-            }
-        }
-    }
-
-    fn port_busy(&self, port: u16) -> bool {
-        self.ports_in_use.contains_key(&port) || self.listeners.contains_key(&port)
-    }
-}
-
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::SynSent => "SynSent",
-        State::Established => "Established",
-        State::FinWait => "FinWait",
-        State::TimeWait => "TimeWait",
-        State::Closed => "Closed",
-    }
-}
 
 impl Engine {
     // ------------------------------------------------------------ wire side
@@ -332,12 +80,16 @@ impl Engine {
 
     /// Spec §7.2 responder steps.
     fn on_syn(&mut self, sender: u32, repr: &Repr, seg: &Segment, now: Instant) {
-        // Trust gate first: an untrusted source learns nothing, not even
-        // which ports are bound (spec §12.20, issue 10 item 10).
-        if !self.admits(sender) {
-            return; // trust gate: silent drop (spec §7.2 step 3)
-        }
         let port = repr.dst_port;
+        // Trust gate first (spec §7.2 step 3, §12.16), answered exactly like
+        // a closed port: an untrusted peer learns nothing about our ports,
+        // and its dial fails at once instead of timing out (the dialler
+        // tells `not_trusted` from `refused` with what it knows, see
+        // `node::trust::explain_refusal`).
+        if !self.admits(sender) {
+            self.refuse(repr, now);
+            return;
+        }
         let echo = port == ECHO_PORT && self.streams.echo;
         if !echo && !self.streams.listeners.contains_key(&port) {
             self.refuse(repr, now);
@@ -455,6 +207,9 @@ impl Engine {
                                 remote: SockAddr::new(s.remote, s.remote_port).to_string(),
                                 state: state_name(s.conn.state()).into(),
                                 path: String::new(),
+                                endpoint: None,
+                                rtt_ms: None,
+                                path_since_ms: None,
                                 bytes_in: 0,
                                 bytes_out: 0,
                             };
@@ -470,6 +225,10 @@ impl Engine {
                         tracing::warn!("stream {id}: peer closed with data missing (truncated)");
                     }
                     Event::Refused | Event::TimedOut | Event::Reset | Event::Closed => {
+                        if let (Event::Reset | Event::TimedOut, App::Attached(link)) = (&ev, &s.app)
+                        {
+                            link.reset.store(true, Ordering::Release);
+                        }
                         if let Some((reply, _)) = s.dial.take() {
                             let to = SockAddr::new(s.remote, s.remote_port);
                             let r = match ev {
@@ -885,20 +644,27 @@ impl Engine {
                 remote: String::new(),
                 state: "Closed".into(),
                 path: String::new(),
+                endpoint: None,
+                rtt_ms: None,
+                path_since_ms: None,
                 bytes_in: 0,
                 bytes_out: 0,
             };
         };
+        let peer = self.peers.get(&s.peer);
         StreamData {
             conn_id: id,
             local: SockAddr::new(s.local, s.local_port).to_string(),
             remote: SockAddr::new(s.remote, s.remote_port).to_string(),
             state: state_name(s.conn.state()).into(),
-            path: self
-                .peers
-                .get(&s.peer)
-                .map_or("direct", |p| p.path_name())
-                .into(),
+            path: peer.map_or("direct", |p| p.path_name()).into(),
+            endpoint: peer.and_then(|p| p.endpoint).map(|e| e.to_string()),
+            rtt_ms: peer
+                .and_then(|p| p.path.rtt)
+                .map(|r| r.as_secs_f64() * 1000.0),
+            path_since_ms: peer
+                .and_then(|p| p.path.changed_at)
+                .map(|t| t.elapsed().as_millis() as u64),
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
         }
@@ -1008,55 +774,68 @@ impl Engine {
         Some(rx)
     }
 
+    /// Adds a peer to the trust gate, or removes it and resets its open
+    /// streams at once (`pilotctl untrust`: the peer sees a reset, not a
+    /// hang). Public nodes admit everyone, so nothing is cut there.
+    pub(super) fn set_trusted(&mut self, node: u32, on: bool, now: Instant) {
+        if on {
+            self.trusted.insert(node);
+            return;
+        }
+        self.trusted.remove(&node);
+        if self.shared.config.public {
+            return;
+        }
+        let ids: Vec<u64> = self
+            .streams
+            .conns
+            .iter()
+            .filter(|(_, s)| s.peer == node)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                s.conn.abort();
+            }
+            self.after_io(id, now);
+        }
+    }
+
+    /// Fails the pending dials to `node` after the registry refused to tell
+    /// us where it is (a private node that does not trust us, or an unknown
+    /// one): the user gets the reason now, not a dial timeout.
+    pub(super) fn fail_dials(&mut self, node: u32, err: &super::registry::RegError, now: Instant) {
+        let ids: Vec<u64> = self
+            .streams
+            .conns
+            .iter()
+            .filter(|(_, s)| s.peer == node && s.dial.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        let text = err.to_string();
+        let addr = Addr::backbone(node);
+        let resp = if text.contains("private") {
+            Response::error(
+                ErrorCode::NotTrusted,
+                super::trust::not_trusted_message(addr),
+            )
+        } else {
+            Response::error(err.code(), format!("cannot reach {addr}: {err}"))
+        };
+        for id in ids {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                if let Some((reply, _)) = s.dial.take() {
+                    let _ = reply.send(resp.clone());
+                }
+                s.conn.abort();
+            }
+            self.after_io(id, now);
+        }
+    }
+
     /// The SYN and datagram gate (spec §7.2 step 3, §12.16): public nodes
     /// admit everyone; private ones only locally trusted peers.
     fn admits(&self, sender: u32) -> bool {
         self.shared.config.public || self.trusted.contains(&sender)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn syn_bucket_allows_a_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut b = Bucket {
-            tokens: 10.0,
-            at: t0,
-        };
-        for _ in 0..10 {
-            assert!(b.take(10.0, t0));
-        }
-        assert!(
-            !b.take(10.0, t0),
-            "the 11th SYN in the same instant is over the limit"
-        );
-        assert!(!b.take(10.0, t0 + Duration::from_millis(50)));
-        assert!(
-            b.take(10.0, t0 + Duration::from_millis(150)),
-            "refilled at 10/s"
-        );
-        // The bucket never holds more than one second's worth.
-        let later = t0 + Duration::from_secs(60);
-        let taken = (0..100).filter(|_| b.take(10.0, later)).count();
-        assert_eq!(taken, 10);
-    }
-
-    #[test]
-    fn new_streams_get_the_compact_profile_past_the_threshold() {
-        let mut t = StreamTable::new(Admission::default(), true, Instant::now());
-        assert_eq!(t.config().max_cwnd, BULK_WINDOW);
-        for i in 0..COMPACT_AFTER as u64 {
-            let conn = Connection::connect(Config::default(), 0, Instant::now());
-            let ends = (
-                SockAddr::new(Addr::backbone(2), 49152),
-                SockAddr::new(Addr::backbone(1), 7),
-            );
-            t.conns
-                .insert(i, StreamConn::new(conn, 1, ends.0, ends.1, App::Gone));
-        }
-        assert_eq!(t.config().max_cwnd, Config::compact().max_cwnd);
     }
 }

@@ -442,6 +442,55 @@ impl RegistryClient {
         expect!(r, PollHandshakesOk, "poll_handshakes")
     }
 
+    /// Signed `poll_handshakes` that asks the registry to hold the reply up
+    /// to `wait` while both inboxes are empty (our extension: the extra
+    /// `wait_ms` field; a reference registry ignores it and answers at
+    /// once, which the caller detects by the quick empty reply).
+    pub async fn poll_handshakes_wait(
+        &mut self,
+        key: &SigningKey,
+        node_id: u32,
+        wait: Duration,
+    ) -> Result<PollHandshakesOk, ClientError> {
+        let req = sign(
+            Request::PollHandshakes(NodeSigned {
+                node_id,
+                signature: None,
+            }),
+            key,
+        );
+        let mut v = serde_json::to_value(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("wait_ms".into(), (wait.as_millis() as u64).into());
+        }
+        let saved = self.timeout;
+        self.timeout = saved + wait;
+        let r = self.request_value(&v).await;
+        self.timeout = saved;
+        expect!(r?, PollHandshakesOk, "poll_handshakes")
+    }
+
+    /// Like [`RegistryClient::request`] for a request already in JSON form.
+    async fn request_value(&mut self, v: &serde_json::Value) -> Result<Response, ClientError> {
+        let frame = wire::encode_json_frame(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let result = self.exchange(&frame).await;
+        let payload = match result {
+            Ok(p) => p,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        match wire::parse_response(&payload) {
+            Ok(Response::Error(e)) => Err(ClientError::Server(e.error)),
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.conn = None;
+                Err(ClientError::Protocol(e.to_string()))
+            }
+        }
+    }
+
     /// Signed `respond_handshake` by `node_id` to `peer_id` (§6.4.8).
     pub async fn respond_handshake(
         &mut self,

@@ -433,6 +433,49 @@ async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut Con
     out.response
 }
 
+/// Longest `poll_handshakes` hold (our `wait_ms` extension; well under
+/// the 5 min idle timeout).
+const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+
+/// `wait_ms` of a `poll_handshakes` request, if the client asked to wait.
+fn poll_wait(payload: &[u8]) -> Option<Duration> {
+    #[derive(serde::Deserialize)]
+    struct W {
+        wait_ms: Option<u64>,
+    }
+    let w: W = serde_json::from_slice(payload).ok()?;
+    Some(Duration::from_millis(w.wait_ms?).min(MAX_POLL_WAIT))
+}
+
+/// `poll_handshakes` held until the node's inboxes have something or the
+/// wait ends: a request or an approval reaches a waiting node at once
+/// instead of at its next poll (spec §12.15).
+async fn long_poll(
+    req: Request,
+    node: u32,
+    wait: Duration,
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+) -> Response {
+    let deadline = Instant::now() + wait;
+    let notify = shared.registry.waiter(node);
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let resp = execute(req.clone(), peer, shared, auth).await;
+        match &resp {
+            Response::PollHandshakesOk(ok) if ok.requests.is_empty() && ok.responses.is_empty() => {
+            }
+            _ => return resp,
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return resp;
+        }
+    }
+}
+
 async fn handle_json(
     payload: &[u8],
     peer: SocketAddr,
@@ -440,6 +483,11 @@ async fn handle_json(
     auth: &mut ConnAuth,
 ) -> Response {
     match wire::parse_request(payload) {
+        Ok(Request::PollHandshakes(r)) if poll_wait(payload).is_some() => {
+            let wait = poll_wait(payload).unwrap_or_default();
+            let node = r.node_id;
+            long_poll(Request::PollHandshakes(r), node, wait, peer, shared, auth).await
+        }
         Ok(req) => execute(req, peer, shared, auth).await,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "malformed request");

@@ -132,6 +132,10 @@ pub struct Snapshot {
     pub nodes: Vec<NodeRecord>,
     /// Trust pairs, each `[a, b]` with `a < b`.
     pub trust: Vec<[u32; 2]>,
+    /// One-sided consents `[a, b]`: `a` signed that it trusts `b`
+    /// (request, accept or report); a pair exists once both directions do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consents: Vec<[u32; 2]>,
 }
 
 /// Why a snapshot cannot be loaded.
@@ -165,6 +169,8 @@ struct State {
     hostnames: HashMap<String, u32>,
     next_id: u32,
     trust: HashMap<u32, HashSet<u32>>,
+    /// `a -> {b}`: `a` signed its consent to trust `b` (spec §12.16 fix).
+    consents: HashMap<u32, HashSet<u32>>,
     hs_requests: HashMap<u32, Vec<PendingRequest>>,
     hs_responses: HashMap<u32, VecDeque<HandshakeResponseEntry>>,
     /// Bumped by every durable mutation.
@@ -217,6 +223,8 @@ impl ConnAuth {
 #[derive(Debug)]
 pub struct Registry {
     state: std::sync::Mutex<State>,
+    /// Wakes `poll_handshakes` long-polls when a node's inbox fills.
+    waiters: std::sync::Mutex<HashMap<u32, std::sync::Arc<tokio::sync::Notify>>>,
 }
 
 impl Default for Registry {
@@ -359,6 +367,38 @@ impl State {
         Ok(())
     }
 
+    /// Records `a`'s signed consent to trust `b`; creates the pair once
+    /// `b` has consented too (spec §12.16: never one side alone).
+    fn consent(&mut self, a: u32, b: u32) -> Result<(), String> {
+        if a == b {
+            return Ok(());
+        }
+        let mine = self.consents.entry(a).or_default();
+        if !mine.contains(&b) && mine.len() >= MAX_TRUST_PER_NODE {
+            return Err(format!("too many trust consents for node {a}"));
+        }
+        mine.insert(b);
+        self.dirty();
+        if self.consents.get(&b).is_some_and(|s| s.contains(&a)) {
+            self.add_trust(a, b)?;
+        }
+        Ok(())
+    }
+
+    /// Withdraws both consents and the pair; true if anything existed.
+    fn revoke(&mut self, a: u32, b: u32) -> bool {
+        let mut any = self.remove_trust(a, b);
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(s) = self.consents.get_mut(&x) {
+                any |= s.remove(&y);
+                if s.is_empty() {
+                    self.consents.remove(&x);
+                }
+            }
+        }
+        any
+    }
+
     fn remove_trust(&mut self, a: u32, b: u32) -> bool {
         let removed = self.trust.get_mut(&a).is_some_and(|s| s.remove(&b));
         if let Some(s) = self.trust.get_mut(&b) {
@@ -382,6 +422,7 @@ impl Registry {
                 new_id_quota: Some(new_id_quota()),
                 ..State::default()
             }),
+            waiters: Default::default(),
         }
     }
 
@@ -398,6 +439,22 @@ impl Registry {
         let st = self.lock();
         let n = st.nodes.get(&id).filter(|n| n.live)?;
         n.real_addr.parse::<SocketAddr>().ok().map(|a| a.ip())
+    }
+
+    fn lock_waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u32, std::sync::Arc<tokio::sync::Notify>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The wake-up of `node`'s handshake long-poll (create the `notified()`
+    /// future and `enable` it before polling, so no wake-up is lost).
+    pub fn waiter(&self, node: u32) -> std::sync::Arc<tokio::sync::Notify> {
+        let mut w = self.lock_waiters();
+        if w.len() >= 4096 {
+            w.retain(|_, n| std::sync::Arc::strong_count(n) > 1);
+        }
+        w.entry(node).or_default().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -462,8 +519,14 @@ impl Registry {
             st.trust.entry(a).or_default().insert(b);
             st.trust.entry(b).or_default().insert(a);
         }
+        for [a, b] in snap.consents {
+            if st.nodes.contains_key(&a) && st.nodes.contains_key(&b) {
+                st.consents.entry(a).or_default().insert(b);
+            }
+        }
         Ok(Registry {
             state: std::sync::Mutex::new(st),
+            waiters: Default::default(),
         })
     }
 
@@ -496,12 +559,19 @@ impl Registry {
             .flat_map(|(&a, s)| s.iter().filter(move |&&b| a < b).map(move |&b| [a, b]))
             .collect();
         trust.sort_unstable();
+        let mut consents: Vec<[u32; 2]> = st
+            .consents
+            .iter()
+            .flat_map(|(&a, s)| s.iter().map(move |&b| [a, b]))
+            .collect();
+        consents.sort_unstable();
         Some((
             st.generation,
             Snapshot {
                 next_id: st.next_id,
                 nodes,
                 trust,
+                consents,
             },
         ))
     }
@@ -589,6 +659,11 @@ impl Registry {
         peer: SocketAddr,
         now: Instant,
     ) -> Outcome {
+        let wake = match &req {
+            Request::RequestHandshake(r) => Some(r.to_node_id),
+            Request::RespondHandshake(r) => Some(r.peer_id),
+            _ => None,
+        };
         let mut st = self.lock();
         let gen_before = st.generation;
         // A signed request from the node whose registration is parked on
@@ -616,6 +691,13 @@ impl Registry {
             Ok(r) => r,
             Err(text) => Response::error(&text),
         };
+        drop(st);
+        if let Some(node) = wake.filter(|_| !matches!(response, Response::Error(_))) {
+            if let Some(n) = self.lock_waiters().get(&node) {
+                n.notify_waiters();
+            }
+        }
+        let st = self.lock();
         let durable_generation = (st.generation != gen_before).then_some(st.generation);
         Outcome {
             response,
@@ -752,6 +834,8 @@ impl Registry {
                     justification: r.justification,
                     timestamp: unix as i64,
                 });
+                // Asking for trust is consenting to it (signed by the sender).
+                st.consent(r.from_node_id, r.to_node_id)?;
                 Response::RequestHandshakeOk(RequestHandshakeOk {
                     status: "delivered".into(),
                 })
@@ -779,8 +863,7 @@ impl Registry {
                     return Err(not_found(r.peer_id));
                 }
                 if r.accept {
-                    st.add_trust(r.node_id, r.peer_id)?;
-                    st.dirty();
+                    st.consent(r.node_id, r.peer_id)?;
                 }
                 if let Some(inbox) = st.hs_requests.get_mut(&r.node_id) {
                     inbox.retain(|p| p.from != r.peer_id);
@@ -801,12 +884,11 @@ impl Registry {
             }
             Request::ReportTrust(r) => {
                 st.live(r.peer_id)?;
-                st.add_trust(r.node_id, r.peer_id)?;
-                st.dirty();
+                st.consent(r.node_id, r.peer_id)?;
                 Response::ReportTrustOk(Empty {})
             }
             Request::RevokeTrust(r) => {
-                if !st.remove_trust(r.node_id, r.peer_id) {
+                if !st.revoke(r.node_id, r.peer_id) {
                     return Err(format!("trust pair {}-{} not found", r.node_id, r.peer_id));
                 }
                 st.dirty();

@@ -260,6 +260,11 @@ pub struct TrustedPeer {
     /// The shared network that implied the trust; 0 (omitted) if none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub network: u16,
+    /// How the trust came about (`mutual`, `approved`, `network`, `auto`);
+    /// our addition, omitted when empty (the reference ignores unknown
+    /// fields).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub via: String,
 }
 
 /// One pending (not yet approved) request in `trust.json` (§11).
@@ -530,6 +535,7 @@ mod tests {
                 approved_at: "t".into(),
                 mutual: false,
                 network: 7,
+                via: String::new(),
             }],
             pending: vec![],
         };
@@ -587,7 +593,7 @@ mod tests {
             ) {
                 let f = TrustFile {
                     trusted: ids.into_iter().map(|(node_id, mutual, network, k)| TrustedPeer {
-                        node_id, public_key: k, approved_at: "2026-01-01T12:00:00Z".into(), mutual, network,
+                        node_id, public_key: k, approved_at: "2026-01-01T12:00:00Z".into(), mutual, network, via: String::new(),
                     }).collect(),
                     pending: pend.into_iter().map(|(node_id, k, j)| PendingRequest {
                         node_id, public_key: k, justification: j, received_at: "2026-01-01T12:00:00Z".into(),

@@ -162,6 +162,8 @@ pub struct Node {
     pub home: tempfile::TempDir,
     pub socket: PathBuf,
     pub name: String,
+    /// Network namespace the node's commands run in (the network lab).
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -172,6 +174,19 @@ impl Node {
             home,
             socket,
             name: name.to_string(),
+            netns: None,
+        }
+    }
+
+    /// `pilotctl`, inside the node's network namespace if it has one.
+    pub fn command(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, PILOTCTL]);
+                c
+            }
+            None => Command::new(PILOTCTL),
         }
     }
 
@@ -181,7 +196,8 @@ impl Node {
 
     /// Runs pilotctl with this node's HOME and socket.
     pub fn ctl(&self, args: &[&str]) -> Out {
-        let out = Command::new(PILOTCTL)
+        let out = self
+            .command()
             .arg("--socket")
             .arg(&self.socket)
             .args(args)

@@ -1,0 +1,213 @@
+//! `pilotctl ping`: control pings (protocol 3, port 0, answered by the
+//! daemon itself) and echo-port pings (a stream to port 7 and back, so the
+//! stream engine and both IPC hops are in the measurement).
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::client::{check_target, dial, io_err, remote_addr, socket_path, IPC_TIMEOUT};
+use super::output::print_ok;
+use super::{parse_duration, Cli, CliError, PingArgs};
+use crate::ipc::proto::PingData;
+use crate::ipc::{Client, ErrorCode, Request};
+
+/// Echo service port (spec §8.3).
+const ECHO_PORT: u16 = 7;
+
+#[derive(Debug, Serialize)]
+struct PingSummary {
+    target: String,
+    address: Option<String>,
+    sent: u32,
+    received: u32,
+    replies: Vec<PingData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avg_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_us: Option<u64>,
+}
+
+/// Where pings go: the daemon's control ping, or an echo stream.
+enum Pinger {
+    /// Control pings (protocol 3, port 0) through the daemon.
+    Control(Client, Request),
+    /// An open stream to the echo port.
+    Echo(EchoStream),
+}
+
+impl Pinger {
+    async fn once(&mut self, seq: u32, timeout: Duration) -> Result<PingData, CliError> {
+        match self {
+            Pinger::Control(client, req) => {
+                let v = client.request(req, timeout + IPC_TIMEOUT).await?;
+                serde_json::from_value(v).map_err(|e| {
+                    CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}"))
+                })
+            }
+            Pinger::Echo(e) => e.ping(seq, timeout).await,
+        }
+    }
+}
+
+/// Checks `ping`'s options.
+fn ping_options(a: &PingArgs) -> Result<(Duration, Duration), CliError> {
+    check_target(&a.target)?;
+    if a.count == 0 {
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "--count must be at least 1",
+        ));
+    }
+    if a.size > 1024 {
+        return Err(CliError::new(
+            ErrorCode::InvalidArgument,
+            "--size must be at most 1024 bytes",
+        ));
+    }
+    Ok((parse_duration(&a.interval)?, parse_duration(&a.timeout)?))
+}
+
+/// `ping --control`: control pings (protocol 3, port 0) through the daemon.
+pub(super) async fn control_ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
+    let (interval, timeout) = ping_options(a)?;
+    let client = Client::connect(&socket_path(cli)).await?;
+    let req = Request::Ping {
+        target: a.target.clone(),
+        size: a.size,
+        timeout_ms: timeout.as_millis() as u64,
+    };
+    run_pings(cli, a, Pinger::Control(client, req), interval, timeout).await
+}
+
+/// Sends `a.count` pings, one line per reply, then the summary.
+async fn run_pings(
+    cli: &Cli,
+    a: &PingArgs,
+    mut pinger: Pinger,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let mut s = PingSummary {
+        target: a.target.clone(),
+        address: None,
+        sent: 0,
+        received: 0,
+        replies: Vec::new(),
+        min_us: None,
+        avg_us: None,
+        max_us: None,
+    };
+    let mut last_err = None;
+    for seq in 1..=a.count {
+        if seq > 1 {
+            tokio::time::sleep(interval).await;
+        }
+        s.sent += 1;
+        match pinger.once(seq, timeout).await {
+            Ok(d) => {
+                if !cli.json {
+                    outln!(
+                        "{} bytes from {}: seq={seq} time={:.3} ms ({})",
+                        d.bytes,
+                        d.address,
+                        d.rtt_us as f64 / 1000.0,
+                        d.path
+                    );
+                }
+                s.address = Some(d.address.clone());
+                s.received += 1;
+                s.replies.push(d);
+            }
+            // Per-ping losses are reported and the run goes on.
+            Err(e) if e.code == ErrorCode::Timeout => {
+                if !cli.json {
+                    outln!("no reply from {}: seq={seq} (timeout)", a.target);
+                }
+                last_err = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if s.received == 0 {
+        return Err(last_err.unwrap_or_else(|| CliError::new(ErrorCode::Timeout, "no replies")));
+    }
+    let rtts: Vec<u64> = s.replies.iter().map(|r| r.rtt_us).collect();
+    s.min_us = rtts.iter().min().copied();
+    s.max_us = rtts.iter().max().copied();
+    s.avg_us = Some(rtts.iter().sum::<u64>() / rtts.len() as u64);
+    let loss = 100.0 * f64::from(s.sent - s.received) / f64::from(s.sent);
+    print_ok(cli.json, &s, || {
+        format!(
+            "--- {} ping statistics ---\n{} sent, {} received, {:.0}% loss, rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
+            s.address.as_deref().unwrap_or(&s.target),
+            s.sent,
+            s.received,
+            loss,
+            s.min_us.unwrap_or(0) as f64 / 1000.0,
+            s.avg_us.unwrap_or(0) as f64 / 1000.0,
+            s.max_us.unwrap_or(0) as f64 / 1000.0,
+        )
+    });
+    Ok(())
+}
+
+/// An open stream to a node's echo service, for `ping`.
+struct EchoStream {
+    stream: UnixStream,
+    address: String,
+    size: usize,
+}
+
+impl EchoStream {
+    /// One round trip: `size` bytes out, the same bytes back.
+    async fn ping(&mut self, seq: u32, timeout: Duration) -> Result<PingData, CliError> {
+        let mut msg = format!("ping-{seq}-").into_bytes();
+        msg.resize(self.size.max(msg.len()), b'.');
+        let start = Instant::now();
+        let work = async {
+            self.stream.write_all(&msg).await?;
+            let mut back = vec![0u8; msg.len()];
+            self.stream.read_exact(&mut back).await?;
+            Ok::<_, std::io::Error>(back)
+        };
+        let back = match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(io_err("echo stream", e)),
+            Err(_) => {
+                return Err(CliError::new(
+                    ErrorCode::Timeout,
+                    format!("no echo from {} within {timeout:?}", self.address),
+                ))
+            }
+        };
+        if back != msg {
+            return Err(CliError::new(
+                ErrorCode::Internal,
+                "the echo differs from what was sent",
+            ));
+        }
+        Ok(PingData {
+            address: self.address.clone(),
+            bytes: msg.len(),
+            rtt_us: start.elapsed().as_micros() as u64,
+            path: "echo".into(),
+        })
+    }
+}
+
+/// `ping` over the echo port.
+pub(super) async fn echo_ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError> {
+    let (interval, timeout) = ping_options(a)?;
+    let (stream, info) = dial(cli, &a.target, ECHO_PORT, Duration::from_secs(30)).await?;
+    let echo = EchoStream {
+        stream,
+        address: remote_addr(&info),
+        size: a.size.max(1),
+    };
+    run_pings(cli, a, Pinger::Echo(echo), interval, timeout).await
+}

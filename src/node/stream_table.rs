@@ -1,0 +1,336 @@
+//! The daemon's table of streams and the application end of each stream:
+//! the data [`super::engine::Engine`] holds, without the behaviour.
+//!
+//! The behaviour (segments in, SYN admission, delivery to applications,
+//! transmission) is `impl Engine` in [`super::streams`]; it needs both the
+//! engine and this table, while the engine only needs the table's types, so
+//! the table lives below both and the module graph has no cycle.
+//!
+//! Data moves between the event loop and an application's IPC connection
+//! through two bounded queues: chunks to the application (`to_app`; when it
+//! is full the loop stops reading the connection, so the receive window
+//! closes and the peer slows down), and chunks from it (credits from a
+//! semaphore bound what the application may have queued; the loop returns
+//! credits as the stream engine takes the bytes).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::ipc::proto::{DatagramData, ListenEvent};
+use crate::ipc::Response;
+use crate::stream::{self, Config, Connection, State};
+use crate::wire::address::{Addr, SockAddr};
+
+/// Largest chunk handed to an application at once.
+pub const APP_CHUNK: usize = 256 * 1024;
+/// Chunks queued towards an application before the loop stops reading.
+pub const TO_APP_CHUNKS: usize = 8;
+/// Bytes an application may have queued towards the loop.
+pub const FROM_APP_CREDITS: usize = 2 << 20;
+/// Window and buffer caps of the first streams (buffers grow on demand):
+/// large enough that a queue-inflated loopback RTT of several milliseconds
+/// does not cap throughput at window / RTT.
+pub(super) const BULK_WINDOW: usize = 8 << 20;
+/// Streams beyond which new ones get the compact buffer profile.
+pub(super) const COMPACT_AFTER: usize = 64;
+/// How long an accepted stream waits for its application to attach.
+pub(super) const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Echo service port (spec §2.5, §8.3).
+pub const ECHO_PORT: u16 = 7;
+/// Datagrams queued per receiving application.
+pub(super) const DGRAM_QUEUE: usize = 256;
+
+/// SYN admission limits (spec §7.2 steps 5-7; daemon flags).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Global SYN rate per second (token bucket of the same size).
+    pub syn_rate: f64,
+    /// SYN rate per source node per second (bucket of the same size).
+    pub syn_rate_per_source: f64,
+    /// Live connections per local port.
+    pub max_per_port: usize,
+    /// Live connections in total.
+    pub max_total: usize,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            syn_rate: 100.0,
+            syn_rate_per_source: 10.0,
+            max_per_port: 1024,
+            max_total: 65_536,
+        }
+    }
+}
+
+/// Sources tracked by the per-source SYN limiter (spec §7.2: 4096).
+pub(super) const MAX_TRACKED_SOURCES: usize = 4096;
+
+pub(super) struct Bucket {
+    pub(super) tokens: f64,
+    pub(super) at: Instant,
+}
+
+impl Bucket {
+    pub(super) fn take(&mut self, rate: f64, now: Instant) -> bool {
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * rate).min(rate.max(1.0));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The application end of a stream, held by the event loop.
+pub struct AppLink {
+    /// Chunks for the application; dropped at end of stream.
+    pub to_app: Option<mpsc::Sender<Vec<u8>>>,
+    /// Set when `to_app` was full; the application's writer then reports
+    /// [`super::engine::Cmd::Drained`].
+    pub blocked: Arc<AtomicBool>,
+    /// Credits for bytes from the application.
+    pub credits: Arc<Semaphore>,
+    /// Set when the stream ended by a reset or timeout rather than a close.
+    pub reset: Arc<AtomicBool>,
+}
+
+/// The application end of a stream, held by the IPC task.
+pub struct AppEnd {
+    /// Chunks from the loop.
+    pub rx: mpsc::Receiver<Vec<u8>>,
+    /// See [`AppLink::blocked`].
+    pub blocked: Arc<AtomicBool>,
+    /// See [`AppLink::credits`].
+    pub credits: Arc<Semaphore>,
+    /// See [`AppLink::reset`].
+    pub reset: Arc<AtomicBool>,
+}
+
+/// A connected pair of stream ends.
+pub fn app_pair() -> (AppLink, AppEnd) {
+    let (tx, rx) = mpsc::channel(TO_APP_CHUNKS);
+    let blocked = Arc::new(AtomicBool::new(false));
+    let credits = Arc::new(Semaphore::new(FROM_APP_CREDITS));
+    let reset = Arc::new(AtomicBool::new(false));
+    (
+        AppLink {
+            to_app: Some(tx),
+            blocked: blocked.clone(),
+            credits: credits.clone(),
+            reset: reset.clone(),
+        },
+        AppEnd {
+            rx,
+            blocked,
+            credits,
+            reset,
+        },
+    )
+}
+
+pub(super) enum App {
+    /// Accepted, waiting for `attach` until the deadline.
+    Pending(Instant),
+    /// An IPC client owns the stream.
+    Attached(AppLink),
+    /// The built-in echo service.
+    Echo,
+    /// The application went away; incoming data is discarded.
+    Gone,
+}
+
+pub(super) struct StreamConn {
+    pub(super) conn: Connection,
+    pub(super) peer: u32,
+    pub(super) local: Addr,
+    pub(super) local_port: u16,
+    pub(super) remote: Addr,
+    pub(super) remote_port: u16,
+    pub(super) app: App,
+    /// Chunks from the application not yet taken by the engine.
+    pub(super) pending: VecDeque<Vec<u8>>,
+    pub(super) pending_off: usize,
+    pub(super) app_eof: bool,
+    pub(super) close_requested: bool,
+    pub(super) dial: Option<(oneshot::Sender<Response>, Instant)>,
+    pub(super) timer: Option<Instant>,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) listener_port: Option<u16>,
+    /// Queued in [`StreamTable::dirty`].
+    pub(super) dirty: bool,
+}
+
+impl StreamConn {
+    /// A stream with no application data, dial or timer yet.
+    pub(super) fn new(
+        conn: Connection,
+        peer: u32,
+        local: SockAddr,
+        remote: SockAddr,
+        app: App,
+    ) -> StreamConn {
+        StreamConn {
+            conn,
+            peer,
+            local: local.addr,
+            local_port: local.port,
+            remote: remote.addr,
+            remote_port: remote.port,
+            app,
+            pending: VecDeque::new(),
+            pending_off: 0,
+            app_eof: false,
+            close_requested: false,
+            dial: None,
+            timer: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            listener_port: None,
+            dirty: false,
+        }
+    }
+}
+
+pub(super) struct Listener {
+    pub(super) events: mpsc::Sender<ListenEvent>,
+    pub(super) live: usize,
+}
+
+/// All streams of the node.
+pub struct StreamTable {
+    pub(super) conns: HashMap<u64, StreamConn>,
+    pub(super) by_tuple: HashMap<(u16, Addr, u16), u64>,
+    pub(super) listeners: HashMap<u16, Listener>,
+    pub(super) dgram_listeners: HashMap<u16, mpsc::Sender<DatagramData>>,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    pub(super) dirty: Vec<u64>,
+    pub(super) ports_in_use: HashMap<u16, usize>,
+    pub(super) next_id: u64,
+    pub(super) admission: Admission,
+    pub(super) global_bucket: Bucket,
+    pub(super) source_buckets: HashMap<u32, Bucket>,
+    pub(super) echo: bool,
+}
+
+impl StreamTable {
+    /// An empty table.
+    pub fn new(admission: Admission, echo: bool, now: Instant) -> StreamTable {
+        StreamTable {
+            conns: HashMap::new(),
+            by_tuple: HashMap::new(),
+            listeners: HashMap::new(),
+            dgram_listeners: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            ports_in_use: HashMap::new(),
+            next_id: 1,
+            global_bucket: Bucket {
+                tokens: admission.syn_rate,
+                at: now,
+            },
+            admission,
+            source_buckets: HashMap::new(),
+            echo,
+        }
+    }
+
+    /// The earliest stream timer.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|r| r.0 .0)
+    }
+
+    /// Number of live streams.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// True when there are no streams.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub(super) fn config(&self) -> Config {
+        if self.conns.len() >= COMPACT_AFTER {
+            Config::compact()
+        } else {
+            Config {
+                max_cwnd: BULK_WINDOW,
+                send_buffer_bytes: BULK_WINDOW,
+                recv_buffer_bytes: BULK_WINDOW,
+                recv_window_segments: (BULK_WINDOW / stream::DEFAULT_MSS) as u16,
+                ..Config::default()
+            }
+        }
+    }
+
+    pub(super) fn port_busy(&self, port: u16) -> bool {
+        self.ports_in_use.contains_key(&port) || self.listeners.contains_key(&port)
+    }
+}
+
+pub(super) fn state_name(s: State) -> &'static str {
+    match s {
+        State::SynSent => "SynSent",
+        State::Established => "Established",
+        State::FinWait => "FinWait",
+        State::TimeWait => "TimeWait",
+        State::Closed => "Closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syn_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket {
+            tokens: 10.0,
+            at: t0,
+        };
+        for _ in 0..10 {
+            assert!(b.take(10.0, t0));
+        }
+        assert!(
+            !b.take(10.0, t0),
+            "the 11th SYN in the same instant is over the limit"
+        );
+        assert!(!b.take(10.0, t0 + Duration::from_millis(50)));
+        assert!(
+            b.take(10.0, t0 + Duration::from_millis(150)),
+            "refilled at 10/s"
+        );
+        // The bucket never holds more than one second's worth.
+        let later = t0 + Duration::from_secs(60);
+        let taken = (0..100).filter(|_| b.take(10.0, later)).count();
+        assert_eq!(taken, 10);
+    }
+
+    #[test]
+    fn new_streams_get_the_compact_profile_past_the_threshold() {
+        let mut t = StreamTable::new(Admission::default(), true, Instant::now());
+        assert_eq!(t.config().max_cwnd, BULK_WINDOW);
+        for i in 0..COMPACT_AFTER as u64 {
+            let conn = Connection::connect(Config::default(), 0, Instant::now());
+            let ends = (
+                SockAddr::new(Addr::backbone(2), 49152),
+                SockAddr::new(Addr::backbone(1), 7),
+            );
+            t.conns
+                .insert(i, StreamConn::new(conn, 1, ends.0, ends.1, App::Gone));
+        }
+        assert_eq!(t.config().max_cwnd, Config::compact().max_cwnd);
+    }
+}

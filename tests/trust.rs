@@ -1,0 +1,224 @@
+//! The zero-trust handshake end to end (spec §9): real rendezvous, real
+//! private daemons, pilotctl as a user runs it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Node, Rendezvous};
+use serde_json::Value;
+
+fn id_of(n: &Node) -> u64 {
+    n.json(&["info"])["node_id"].as_u64().unwrap()
+}
+
+fn trusted_ids(n: &Node) -> Vec<u64> {
+    n.json(&["trust"])["trusted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["node_id"].as_u64().unwrap())
+        .collect()
+}
+
+fn via(n: &Node, peer: u64) -> String {
+    n.json(&["trust"])["trusted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["node_id"].as_u64() == Some(peer))
+        .map(|t| t["via"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+fn pending_ids(n: &Node) -> Vec<u64> {
+    n.json(&["pending"])["pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["node_id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Time until `f` holds, polling fast; panics after 10 s.
+fn time_until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), &mut f),
+        "{what} never happened"
+    );
+    t.elapsed()
+}
+
+fn pair(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, u64, u64) {
+    let a = Node::new("alpha");
+    let b = Node::new("beta");
+    let mut args = vec!["--hostname"];
+    let mut aa = args.clone();
+    aa.push("alpha");
+    aa.extend_from_slice(extra);
+    args.push("beta");
+    args.extend_from_slice(extra);
+    a.start(rdv, &aa);
+    b.start(rdv, &args);
+    let (ia, ib) = (id_of(&a), id_of(&b));
+    (a, b, ia, ib)
+}
+
+#[test]
+fn handshake_approve_within_two_seconds_each_way_then_streams_flow() {
+    let rdv = Rendezvous::start();
+    let (a, b, ia, ib) = pair(&rdv, &[]);
+    let b_addr = b.address();
+
+    // Before: private beta refuses alpha at once with not_trusted.
+    let t = Instant::now();
+    let out = a.ctl(&["--json", "connect", &b_addr, "7", "--message", "hi"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["code"], "not_trusted", "{out:?}");
+    assert!(out.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("pilotctl handshake"));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The hostname of a private node is not visible: the error says so.
+    let out = a.ctl(&["--json", "ping", "beta"]);
+    assert_eq!(out.json()["code"], "not_found", "{out:?}");
+    assert!(
+        out.json()["message"].as_str().unwrap().contains("private"),
+        "{out:?}"
+    );
+
+    a.json(&["handshake", &b_addr, "need weather data"]);
+    let lat_req = time_until("request reaches beta", || pending_ids(&b).contains(&ia));
+    assert!(lat_req < Duration::from_secs(2), "request took {lat_req:?}");
+    let p = &b.json(&["pending"])["pending"][0];
+    assert_eq!(p["justification"], "need weather data");
+
+    b.json(&["approve", &ia.to_string()]);
+    let lat_ok = time_until("approval reaches alpha", || trusted_ids(&a).contains(&ib));
+    assert!(lat_ok < Duration::from_secs(2), "approval took {lat_ok:?}");
+    assert_eq!(via(&b, ia), "approved");
+    assert_eq!(via(&a, ib), "mutual");
+    assert!(pending_ids(&b).is_empty());
+
+    // Now streams flow both ways.
+    let out = a.ctl(&["connect", &b_addr, "7", "--message", "hello"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("hello"), "{out:?}");
+    let out = b.ctl(&["connect", &a.address(), "7", "--message", "back"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // trust.json is in the reference format, owner-only.
+    let f = std::fs::read_to_string(b.pilot_dir().join("trust.json")).unwrap();
+    let v: Value = serde_json::from_str(&f).unwrap();
+    assert_eq!(v["trusted"][0]["node_id"].as_u64(), Some(ia));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(b.pilot_dir().join("trust.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    eprintln!("trust latency: request {lat_req:?}, approval {lat_ok:?}");
+}
+
+#[test]
+fn reject_mutual_and_auto_approve() {
+    let rdv = Rendezvous::start();
+    let (a, b, ia, ib) = pair(&rdv, &[]);
+    // Reject.
+    a.json(&["handshake", &ib.to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || pending_ids(&b).contains(&ia)));
+    b.json(&["reject", &ia.to_string(), "no thanks"]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        a.json(&["trust"])["rejected_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["node_id"].as_u64() == Some(ib))
+    }));
+    assert!(trusted_ids(&a).is_empty() && trusted_ids(&b).is_empty());
+    // Approving a request that is gone is an error.
+    let out = b.ctl(&["--json", "approve", &ia.to_string()]);
+    assert_eq!(out.json()["code"], "not_found");
+
+    // Mutual: both ask; both end up trusting with `mutual`.
+    a.json(&["handshake", &ib.to_string()]);
+    b.json(&["handshake", &ia.to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || trusted_ids(&a)
+        .contains(&ib)
+        && trusted_ids(&b).contains(&ia)));
+    assert_eq!(via(&a, ib), "mutual");
+    assert_eq!(via(&b, ia), "mutual");
+
+    // --trust-auto-approve.
+    let c = Node::new("gamma");
+    c.start(&rdv, &["--daemon-arg=--trust-auto-approve"]);
+    let ic = id_of(&c);
+    a.json(&["handshake", &ic.to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || trusted_ids(&a).contains(&ic)));
+    assert_eq!(via(&c, ia), "auto");
+}
+
+#[test]
+fn untrust_cuts_open_streams_and_trust_survives_restarts() {
+    let mut rdv = Rendezvous::start();
+    let (a, b, ia, ib) = pair(&rdv, &[]);
+    a.json(&["handshake", &ib.to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || pending_ids(&b).contains(&ia)));
+    b.json(&["approve", &ia.to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || trusted_ids(&a).contains(&ib)));
+
+    // Restart both daemons and the rendezvous: trust persists.
+    a.stop();
+    b.stop();
+    rdv.restart();
+    a.start(&rdv, &["--hostname", "alpha"]);
+    b.start(&rdv, &["--hostname", "beta"]);
+    assert_eq!(trusted_ids(&a), vec![ib]);
+    assert_eq!(trusted_ids(&b), vec![ia]);
+    let out = a.ctl(&["connect", &ib.to_string(), "7", "--message", "still"]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // An open stream from alpha to beta (stdin held open), then beta
+    // untrusts alpha: alpha's connect exits with an error within 2 s.
+    let mut child = std::process::Command::new(common::PILOTCTL)
+        .arg("--socket")
+        .arg(&a.socket)
+        .args(["connect", &ib.to_string(), "7"])
+        .env("HOME", a.home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || {
+        b.json(&["connections"])["connections"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    }));
+    let t = Instant::now();
+    b.json(&["untrust", &ia.to_string()]);
+    let mut status = None;
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cut = t.elapsed();
+    let _ = child.kill();
+    let status = status.expect("connect kept running after untrust");
+    assert!(!status.success());
+    assert!(cut < Duration::from_secs(2), "cut after {cut:?}");
+    // And new streams are refused with not_trusted.
+    let out = a.ctl(&["--json", "connect", &ib.to_string(), "7", "--message", "x"]);
+    assert_eq!(out.json()["code"], "not_trusted", "{out:?}");
+    assert!(trusted_ids(&b).is_empty());
+    // The revoke reached alpha too.
+    assert!(wait_until(Duration::from_secs(5), || trusted_ids(&a).is_empty()));
+}
