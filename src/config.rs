@@ -1,6 +1,12 @@
 //! Where a node keeps its files (spec §11): `~/.pilot/` for config,
-//! identity, logs and pid; `/tmp/pilot.sock` for IPC. Shared by `pilotctl`
-//! and `pilot-daemon` so both agree without passing paths around.
+//! identity, logs and pid. Shared by `pilotctl` and `pilot-daemon` so both
+//! agree without passing paths around.
+//!
+//! Unlike the reference, the default IPC socket is not `/tmp/pilot.sock`: a
+//! world-writable directory lets another local user create that name first
+//! and receive our commands (issue 10 item 7). It lives in the user's own
+//! `$XDG_RUNTIME_DIR/pilot/` (when set and ours), else `~/.pilot/`. Every
+//! file here is owner-only (0600, directories 0700).
 
 use std::path::{Path, PathBuf};
 
@@ -53,8 +59,94 @@ impl Paths {
         if let Some(p) = config.socket.as_deref().filter(|s| !s.is_empty()) {
             return PathBuf::from(p);
         }
-        PathBuf::from(crate::ipc::DEFAULT_SOCKET)
+        default_socket()
     }
+}
+
+/// The default IPC socket: `$XDG_RUNTIME_DIR/pilot/pilot.sock` when that
+/// directory is set and owned by us, else `~/.pilot/pilot.sock`.
+pub fn default_socket() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR").filter(|s| !s.is_empty()) {
+        let xdg = PathBuf::from(xdg);
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if std::fs::metadata(&xdg).is_ok_and(|m| m.is_dir() && m.uid() == me) {
+            return xdg.join("pilot").join("pilot.sock");
+        }
+    }
+    Paths::from_env().home.join("pilot.sock")
+}
+
+/// Opens `path` for appending, creating it owner-only (0600), and makes an
+/// existing file owner-only too (older versions wrote 0644).
+pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Largest `pilot.log` before it is rotated to `pilot.log.1` (issue 10
+/// item 2: a PILA flood once wrote 1 MB per 20,000 frames to a log that was
+/// never rotated). At most two files of this size exist.
+pub const LOG_CAP: u64 = 16 << 20;
+
+/// Renames `path` to `path.1` if it is larger than [`LOG_CAP`] (at start).
+pub fn rotate_if_large(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_CAP) {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        let _ = std::fs::rename(path, PathBuf::from(old));
+    }
+}
+
+/// When our stderr is a regular file larger than [`LOG_CAP`] (the daemon's
+/// `pilot.log`), copies it to `<file>.1` and truncates it (copy-truncate:
+/// the descriptor is shared with nobody we could tell to reopen). Returns
+/// whether it rotated.
+pub fn cap_stderr_log() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(path) = std::fs::read_link("/proc/self/fd/2") else {
+        return false;
+    };
+    let Ok(m) = std::fs::metadata(&path) else {
+        return false;
+    };
+    if !m.is_file() || m.len() <= LOG_CAP {
+        return false;
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    let old = PathBuf::from(old);
+    if std::fs::copy(&path, &old).is_ok() {
+        let _ = std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o600));
+    }
+    // SAFETY: ftruncate on our own stderr descriptor; no memory is touched.
+    unsafe { libc::ftruncate(2, 0) == 0 }
+}
+
+/// Writes `bytes` to `path` owner-only (0600), replacing it atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    let tmp = PathBuf::from(name);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
 }
 
 /// `~/.pilot/config.json` (spec §11): pilotctl's saved settings.
@@ -140,9 +232,7 @@ impl Config {
             source,
         })?;
         text.push('\n');
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        write_private(path, text.as_bytes()).map_err(io)
     }
 }
 
@@ -174,6 +264,26 @@ mod tests {
         let back = Config::load(&path).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.other["webhook"], "http://x");
+    }
+
+    #[test]
+    fn files_are_owner_only_and_the_socket_is_not_in_tmp() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        Config::default().save(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        let log = dir.path().join("pilot.log");
+        std::fs::write(&log, "old").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+        open_private_append(&log).unwrap();
+        assert_eq!(mode(&log), 0o600);
+        assert!(
+            !default_socket().starts_with("/tmp"),
+            "{:?}",
+            default_socket()
+        );
     }
 
     #[test]

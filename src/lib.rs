@@ -24,6 +24,7 @@ pub mod crypto;
 pub mod gateway;
 pub mod ipc;
 pub mod node;
+pub mod ratelimit;
 pub mod rendezvous;
 pub mod stream;
 pub mod wire;

@@ -318,6 +318,24 @@ async fn binary_mode_heartbeat_lookup_resolve() {
     server.shutdown().await;
 }
 
+/// Registers `n` fresh keys (ids 1..=n) from loopback: the beacon only
+/// records ids the registry saw from the sender's address (issue 10 item 5).
+fn register_ids(server: &Rendezvous, n: u8) {
+    for i in 1..=n {
+        let k = ed25519_dalek::SigningKey::from_bytes(&[i; 32]);
+        let req = registry::Request::Register(registry::Register::new(
+            k.verifying_key().as_bytes(),
+            ":1",
+        ));
+        let out = server.registry().handle(
+            req,
+            "127.0.0.1:1".parse().unwrap(),
+            std::time::Instant::now(),
+        );
+        assert_eq!(out.response.type_name(), "register_ok");
+    }
+}
+
 async fn udp() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.unwrap()
 }
@@ -336,23 +354,24 @@ async fn beacon_discover_punch_relay_and_spoofing() {
         .await
         .unwrap();
     let b = server.beacon_addr();
+    register_ids(&server, 2);
     let (x, y, evil) = (udp().await, udp().await, udp().await);
     let (xa, ya): (SocketAddr, SocketAddr) = (x.local_addr().unwrap(), y.local_addr().unwrap());
 
     // Discover -> reply with the observed address (also for the id-0 probe).
     x.send_to(&beacon::encode_discover(0), b).await.unwrap();
     assert_eq!(recv(&x).await.unwrap(), beacon::encode_discover_reply(xa));
-    x.send_to(&beacon::encode_discover(42), b).await.unwrap();
+    x.send_to(&beacon::encode_discover(1), b).await.unwrap();
     let reply = recv(&x).await.unwrap();
     assert_eq!(
         Repr::parse_bytes(&reply).unwrap(),
         Repr::DiscoverReply { endpoint: xa }
     );
-    y.send_to(&beacon::encode_discover(1000), b).await.unwrap();
+    y.send_to(&beacon::encode_discover(2), b).await.unwrap();
     assert!(recv(&y).await.is_some());
 
     // Punch: both get a command carrying the other's endpoint.
-    x.send_to(&beacon::encode_punch_request(42, 1000), b)
+    x.send_to(&beacon::encode_punch_request(1, 2), b)
         .await
         .unwrap();
     assert_eq!(recv(&x).await.unwrap(), beacon::encode_punch_command(ya));
@@ -360,20 +379,20 @@ async fn beacon_discover_punch_relay_and_spoofing() {
 
     // Relay from the registered source is delivered.
     let frame = b"PILS\0\0\0\x2a-inner-bytes";
-    x.send_to(&beacon::encode_relay(42, 1000, frame), b)
+    x.send_to(&beacon::encode_relay(1, 2, frame), b)
         .await
         .unwrap();
     assert_eq!(
         recv(&y).await.unwrap(),
-        beacon::encode_relay_delivery(42, frame)
+        beacon::encode_relay_delivery(1, frame)
     );
 
-    // Spoofed sender: 42's id from another source address is not delivered.
-    evil.send_to(&beacon::encode_relay(42, 1000, b"PILSevil"), b)
+    // Spoofed sender: 1's id from another source address is not delivered.
+    evil.send_to(&beacon::encode_relay(1, 2, b"PILSevil"), b)
         .await
         .unwrap();
     // ... nor is an unknown sender id.
-    evil.send_to(&beacon::encode_relay(7, 1000, b"PILSevil"), b)
+    evil.send_to(&beacon::encode_relay(7, 2, b"PILSevil"), b)
         .await
         .unwrap();
     assert_eq!(recv(&y).await, None);
@@ -381,12 +400,12 @@ async fn beacon_discover_punch_relay_and_spoofing() {
     // Garbage is ignored and the beacon keeps serving.
     evil.send_to(b"\xffgarbage", b).await.unwrap();
     evil.send_to(b"", b).await.unwrap();
-    x.send_to(&beacon::encode_relay(42, 1000, b"again"), b)
+    x.send_to(&beacon::encode_relay(1, 2, b"again"), b)
         .await
         .unwrap();
     assert_eq!(
         recv(&y).await.unwrap(),
-        beacon::encode_relay_delivery(42, b"again")
+        beacon::encode_relay_delivery(1, b"again")
     );
     server.shutdown().await;
 }
@@ -400,6 +419,7 @@ async fn beacon_entries_expire() {
     };
     let server = Rendezvous::start(config).await.unwrap();
     let b = server.beacon_addr();
+    register_ids(&server, 2);
     let (x, y) = (udp().await, udp().await);
     x.send_to(&beacon::encode_discover(1), b).await.unwrap();
     y.send_to(&beacon::encode_discover(2), b).await.unwrap();

@@ -24,9 +24,10 @@ struct Args {
     /// Register this endpoint (IP:PORT) instead of the local one.
     #[arg(long)]
     endpoint: Option<String>,
-    /// IPC socket path.
-    #[arg(long, env = "PILOT_SOCKET", default_value = pilot::ipc::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// IPC socket path [default: $XDG_RUNTIME_DIR/pilot/pilot.sock, else
+    /// ~/.pilot/pilot.sock].
+    #[arg(long, env = "PILOT_SOCKET")]
+    socket: Option<PathBuf>,
     /// Identity file [default: ~/.pilot/identity.json]; created if missing.
     #[arg(long)]
     identity: Option<PathBuf>,
@@ -77,6 +78,13 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    // A panic in any task (the event loop above all) must not leave a
+    // daemon that looks alive and does nothing: exit, so a supervisor
+    // restarts it (issue 10 item 10).
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error, exiting: {info}");
+        std::process::exit(70);
+    }));
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -120,7 +128,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         beacon: args.beacon,
         listen: args.listen,
         endpoint: args.endpoint,
-        socket: args.socket,
+        socket: args.socket.unwrap_or_else(pilot::config::default_socket),
         identity,
         hostname: args.hostname.filter(|h| !h.is_empty()),
         email: args.email,

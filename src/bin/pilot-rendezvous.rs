@@ -57,6 +57,11 @@ struct Args {
     #[arg(long, default_value_t = 8192)]
     max_connections: usize,
 
+    /// Connections one source IP may hold; beyond it, that source's least
+    /// recently active connection is closed.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_source: usize,
+
     /// Disable the per-connection rate limit (>100 req/s slowed, >500 closed).
     #[arg(long)]
     no_rate_limit: bool,
@@ -120,6 +125,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         beacon_addr: args.beacon_addr,
         store,
         max_connections: args.max_connections,
+        max_connections_per_source: args.max_connections_per_source,
         rate_limit: !args.no_rate_limit,
         ..Config::default()
     };

@@ -168,16 +168,13 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     }
 
     let log_path = paths.log();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| {
-            CliError::new(
-                ErrorCode::StartFailed,
-                format!("{}: {e}", log_path.display()),
-            )
-        })?;
+    crate::config::rotate_if_large(&log_path);
+    let log = crate::config::open_private_append(&log_path).map_err(|e| {
+        CliError::new(
+            ErrorCode::StartFailed,
+            format!("{}: {e}", log_path.display()),
+        )
+    })?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let log2 = log.try_clone().map_err(|e| {
         CliError::new(
@@ -197,7 +194,7 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
         )
     })?;
     let pid = child.id();
-    let _ = std::fs::write(paths.pid(), format!("{pid}\n"));
+    let _ = crate::config::write_private(&paths.pid(), format!("{pid}\n").as_bytes());
 
     if wait.is_zero() {
         // Asked not to wait: the options are taken as given.

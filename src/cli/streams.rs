@@ -149,9 +149,7 @@ fn pump_stdio(
                 if keep {
                     received.extend_from_slice(&buf[..n]);
                 } else {
-                    stdout
-                        .write_all(&buf[..n])
-                        .map_err(|e| io_err("stdout", e))?;
+                    write_remote(&mut stdout, &buf[..n]).map_err(|e| io_err("stdout", e))?;
                 }
                 last = Instant::now();
             }
@@ -224,8 +222,7 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
             if cli.json {
                 text.extend_from_slice(&buf[..n]);
             } else {
-                std::io::Write::write_all(&mut stdout, &buf[..n])
-                    .map_err(|e| io_err("stdout", e))?;
+                write_remote(&mut stdout, &buf[..n]).map_err(|e| io_err("stdout", e))?;
             }
         }
         std::io::Write::flush(&mut stdout).map_err(|e| io_err("stdout", e))?;
@@ -309,10 +306,44 @@ pub(super) async fn recv(cli: &Cli, a: &RecvArgs) -> Result<(), CliError> {
         };
         n += 1;
         print_ok(cli.json, &d, || {
-            format!("from {} ({} bytes): {}", d.from, d.bytes, d.data)
+            let data = if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                sanitize(d.data.as_bytes())
+            } else {
+                d.data.clone()
+            };
+            format!("from {} ({} bytes): {}", d.from, d.bytes, data)
         });
     }
     Ok(())
+}
+
+/// Remote bytes for a terminal: control characters (escape sequences could
+/// move the cursor, rewrite the title, or worse) are shown as `\u{..}`
+/// escapes; newlines and tabs pass (issue 10 item 10).
+pub fn sanitize(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes a peer's bytes to stdout: raw when piped (files, `tar`), sanitized
+/// when stdout is a terminal.
+fn write_remote<W: std::io::Write + std::io::IsTerminal>(
+    out: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    if out.is_terminal() {
+        out.write_all(sanitize(bytes).as_bytes())
+    } else {
+        out.write_all(bytes)
+    }
 }
 
 /// Deterministic bench payload: a cheap xorshift stream.
@@ -469,4 +500,17 @@ pub(super) async fn disconnect(cli: &Cli, id: u64, force: bool) -> Result<(), Cl
         )
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn escape_sequences_are_neutralised_for_terminals() {
+        assert_eq!(sanitize(b"ok\n\tx"), "ok\n\tx");
+        let s = sanitize(b"\x1b]0;pwned\x07\x1b[2J");
+        assert!(!s.contains('\u{1b}') && !s.contains('\u{7}'), "{s}");
+        assert!(s.contains("\\u{1b}"), "{s}");
+    }
 }

@@ -28,6 +28,14 @@ pub enum ClientError {
     /// The daemon closed the connection or sent garbage.
     #[error("daemon connection failed: {0}")]
     Frame(#[from] FrameError),
+    /// The socket (or the process behind it) belongs to another user.
+    #[error("refusing {socket}: {why}; another user may be impersonating the daemon (remove it or pass --socket)")]
+    Foreign {
+        /// The socket path tried.
+        socket: PathBuf,
+        /// Who owns it.
+        why: String,
+    },
     /// The daemon did not answer in time.
     #[error("the daemon did not answer within {0:?}")]
     Timeout(Duration),
@@ -47,6 +55,7 @@ impl ClientError {
         match self {
             ClientError::NotRunning { .. } => ErrorCode::DaemonNotRunning,
             ClientError::Connect { .. } | ClientError::Frame(_) => ErrorCode::Internal,
+            ClientError::Foreign { .. } => ErrorCode::DaemonNotRunning,
             ClientError::Timeout(_) => ErrorCode::Timeout,
             ClientError::Daemon { code, .. } => *code,
         }
@@ -61,8 +70,35 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon at `socket`.
     pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let me = super::my_uid();
+        let foreign = |why: String| ClientError::Foreign {
+            socket: socket.to_path_buf(),
+            why,
+        };
+        if let Ok(m) = std::fs::symlink_metadata(socket) {
+            if !m.file_type().is_socket() {
+                return Err(foreign("it is not a socket".into()));
+            }
+            if !super::uid_trusted(m.uid(), me) {
+                return Err(foreign(format!("it is owned by uid {}, not {me}", m.uid())));
+            }
+        }
         match UnixStream::connect(socket).await {
-            Ok(stream) => Ok(Client { stream }),
+            Ok(stream) => {
+                let uid =
+                    stream
+                        .peer_cred()
+                        .map(|c| c.uid())
+                        .map_err(|source| ClientError::Connect {
+                            socket: socket.to_path_buf(),
+                            source,
+                        })?;
+                if !super::uid_trusted(uid, me) {
+                    return Err(foreign(format!("the process behind it runs as uid {uid}")));
+                }
+                Ok(Client { stream })
+            }
             Err(e)
                 if matches!(
                     e.kind(),

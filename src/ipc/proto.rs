@@ -407,6 +407,13 @@ pub struct Stats {
     pub dropped_beacon_source: u64,
     /// PILA frames that failed verification.
     pub dropped_auth: u64,
+    /// Unauthenticated work refused by a rate limit (PILAs, key lookups,
+    /// answers to undecryptable frames).
+    #[serde(default)]
+    pub dropped_rate_limited: u64,
+    /// PILAs naming a peer key that a newer session superseded (replays).
+    #[serde(default)]
+    pub dropped_superseded_key: u64,
     /// Verified PILAs from an address other than the peer's endpoint
     /// (replayed or spoofed, or a move not yet proven by a PILS): answered
     /// there, endpoint unchanged.

@@ -23,6 +23,7 @@ use rand_core::{OsRng, RngCore};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use super::keys::{KeyHistory, Verdict};
 use super::peer::{Peer, MAX_QUEUEING_PEERS};
 use super::registry::RegError;
 use super::stream_table::{AppLink, StreamTable};
@@ -33,6 +34,7 @@ use crate::ipc::proto::{
     DatagramData, InfoData, ListenEvent, PeerData, PeersData, PingData, Stats,
 };
 use crate::ipc::{ErrorCode, Response};
+use crate::ratelimit::{Bucket, Limiter};
 use crate::wire::address::Addr;
 use crate::wire::beacon;
 use crate::wire::frame::{AuthKeyRepr, Frame, PILS_HEADER_LEN, TAG_LEN};
@@ -58,6 +60,26 @@ const PILA_MAX_ATTEMPTS: u32 = 8;
 const PILA_ANSWER_SPACING: Duration = Duration::from_secs(1);
 /// Senders remembered for rate-limiting answers to undecryptable frames.
 const MAX_STALE_ANSWERS: usize = 4096;
+/// PILA verifications per second from one source IP, and burst (issue 10
+/// item 2: a peer sends a handful per tunnel set-up; an Ed25519
+/// verification costs ~50 µs, so the global rate bounds PILA work to a few
+/// percent of one core).
+const PILA_PER_SOURCE: (f64, f64) = (20.0, 40.0);
+/// PILA verifications per second in total, and burst.
+const PILA_GLOBAL: (f64, f64) = (500.0, 1000.0);
+/// Source addresses tracked by the PILA limiter.
+const PILA_SOURCES: usize = 4096;
+/// Registry key lookups in flight at once for PILAs of unknown senders
+/// (issue 10 item 3: excess PILAs are dropped, never queued).
+const MAX_KEY_LOOKUPS: usize = 8;
+/// How long a failed key lookup is remembered (negative cache).
+const NEGATIVE_KEY_TTL: Duration = Duration::from_secs(30);
+/// Negative-cache entries kept.
+const MAX_NEGATIVE_KEYS: usize = 4096;
+/// Answers (PILA, 136 bytes) to undecryptable frames from senders that do
+/// not look like a known peer, per second and burst, all sources together
+/// (issue 10 item 4: bounds reflection to ~1.4 KB/s).
+const STALE_ANSWER_BUDGET: (f64, f64) = (10.0, 20.0);
 /// First ephemeral port (spec §2.5).
 pub(super) const EPHEMERAL_START: u16 = 49152;
 
@@ -194,6 +216,11 @@ pub struct Engine {
     pub(super) peers: HashMap<u32, Peer>,
     waiting_pila: HashMap<u32, WaitingPila>,
     stale_answers: HashMap<u32, Instant>,
+    key_history: KeyHistory,
+    pila_limit: Limiter<std::net::IpAddr>,
+    key_lookups: HashSet<u32>,
+    negative_keys: HashMap<u32, Instant>,
+    stale_budget: Bucket,
     pub(super) pings: HashMap<(u32, u16), PendingPing>,
     next_port: u16,
     next_ping_seq: u32,
@@ -246,6 +273,18 @@ impl Engine {
             peers: HashMap::new(),
             waiting_pila: HashMap::new(),
             stale_answers: HashMap::new(),
+            key_history: KeyHistory::default(),
+            pila_limit: Limiter::new(
+                PILA_GLOBAL.0,
+                PILA_GLOBAL.1,
+                PILA_PER_SOURCE.0,
+                PILA_PER_SOURCE.1,
+                PILA_SOURCES,
+                Instant::now(),
+            ),
+            key_lookups: HashSet::new(),
+            negative_keys: HashMap::new(),
+            stale_budget: Bucket::new(STALE_ANSWER_BUDGET.1, Instant::now()),
             pings: HashMap::new(),
             next_port: EPHEMERAL_START + 1,
             next_ping_seq: 1,
@@ -425,13 +464,36 @@ impl Engine {
             self.stats.dropped_auth += 1;
             return;
         }
-        let peer = self.peers.entry(pila.sender).or_default();
-        if peer.ed25519 == Some(pila.ed25519) {
+        // Unauthenticated work: rate-limited per source and in total.
+        if !self.pila_limit.allow(&from.ip(), now) {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
+        let node = pila.sender;
+        if self
+            .peers
+            .get(&node)
+            .is_some_and(|p| p.ed25519 == Some(pila.ed25519))
+        {
             self.install_pila(pila, from, relay_sender.is_some(), now);
             return;
         }
-        // Key unknown or changed: ask the registry (spec §4.3 steps 2-3).
-        let node = pila.sender;
+        // Key unknown or changed: ask the registry (spec §4.3 steps 2-3),
+        // with a bounded number of lookups in flight and no peer entry
+        // before verification (issue 10 item 3).
+        if self
+            .negative_keys
+            .get(&node)
+            .is_some_and(|t| now.duration_since(*t) < NEGATIVE_KEY_TTL)
+        {
+            self.stats.dropped_auth += 1;
+            return;
+        }
+        let in_flight = self.key_lookups.contains(&node);
+        if !in_flight && self.key_lookups.len() >= MAX_KEY_LOOKUPS {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
         self.waiting_pila.insert(
             node,
             WaitingPila {
@@ -440,8 +502,8 @@ impl Engine {
                 via_relay: relay_sender.is_some(),
             },
         );
-        if !peer.key_lookup {
-            peer.key_lookup = true;
+        if !in_flight {
+            self.key_lookups.insert(node);
             let shared = self.shared.clone();
             let tx = self.cmd_tx.clone();
             tokio::spawn(async move {
@@ -452,20 +514,24 @@ impl Engine {
     }
 
     fn on_peer_key(&mut self, node: u32, key: Result<[u8; 32], RegError>, now: Instant) {
-        let Some(peer) = self.peers.get_mut(&node) else {
-            return;
-        };
-        peer.key_lookup = false;
+        self.key_lookups.remove(&node);
         let waiting = self.waiting_pila.remove(&node);
         match key {
             Ok(k) => {
-                peer.ed25519 = Some(k);
-                if let Some(w) = waiting {
-                    if w.pila.ed25519 == k {
-                        self.install_pila(w.pila, w.from, w.via_relay, now);
-                    } else {
-                        self.stats.dropped_auth += 1;
-                    }
+                if let Some(peer) = self.peers.get_mut(&node) {
+                    peer.ed25519 = Some(k);
+                }
+                let Some(w) = waiting else {
+                    return;
+                };
+                // A peer entry exists only once the PILA verifies.
+                if w.pila.ed25519 == k
+                    && verify_auth(&w.pila.ed25519, node, &w.pila.x25519, &w.pila.signature)
+                {
+                    self.peers.entry(node).or_default().ed25519 = Some(k);
+                    self.install_pila(w.pila, w.from, w.via_relay, now);
+                } else {
+                    self.stats.dropped_auth += 1;
                 }
             }
             Err(e) => {
@@ -473,13 +539,15 @@ impl Engine {
                 if waiting.is_some() {
                     self.stats.dropped_auth += 1;
                 }
-                // An unverifiable sender leaves nothing behind.
-                let empty = peer.session.is_none()
-                    && peer.endpoint.is_none()
-                    && peer.queue.is_empty()
-                    && !peer.resolving;
-                if empty {
-                    self.peers.remove(&node);
+                if matches!(e, RegError::Refused(_)) {
+                    if self.negative_keys.len() >= MAX_NEGATIVE_KEYS {
+                        self.negative_keys
+                            .retain(|_, t| now.duration_since(*t) < NEGATIVE_KEY_TTL);
+                        if self.negative_keys.len() >= MAX_NEGATIVE_KEYS {
+                            self.negative_keys.clear();
+                        }
+                    }
+                    self.negative_keys.insert(node, now);
                 }
             }
         }
@@ -495,6 +563,14 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&node) else {
             return;
         };
+        // Never go back to a superseded key: that is a replayed PILA, and
+        // re-deriving it would restart our counter under a used key (§12.9).
+        let current = peer.x25519.filter(|_| peer.session.is_some());
+        let verdict = self.key_history.verdict(node, current, &pila.x25519);
+        if verdict == Verdict::Superseded {
+            self.stats.dropped_superseded_key += 1;
+            return;
+        }
         peer.last_seen = Some(now);
         // Path rules (path.rs): a PILA never moves the endpoint.
         let answer_at = self.path_on_pila(node, from, via_relay, now);
@@ -510,11 +586,25 @@ impl Engine {
                     return;
                 }
             };
-            let mut prefix = [0u8; 4];
-            OsRng.fill_bytes(&mut prefix);
-            peer.session = Some(Session::new(key, prefix));
+            if let (Some(old), Some(old_key)) = (peer.session.take(), current) {
+                self.key_history.retire(node, old_key, old);
+            }
+            let resumed = match verdict {
+                Verdict::Resume => self.key_history.resume(node, &pila.x25519),
+                _ => None,
+            };
+            let session = resumed.unwrap_or_else(|| {
+                let mut prefix = [0u8; 4];
+                OsRng.fill_bytes(&mut prefix);
+                Session::new(key, prefix)
+            });
+            peer.session = Some(session);
             peer.x25519 = Some(pila.x25519);
-            tracing::info!("tunnel to node {node} established ({})", peer.path_name());
+            if current.is_none() {
+                tracing::info!("tunnel to node {node} established ({})", peer.path_name());
+            } else {
+                tracing::debug!("node {node} changed its tunnel key");
+            }
             true
         } else {
             // Same key: keep the session (§12.9). Answer anyway when our last
@@ -590,7 +680,26 @@ impl Engine {
             return;
         }
         // The sender id is unauthenticated here: rate-limit in a bounded
-        // table of its own, never by creating peer entries.
+        // table of its own, never by creating peer entries. A sender that
+        // looks like a known peer (an entry whose endpoint is this source,
+        // or a relay peer) is answered; anyone else only within a small
+        // global budget, so forged frames cannot turn us into a reflector
+        // (issue 10 item 4).
+        let known = self.peers.get(&node).is_some_and(|p| {
+            if via_relay {
+                p.relay
+            } else {
+                p.endpoint == Some(from)
+            }
+        });
+        if !known
+            && !self
+                .stale_budget
+                .take(STALE_ANSWER_BUDGET.0, STALE_ANSWER_BUDGET.1, now)
+        {
+            self.stats.dropped_rate_limited += 1;
+            return;
+        }
         if self
             .stale_answers
             .get(&node)

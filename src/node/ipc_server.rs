@@ -22,7 +22,18 @@ use crate::wire::address::{parse_target, Addr, Target};
 
 /// Binds the socket at `path`, owner-only.
 pub async fn bind(path: &Path) -> Result<UnixListener, NodeError> {
-    if path.exists() {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        if !crate::ipc::uid_trusted(m.uid(), crate::ipc::my_uid()) {
+            return Err(NodeError::Bind {
+                what: "IPC socket",
+                addr: path.display().to_string(),
+                source: std::io::Error::other(format!(
+                    "the file belongs to uid {}; another user may be impersonating the daemon",
+                    m.uid()
+                )),
+            });
+        }
         if UnixStream::connect(path).await.is_ok() {
             return Err(NodeError::AlreadyRunning(path.to_path_buf()));
         }
@@ -67,6 +78,13 @@ pub async fn serve(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
+                    // Only our own user (or root) may drive the node, even
+                    // if the socket's mode was loosened (issue 10 item 7).
+                    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                    if !uid.is_some_and(|u| crate::ipc::uid_trusted(u, crate::ipc::my_uid())) {
+                        tracing::warn!("ipc: refused a client running as uid {uid:?}");
+                        continue;
+                    }
                     tokio::spawn(client(stream, shared.clone(), cmds.clone(), stop_tx.clone()));
                 }
                 Err(e) => {

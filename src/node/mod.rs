@@ -18,9 +18,11 @@ pub mod events;
 pub mod files;
 pub mod expose;
 pub mod ipc_server;
+pub mod keys;
 pub mod path;
 pub mod peer;
 pub mod registry;
+pub mod statelock;
 pub mod stream_table;
 pub mod streams;
 pub mod svc;
@@ -113,6 +115,9 @@ pub enum NodeError {
     /// Another daemon already serves the socket.
     #[error("a daemon is already running on {0}")]
     AlreadyRunning(PathBuf),
+    /// Another daemon already uses this identity.
+    #[error(transparent)]
+    Locked(#[from] statelock::LockError),
     /// The registry refused our hostname.
     #[error("cannot set hostname {hostname:?}: {reason}")]
     Hostname {
@@ -250,6 +255,14 @@ async fn register(shared: &Shared) -> Result<u32, NodeError> {
 
 /// Runs the daemon until SIGINT/SIGTERM or an IPC `shutdown`.
 pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
+    // One daemon per identity: lock its directory before touching anything.
+    let state_dir = config
+        .identity
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let _state_lock = statelock::acquire(&state_dir)?;
     let identity = match Identity::load_or_create(&config.identity, &mut rand_core::OsRng)? {
         (id, true) => {
             tracing::info!("created a new identity in {}", config.identity.display());
@@ -337,6 +350,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         stop_rx.clone(),
     ));
     tokio::spawn(signals(stop_tx));
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if crate::config::cap_stderr_log() {
+                tracing::info!("pilot.log reached its cap; rotated to pilot.log.1");
+            }
+        }
+    });
 
     let mut stop = stop_rx;
     let _ = stop.wait_for(|s| *s).await;

@@ -2,6 +2,11 @@
 //! connection, with errors classified the way `pilotctl` reports them
 //! (unreachable, refused with the server's text, not found).
 //!
+//! Two connections (issue 10 item 3): registration, heartbeats and the other
+//! calls that keep our own entry right use a control connection of their
+//! own, so they are never queued behind lookups and resolves (which peers can
+//! trigger; the engine bounds those in flight).
+//!
 //! Every call signs with the node's identity (spec §6.3) and names the node
 //! id assigned at registration; `resolve_hostname` always sends our own id as
 //! `requester_id` (spec §12.14).
@@ -55,7 +60,17 @@ pub struct RegistryHandle {
     identity: Identity,
     node_id: AtomicU32,
     conn: Mutex<Option<RegistryClient>>,
+    ctl: Mutex<Option<RegistryClient>>,
     lan_addrs: std::sync::Mutex<Vec<String>>,
+}
+
+/// Which connection a call uses.
+#[derive(Clone, Copy)]
+enum Lane {
+    /// Our own registration: register, heartbeat, hostname, visibility.
+    Control,
+    /// Everything else.
+    Query,
 }
 
 impl RegistryHandle {
@@ -67,6 +82,7 @@ impl RegistryHandle {
             identity,
             node_id: AtomicU32::new(0),
             conn: Mutex::new(None),
+            ctl: Mutex::new(None),
             lan_addrs: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -91,7 +107,18 @@ impl RegistryHandle {
         &self,
         call: impl AsyncFnOnce(&mut RegistryClient) -> Result<T, ClientError>,
     ) -> Result<T, RegError> {
-        let mut conn = self.conn.lock().await;
+        self.on(Lane::Query, call).await
+    }
+
+    async fn on<T>(
+        &self,
+        lane: Lane,
+        call: impl AsyncFnOnce(&mut RegistryClient) -> Result<T, ClientError>,
+    ) -> Result<T, RegError> {
+        let mut conn = match lane {
+            Lane::Control => self.ctl.lock().await,
+            Lane::Query => self.conn.lock().await,
+        };
         if conn.is_none() {
             let c = RegistryClient::connect(self.addr)
                 .await
@@ -126,7 +153,22 @@ impl RegistryHandle {
         }
         r.version = Some(concat!("pilot-rs/", env!("CARGO_PKG_VERSION")).into());
         r.protocol_version = Some(reg::PROTOCOL_VERSION);
-        let ok = self.with_client(async |c| c.register(r).await).await?;
+        // Sign it (our extension): a registration for our key must never be
+        // something anyone who read the key can send (issue 10 item 1).
+        r.timestamp = Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        );
+        {
+            use ed25519_dalek::Signer;
+            let sig = self.key().sign(r.signed_text().as_bytes());
+            r.signature = Some(reg::b64_encode(&sig.to_bytes()));
+        }
+        let ok = self
+            .on(Lane::Control, async |c| c.register(r).await)
+            .await?;
         self.node_id.store(ok.node_id, Ordering::Relaxed);
         Ok(ok.node_id)
     }
@@ -134,29 +176,35 @@ impl RegistryHandle {
     /// `heartbeat` (spec §6.4.2).
     pub async fn heartbeat(&self) -> Result<(), RegError> {
         let id = self.node_id();
-        self.with_client(async |c| c.heartbeat(self.key(), id).await.map(|_| ()))
-            .await
+        self.on(Lane::Control, async |c| {
+            c.heartbeat(self.key(), id).await.map(|_| ())
+        })
+        .await
     }
 
     /// `deregister` (spec §6.4.10).
     pub async fn deregister(&self) -> Result<(), RegError> {
         let id = self.node_id();
-        self.with_client(async |c| c.deregister(self.key(), id).await)
+        self.on(Lane::Control, async |c| c.deregister(self.key(), id).await)
             .await
     }
 
     /// `set_hostname` (spec §6.4.5); empty clears.
     pub async fn set_hostname(&self, hostname: &str) -> Result<(), RegError> {
         let id = self.node_id();
-        self.with_client(async |c| c.set_hostname(self.key(), id, hostname).await.map(|_| ()))
-            .await
+        self.on(Lane::Control, async |c| {
+            c.set_hostname(self.key(), id, hostname).await.map(|_| ())
+        })
+        .await
     }
 
     /// `set_visibility` (spec §6.4.7).
     pub async fn set_visibility(&self, public: bool) -> Result<(), RegError> {
         let id = self.node_id();
-        self.with_client(async |c| c.set_visibility(self.key(), id, public).await.map(|_| ()))
-            .await
+        self.on(Lane::Control, async |c| {
+            c.set_visibility(self.key(), id, public).await.map(|_| ())
+        })
+        .await
     }
 
     /// `lookup` (spec §6.4.3), shaped for `pilotctl lookup`.

@@ -15,9 +15,16 @@
 //!   one can relay, punch or be punched as "node 0";
 //! * no peer beacons: gossip (0x07) is parsed and ignored.
 //!
-//! Remaining weakness shared with the reference: discover/punch-request are
-//! unauthenticated, so a host can re-point an id's observed endpoint to
-//! itself (it then receives that id's relayed, still encrypted, frames).
+//! * (issue 10 item 5) discover/punch-request are unauthenticated on the
+//!   wire, so an id is bound to the registry instead: when the table has a
+//!   [`Registry`], an id is recorded only from the IP address the registry
+//!   saw for that node's proven registration (its `real_addr`). One spoofed
+//!   `discover` can no longer re-point node 42 to the sender (which used to
+//!   defeat the relay source check); a full table evicts its oldest entry
+//!   instead of locking new ids out.
+//!
+//! Remaining weakness: a host behind the same public IP as a node (same NAT)
+//! can still re-point that node's beacon entry (see docs/SECURITY.md).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::state::Registry;
 use crate::wire::beacon::{self, Repr, MAX_RELAY_PAYLOAD};
 
 /// Entry capacity (spec §5.2, App. C).
@@ -48,6 +56,10 @@ pub struct BeaconTable {
     entries: HashMap<u32, Entry>,
     capacity: usize,
     ttl: Duration,
+    authority: Option<Arc<Registry>>,
+    /// Discover/punch requests refused because the source is not the
+    /// registry-observed address of the claimed id.
+    pub refused: u64,
 }
 
 impl BeaconTable {
@@ -57,16 +69,47 @@ impl BeaconTable {
             entries: HashMap::new(),
             capacity,
             ttl,
+            authority: None,
+            refused: 0,
         }
     }
 
-    /// Records `id` at `addr`; false if the table is full and `id` is new.
+    /// Binds ids to the addresses `registry` observed for them.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> BeaconTable {
+        self.authority = Some(registry);
+        self
+    }
+
+    /// Records `id` at `addr`; false if `addr` may not speak for `id`.
     fn observe(&mut self, id: u32, addr: SocketAddr, now: Instant) -> bool {
         if id == 0 {
             return true;
         }
+        if let Some(reg) = &self.authority {
+            let canon = |ip: std::net::IpAddr| match ip {
+                std::net::IpAddr::V6(v6) => {
+                    v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip)
+                }
+                v4 => v4,
+            };
+            if reg.node_ip(id).map(canon) != Some(canon(addr.ip())) {
+                self.refused += 1;
+                return false;
+            }
+        }
         if !self.entries.contains_key(&id) && self.entries.len() >= self.capacity {
-            return false;
+            // Full: expired entries first, else the least recently seen.
+            self.sweep(now);
+            if self.entries.len() >= self.capacity {
+                if let Some(&old) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.seen)
+                    .map(|(k, _)| k)
+                {
+                    self.entries.remove(&old);
+                }
+            }
         }
         self.entries.insert(id, Entry { addr, seen: now });
         true
@@ -239,8 +282,11 @@ mod tests {
         assert_eq!(t.handle(&beacon::encode_discover(0), x, now).len(), 1);
         assert!(t.is_empty());
         assert_eq!(t.handle(&beacon::encode_discover(1), x, now).len(), 1);
-        assert!(t.handle(&beacon::encode_discover(2), x, now).is_empty());
-        assert_eq!(t.handle(&beacon::encode_discover(1), x, now).len(), 1);
+        // Full: the oldest entry makes room (no lock-out of new ids).
+        let later = now + Duration::from_secs(1);
+        assert_eq!(t.handle(&beacon::encode_discover(2), x, later).len(), 1);
+        assert_eq!(t.get(2, later), Some(x));
+        assert_eq!(t.get(1, later), None);
         assert!(t.handle(b"garbage", x, now).is_empty());
     }
 }

@@ -60,6 +60,9 @@ pub struct Config {
     pub durable_timeout: Duration,
     /// Concurrent registry connections (ours; excess ones are closed).
     pub max_connections: usize,
+    /// Connections one source address may hold before its own least
+    /// recently active one is evicted (issue 10 item 6).
+    pub max_connections_per_source: usize,
     /// Apply the §6.1 per-connection rate rule.
     pub rate_limit: bool,
     /// Beacon entry lifetime (10 min, §5.2).
@@ -82,6 +85,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(30),
             durable_timeout: Duration::from_secs(10),
             max_connections: 8192,
+            max_connections_per_source: 256,
             rate_limit: true,
             beacon_ttl: beacon::DEFAULT_TTL,
             beacon_sweep_interval: beacon::DEFAULT_SWEEP_INTERVAL,
@@ -180,16 +184,17 @@ impl Rendezvous {
             durable_timeout: config.durable_timeout,
             connections: Arc::new(Semaphore::new(config.max_connections)),
             rate_limit: config.rate_limit,
-            silent: Default::default(),
+            conns: Default::default(),
+            max_per_source: config.max_connections_per_source.max(1),
             next_conn: Default::default(),
             buffer_budget: Arc::new(Semaphore::new(server::BUFFER_BUDGET_KIB)),
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 
-        let table = Arc::new(Mutex::new(beacon::BeaconTable::new(
-            config.beacon_capacity,
-            config.beacon_ttl,
-        )));
+        let table = Arc::new(Mutex::new(
+            beacon::BeaconTable::new(config.beacon_capacity, config.beacon_ttl)
+                .with_registry(registry.clone()),
+        ));
         tasks.push(tokio::spawn(beacon::run(
             udp,
             table,

@@ -9,9 +9,12 @@
 //! * a request must complete within the idle timeout (5 min) of the
 //!   previous one, and a reply must be written within the write timeout, so
 //!   slow or stuck clients cost one task and at most one frame of memory;
-//! * a semaphore caps concurrent connections (excess ones are closed at
-//!   once rather than left in the accept backlog, which would stall
-//!   well-behaved clients);
+//! * a semaphore caps concurrent connections; when it is full, or when one
+//!   source address holds its share ([`Shared::max_per_source`]), a new
+//!   connection evicts the least recently active connection of the source
+//!   holding the most connections (issue 10 item 6: connections that sent
+//!   one request and then idled used to hold every slot forever, and new
+//!   clients were closed at once);
 //! * the §6.1 per-connection rate rule: after 5 s, > 100 req/s adds 10 ms per
 //!   request, > 500 req/s closes the connection;
 //! * malformed JSON, unknown types and bad binary frames get an error reply
@@ -19,8 +22,8 @@
 //!
 //! Binary mode (§6.5) is detected from the first 4 bytes (`PILT`).
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::state::Registry;
+use super::state::{ConnAuth, Registry};
 use super::store::Durability;
 use crate::wire::registry::{
     self as wire, BinaryLookupReply, BinaryMessage, FrameDecoder, FrameError, Lookup, NodeSigned,
@@ -64,28 +67,72 @@ pub(crate) struct Shared {
     pub durable_timeout: Duration,
     pub connections: Arc<Semaphore>,
     pub rate_limit: bool,
-    /// Connections that have not completed a request yet, oldest first:
-    /// the ones evicted when the connection cap is reached.
-    pub silent: std::sync::Mutex<BTreeMap<u64, Arc<Notify>>>,
+    /// Every open connection, for fair eviction.
+    pub conns: std::sync::Mutex<HashMap<u64, ConnSlot>>,
+    /// Most connections one source address may hold before its own least
+    /// recently active one is evicted.
+    pub max_per_source: usize,
     pub next_conn: AtomicU64,
     /// KiB of partial-frame buffer beyond [`FREE_BUFFER`] per connection,
     /// shared by all connections.
     pub buffer_budget: Arc<Semaphore>,
 }
 
+/// One open connection as the eviction policy sees it.
+#[derive(Debug)]
+pub(crate) struct ConnSlot {
+    ip: IpAddr,
+    last_active: Instant,
+    kill: Arc<Notify>,
+}
+
 impl Shared {
-    fn lock_silent(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Notify>>> {
-        self.silent.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnSlot>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the oldest connection that never sent a complete request.
-    fn evict_oldest_silent(&self) -> bool {
-        match self.lock_silent().pop_first() {
-            Some((_, kill)) => {
-                kill.notify_one();
+    fn per_source(conns: &HashMap<u64, ConnSlot>) -> HashMap<IpAddr, usize> {
+        let mut n: HashMap<IpAddr, usize> = HashMap::new();
+        for c in conns.values() {
+            *n.entry(c.ip).or_default() += 1;
+        }
+        n
+    }
+
+    /// Whether `ip` already holds its share of connections.
+    fn source_full(&self, ip: IpAddr) -> bool {
+        let conns = self.lock_conns();
+        conns.values().filter(|c| c.ip == ip).count() >= self.max_per_source
+    }
+
+    /// Closes the least recently active connection of `ip` if given, else
+    /// of the source holding the most connections. False if none is open.
+    fn evict(&self, ip: Option<IpAddr>) -> bool {
+        let mut conns = self.lock_conns();
+        let target = match ip {
+            Some(ip) => ip,
+            None => match Self::per_source(&conns).into_iter().max_by_key(|(_, n)| *n) {
+                Some((ip, _)) => ip,
+                None => return false,
+            },
+        };
+        let victim = conns
+            .iter()
+            .filter(|(_, c)| c.ip == target)
+            .min_by_key(|(_, c)| c.last_active)
+            .map(|(id, _)| *id);
+        match victim.and_then(|v| conns.remove(&v)) {
+            Some(slot) => {
+                slot.kill.notify_one();
                 true
             }
             None => false,
+        }
+    }
+
+    fn touch(&self, conn_id: u64) {
+        if let Some(c) = self.lock_conns().get_mut(&conn_id) {
+            c.last_active = Instant::now();
         }
     }
 }
@@ -104,7 +151,7 @@ enum ConnEnd {
     BinaryVersion(u8),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("evicted: connection cap reached and no request was ever sent")]
+    #[error("evicted: connection cap reached and this was the least recently active connection")]
     Evicted,
     #[error("shared buffer budget exhausted by large requests")]
     Budget,
@@ -134,14 +181,17 @@ pub(crate) async fn run(
                 let _ = sock.set_nodelay(true);
                 let shared = shared.clone();
                 let mut stop = stop.clone();
+                if shared.source_full(peer.ip()) {
+                    shared.evict(Some(peer.ip()));
+                }
                 let permit = match shared.connections.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
                     Err(_) => {
                         refused += 1;
                         if refused.is_power_of_two() {
-                            tracing::warn!(%peer, refused, "connection limit reached; evicting connections that never sent a request");
+                            tracing::warn!(%peer, refused, "connection limit reached; evicting the least recently active connection of the busiest source");
                         }
-                        if !shared.evict_oldest_silent() {
+                        if !shared.evict(None) {
                             drop(sock);
                             continue;
                         }
@@ -164,13 +214,20 @@ pub(crate) async fn run(
                     };
                     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
                     let kill = Arc::new(Notify::new());
-                    shared.lock_silent().insert(conn_id, kill.clone());
+                    shared.lock_conns().insert(
+                        conn_id,
+                        ConnSlot {
+                            ip: peer.ip(),
+                            last_active: Instant::now(),
+                            kill: kill.clone(),
+                        },
+                    );
                     let r = tokio::select! {
                         r = serve(sock, peer, &shared, conn_id) => r,
                         _ = kill.notified() => Err(ConnEnd::Evicted),
                         _ = stop.wait_for(|s| *s) => Ok(()),
                     };
-                    shared.lock_silent().remove(&conn_id);
+                    shared.lock_conns().remove(&conn_id);
                     if let Err(e) = r {
                         tracing::debug!(%peer, reason = %e, "registry connection closed");
                     }
@@ -226,6 +283,7 @@ async fn serve(
     let mut requests: u64 = 0;
     let mut deadline = Instant::now() + shared.idle_timeout;
     let mut budget: Option<OwnedSemaphorePermit> = None;
+    let mut auth = ConnAuth::default();
     loop {
         if mode == Mode::Unknown {
             let p = dec.pending();
@@ -261,9 +319,7 @@ async fn serve(
                     }
                 };
                 requests += 1;
-                if requests == 1 {
-                    shared.lock_silent().remove(&conn_id);
-                }
+                shared.touch(conn_id);
                 if shared.rate_limit {
                     match rate_action(requests, started.elapsed()) {
                         RateAction::Close => {
@@ -276,8 +332,8 @@ async fn serve(
                     }
                 }
                 let reply = match mode {
-                    Mode::Binary => handle_binary(&frame, peer, shared).await,
-                    _ => json_frame(&handle_json(&frame, peer, shared).await),
+                    Mode::Binary => handle_binary(&frame, peer, shared, &mut auth).await,
+                    _ => json_frame(&handle_json(&frame, peer, shared, &mut auth).await),
                 };
                 write_reply(&mut wr, &reply, shared.write_timeout).await?;
                 deadline = Instant::now() + shared.idle_timeout;
@@ -359,8 +415,10 @@ fn reserve(
 }
 
 /// Runs one request through the registry, waiting for durability.
-async fn execute(req: Request, peer: SocketAddr, shared: &Shared) -> Response {
-    let out = shared.registry.handle(req, peer, std::time::Instant::now());
+async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut ConnAuth) -> Response {
+    let out = shared
+        .registry
+        .handle_on(auth, req, peer, std::time::Instant::now());
     if let Some(generation) = out.durable_generation {
         shared.durability.poke();
         if !shared
@@ -398,6 +456,7 @@ async fn long_poll(
     wait: Duration,
     peer: SocketAddr,
     shared: &Shared,
+    auth: &mut ConnAuth,
 ) -> Response {
     let deadline = Instant::now() + wait;
     let notify = shared.registry.waiter(node);
@@ -405,7 +464,7 @@ async fn long_poll(
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let resp = execute(req.clone(), peer, shared).await;
+        let resp = execute(req.clone(), peer, shared, auth).await;
         match &resp {
             Response::PollHandshakesOk(ok) if ok.requests.is_empty() && ok.responses.is_empty() => {
             }
@@ -417,14 +476,19 @@ async fn long_poll(
     }
 }
 
-async fn handle_json(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Response {
+async fn handle_json(
+    payload: &[u8],
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+) -> Response {
     match wire::parse_request(payload) {
         Ok(Request::PollHandshakes(r)) if poll_wait(payload).is_some() => {
             let wait = poll_wait(payload).unwrap_or_default();
             let node = r.node_id;
-            long_poll(Request::PollHandshakes(r), node, wait, peer, shared).await
+            long_poll(Request::PollHandshakes(r), node, wait, peer, shared, auth).await
         }
-        Ok(req) => execute(req, peer, shared).await,
+        Ok(req) => execute(req, peer, shared, auth).await,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "malformed request");
             Response::error("malformed request")
@@ -432,21 +496,26 @@ async fn handle_json(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Respo
     }
 }
 
-async fn handle_binary(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Vec<u8> {
+async fn handle_binary(
+    payload: &[u8],
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+) -> Vec<u8> {
     let msg = match BinaryMessage::parse_frame_payload(payload) {
         Ok(m) => m,
         Err(_) => return binary_frame(&BinaryMessage::Error("request failed".into())),
     };
     let reply = match msg {
         BinaryMessage::Json(j) => {
-            BinaryMessage::Json(wire::to_json(&handle_json(&j, peer, shared).await))
+            BinaryMessage::Json(wire::to_json(&handle_json(&j, peer, shared, auth).await))
         }
         BinaryMessage::Heartbeat { node_id, signature } => {
             let req = Request::Heartbeat(NodeSigned {
                 node_id,
                 signature: Some(wire::b64_encode(&signature)),
             });
-            match execute(req, peer, shared).await {
+            match execute(req, peer, shared, auth).await {
                 Response::HeartbeatOk(ok) => BinaryMessage::HeartbeatReply {
                     unix_time: ok.time,
                     key_expiry_warning: ok.key_expiry_warning,
@@ -455,7 +524,7 @@ async fn handle_binary(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Vec
             }
         }
         BinaryMessage::Lookup { node_id } => {
-            match execute(Request::Lookup(Lookup { node_id }), peer, shared).await {
+            match execute(Request::Lookup(Lookup { node_id }), peer, shared, auth).await {
                 Response::LookupOk(l) => BinaryMessage::LookupReply(BinaryLookupReply {
                     node_id: l.node_id,
                     public: l.public,
@@ -483,7 +552,7 @@ async fn handle_binary(payload: &[u8], peer: SocketAddr, shared: &Shared) -> Vec
                 requester_id,
                 signature: Some(wire::b64_encode(&signature)),
             });
-            match execute(req, peer, shared).await {
+            match execute(req, peer, shared, auth).await {
                 Response::ResolveOk(r) => BinaryMessage::ResolveReply {
                     node_id: r.node_id,
                     real_addr: r.real_addr,

@@ -44,6 +44,17 @@ pub const MAX_LAN_ADDRS: usize = 32;
 pub const MAX_TEXT_FIELD: usize = 256;
 /// Longest hostname (spec §6.4.5).
 pub const MAX_HOSTNAME: usize = 63;
+/// New node ids one source address may obtain: burst, then per second
+/// (issue 10 item 6: fresh-key registrations ran at ~1,400/s from one host;
+/// an IPv6 source counts by its /64).
+pub const NEW_IDS_PER_SOURCE: (f64, f64) = (1.0, 128.0);
+/// Source addresses tracked by the new-id quota.
+const QUOTA_SOURCES: usize = 65_536;
+/// An id whose key never signed anything within this time after its
+/// registration is reclaimed (issue 10 item 6).
+pub const UNPROVEN_GRACE: Duration = Duration::from_secs(600);
+/// Pending handshake requests older than this are dropped (issue 10 item 6).
+pub const HANDSHAKE_TTL: Duration = Duration::from_secs(3600);
 /// Names no node may take (spec §6.4.5).
 pub const RESERVED_HOSTNAMES: [&str; 3] = ["localhost", "backbone", "broadcast"];
 
@@ -73,6 +84,11 @@ pub struct Node {
     pub version: Option<String>,
     /// Unix seconds when this key was first registered.
     pub key_created: u64,
+    /// The key has signed something (nodes loaded from the store count as
+    /// proven); unproven ids are reclaimed after [`UNPROVEN_GRACE`].
+    pub proven: bool,
+    /// When this id was allocated (or loaded).
+    pub created: Instant,
 }
 
 /// The persisted form of a node (see `store.rs`).
@@ -134,6 +150,18 @@ struct PendingRequest {
     timestamp: i64,
 }
 
+/// The new-id quota key of a source address: the IPv4 address, or the /64
+/// of an IPv6 one.
+fn quota_key(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     nodes: HashMap<u32, Node>,
@@ -147,6 +175,10 @@ struct State {
     hs_responses: HashMap<u32, VecDeque<HandshakeResponseEntry>>,
     /// Bumped by every durable mutation.
     generation: u64,
+    /// Ids reclaimed from keys that never proved themselves.
+    free_ids: Vec<u32>,
+    /// New ids per source address.
+    new_id_quota: Option<crate::ratelimit::Limiter<IpAddr>>,
 }
 
 /// The result of handling one request.
@@ -157,6 +189,34 @@ pub struct Outcome {
     /// If set, the reply may only be sent once the store has persisted this
     /// generation.
     pub durable_generation: Option<u64>,
+}
+
+/// How long a signed registration's timestamp stays acceptable (either
+/// direction, for clock skew): bounds how long a captured one can be replayed.
+pub const REGISTER_SIGNATURE_WINDOW: u64 = 300;
+/// Node ids one connection remembers as proven (a daemon uses one).
+const MAX_PROVEN_PER_CONN: usize = 16;
+
+/// What one registry connection has proven (issue 10 item 1). `register` is
+/// unsigned in Pilot v1, so a registration that names an already-known key
+/// changes nothing until the key is proven: by our signed registration, or
+/// (reference nodes) by a signed request for that node on the same
+/// connection, which then applies the parked registration.
+#[derive(Debug, Default)]
+pub struct ConnAuth {
+    /// Node ids whose key signed something on this connection.
+    proven: HashSet<u32>,
+    /// The last unproven registration of a known key on this connection.
+    pending: Option<(u32, wire::Register, SocketAddr)>,
+}
+
+impl ConnAuth {
+    fn prove(&mut self, id: u32) {
+        if self.proven.len() >= MAX_PROVEN_PER_CONN {
+            self.proven.clear();
+        }
+        self.proven.insert(id);
+    }
 }
 
 /// The registry state machine. Cheap to share behind an `Arc`.
@@ -208,6 +268,11 @@ pub fn validate_hostname(h: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn new_id_quota() -> crate::ratelimit::Limiter<IpAddr> {
+    let (rate, burst) = NEW_IDS_PER_SOURCE;
+    crate::ratelimit::Limiter::new(1e12, 1e12, rate, burst, QUOTA_SOURCES, Instant::now())
+}
+
 fn not_found(id: u32) -> String {
     format!("node {id}: node not found")
 }
@@ -236,12 +301,15 @@ impl State {
         }
     }
 
-    fn verify(&self, req: &Request) -> Result<(), String> {
+    fn verify(&mut self, req: &Request) -> Result<(), String> {
         let Some((signer, text)) = req.signed_string() else {
             return Ok(());
         };
         let node = self.live(signer)?;
         if signature_ok(&node.key, &text, req.signature()) {
+            if let Some(n) = self.nodes.get_mut(&signer) {
+                n.proven = true;
+            }
             Ok(())
         } else {
             Err(format!("signature verification failed for node {signer}"))
@@ -351,10 +419,26 @@ impl Registry {
         Registry {
             state: std::sync::Mutex::new(State {
                 next_id: 1,
+                new_id_quota: Some(new_id_quota()),
                 ..State::default()
             }),
             waiters: Default::default(),
         }
+    }
+
+    /// Turns the per-source new-id quota off (benchmarks, tests that
+    /// register many keys from one address).
+    pub fn without_quota(self) -> Registry {
+        self.lock().new_id_quota = None;
+        self
+    }
+
+    /// The IP address the registry observed for live node `id`'s proven
+    /// registration (the beacon binds ids to it, issue 10 item 5).
+    pub fn node_ip(&self, id: u32) -> Option<IpAddr> {
+        let st = self.lock();
+        let n = st.nodes.get(&id).filter(|n| n.live)?;
+        n.real_addr.parse::<SocketAddr>().ok().map(|a| a.ip())
     }
 
     fn lock_waiters(
@@ -382,6 +466,7 @@ impl Registry {
     pub fn from_snapshot(snap: Snapshot, now: Instant) -> Result<Registry, SnapshotError> {
         let mut st = State {
             next_id: snap.next_id.max(1),
+            new_id_quota: Some(new_id_quota()),
             ..State::default()
         };
         for r in snap.nodes {
@@ -414,11 +499,17 @@ impl Registry {
                 lan_addrs: r.lan_addrs,
                 version: r.version,
                 key_created: r.key_created,
+                proven: true,
+                created: now,
             };
             if st.nodes.insert(r.id, node).is_some() {
                 return Err(bad("id listed twice"));
             }
         }
+        st.free_ids = (1..st.next_id)
+            .rev()
+            .filter(|id| !st.nodes.contains_key(id))
+            .collect();
         for [a, b] in snap.trust {
             if !st.nodes.contains_key(&a) || !st.nodes.contains_key(&b) {
                 return Err(SnapshotError(format!(
@@ -512,14 +603,62 @@ impl Registry {
                 n.live = false;
             }
         }
-        if !stale.is_empty() {
+        // Ids whose key never signed anything are reclaimed (issue 10
+        // item 6): registering costs nothing, so unproven ids must not
+        // accumulate.
+        let unproven: Vec<u32> = st
+            .nodes
+            .values()
+            .filter(|n| !n.proven && now.saturating_duration_since(n.created) >= UNPROVEN_GRACE)
+            .map(|n| n.id)
+            .collect();
+        for &id in &unproven {
+            st.release_hostname(id);
+            if let Some(n) = st.nodes.remove(&id) {
+                st.by_key.remove(n.key.as_bytes());
+            }
+            st.hs_requests.remove(&id);
+            st.hs_responses.remove(&id);
+            if let Some(peers) = st.trust.remove(&id) {
+                for p in peers {
+                    if let Some(s) = st.trust.get_mut(&p) {
+                        s.remove(&id);
+                    }
+                }
+            }
+            st.free_ids.push(id);
+        }
+        // Pending handshake requests expire.
+        let horizon = unix_now().saturating_sub(HANDSHAKE_TTL.as_secs()) as i64;
+        st.hs_requests.retain(|_, inbox| {
+            inbox.retain(|p| p.timestamp >= horizon);
+            !inbox.is_empty()
+        });
+        st.hs_responses.retain(|_, inbox| {
+            inbox.retain(|p| p.timestamp >= horizon);
+            !inbox.is_empty()
+        });
+        if !stale.is_empty() || !unproven.is_empty() {
             st.dirty();
         }
-        stale
+        stale.into_iter().chain(unproven).collect()
     }
 
-    /// Handles one request from a client whose TCP source is `peer`.
+    /// Handles one request from a client whose TCP source is `peer`, on a
+    /// connection of its own (nothing is remembered between calls).
     pub fn handle(&self, req: Request, peer: SocketAddr, now: Instant) -> Outcome {
+        self.handle_on(&mut ConnAuth::default(), req, peer, now)
+    }
+
+    /// Handles one request arriving on the connection whose proofs are
+    /// `conn`.
+    pub fn handle_on(
+        &self,
+        conn: &mut ConnAuth,
+        req: Request,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Outcome {
         let wake = match &req {
             Request::RequestHandshake(r) => Some(r.to_node_id),
             Request::RespondHandshake(r) => Some(r.peer_id),
@@ -527,7 +666,28 @@ impl Registry {
         };
         let mut st = self.lock();
         let gen_before = st.generation;
-        let response = match Self::dispatch(&mut st, req, peer, now) {
+        // A signed request from the node whose registration is parked on
+        // this connection proves the key: apply the registration first (it
+        // may make a reaped node live again, which the request needs).
+        if let Some((signer, text)) = req.signed_string() {
+            if conn
+                .pending
+                .as_ref()
+                .is_some_and(|(id, _, _)| *id == signer)
+            {
+                let proven = st
+                    .nodes
+                    .get(&signer)
+                    .is_some_and(|n| signature_ok(&n.key, &text, req.signature()));
+                if proven {
+                    if let Some((_, r, at)) = conn.pending.take() {
+                        conn.prove(signer);
+                        let _ = Self::register(&mut st, conn, r, at, now, unix_now());
+                    }
+                }
+            }
+        }
+        let response = match Self::dispatch(&mut st, conn, req, peer, now) {
             Ok(r) => r,
             Err(text) => Response::error(&text),
         };
@@ -547,6 +707,7 @@ impl Registry {
 
     fn dispatch(
         st: &mut State,
+        conn: &mut ConnAuth,
         req: Request,
         peer: SocketAddr,
         now: Instant,
@@ -558,9 +719,12 @@ impl Registry {
             }
         }
         st.verify(&req)?;
+        if let Some((signer, _)) = req.signed_string() {
+            conn.prove(signer);
+        }
         let unix = unix_now();
         Ok(match req {
-            Request::Register(r) => Self::register(st, r, peer, now, unix)?,
+            Request::Register(r) => Self::register(st, conn, r, peer, now, unix)?,
             Request::Heartbeat(NodeSigned { node_id, .. }) => {
                 // `verify` has checked the node is live and the signature.
                 if let Some(n) = st.nodes.get_mut(&node_id) {
@@ -758,6 +922,7 @@ impl Registry {
 
     fn register(
         st: &mut State,
+        conn: &mut ConnAuth,
         r: wire::Register,
         peer: SocketAddr,
         now: Instant,
@@ -766,8 +931,21 @@ impl Registry {
         let pk = wire::decode_public_key(&r.public_key)
             .ok_or("registration rejected: bad public key encoding")?;
         let key = VerifyingKey::from_bytes(&pk).map_err(|_| "registration rejected: bad key")?;
+        if r.signature.is_some() {
+            // Our signed registration: a bad signature or a stale timestamp
+            // is refused outright rather than treated as unsigned.
+            let fresh = r
+                .timestamp
+                .is_some_and(|t| (t - unix as i64).unsigned_abs() <= REGISTER_SIGNATURE_WINDOW);
+            if !fresh || !signature_ok(&key, &r.signed_text(), r.signature.as_deref()) {
+                return Err("registration rejected: invalid signature or expired timestamp".into());
+            }
+            if let Some(&id) = st.by_key.get(&pk) {
+                conn.prove(id);
+            }
+        }
         let port = listen_port(&r.listen_addr).ok_or("invalid listen_addr")?;
-        let lan_addrs = r.lan_addrs.unwrap_or_default();
+        let lan_addrs = r.lan_addrs.clone().unwrap_or_default();
         if lan_addrs.len() > MAX_LAN_ADDRS {
             return Err("too many lan_addrs".into());
         }
@@ -781,15 +959,48 @@ impl Registry {
         let real_addr = SocketAddr::new(canonical_ip(peer.ip()), port).to_string();
 
         let id = match st.by_key.get(&pk) {
+            Some(&id) if !conn.proven.contains(&id) && r.signature.is_none() => {
+                // A known key, not proven on this connection: anyone can
+                // read it with `lookup`, so change nothing yet; park the
+                // registration until a signed request proves the key.
+                let n = st
+                    .nodes
+                    .get(&id)
+                    .ok_or("registration rejected: index inconsistency")?;
+                let hostname = n.hostname.clone().filter(|_| n.live);
+                conn.pending = Some((id, r.clone(), peer));
+                return Ok(Response::RegisterOk(RegisterOk {
+                    node_id: id,
+                    network_id: 0,
+                    address: Addr::backbone(id).to_string(),
+                    public_key: r.public_key,
+                    observed_addr: real_addr,
+                    protocol_version: PROTOCOL_VERSION,
+                    hostname,
+                    hostname_error: None,
+                }));
+            }
             Some(&id) => id,
             None => {
                 // Rule 3 of the reference (owner takeover) is deliberately
                 // not implemented: an unknown key always gets a new id.
-                if st.next_id > MAX_NODES {
-                    return Err("too many nodes".into());
+                if let Some(q) = st.new_id_quota.as_mut() {
+                    if !q.allow(&quota_key(peer.ip()), now) {
+                        return Err(
+                            "rate limited: too many new registrations from this address".into()
+                        );
+                    }
                 }
-                let id = st.next_id;
-                st.next_id += 1;
+                let id = match st.free_ids.pop() {
+                    Some(id) => id,
+                    None => {
+                        if st.next_id > MAX_NODES {
+                            return Err("too many nodes".into());
+                        }
+                        st.next_id += 1;
+                        st.next_id - 1
+                    }
+                };
                 st.by_key.insert(pk, id);
                 st.nodes.insert(
                     id,
@@ -805,8 +1016,11 @@ impl Registry {
                         lan_addrs: Vec::new(),
                         version: None,
                         key_created: unix,
+                        proven: r.signature.is_some(),
+                        created: now,
                     },
                 );
+                conn.prove(id);
                 id
             }
         };
@@ -919,6 +1133,168 @@ mod tests {
         assert!(matches!(set(&b, 2, "alpha"), Response::SetHostnameOk(_)));
         assert!(set(&b, 2, "localhost").type_name() == "error");
         assert!(set(&b, 2, &"a".repeat(64)).type_name() == "error");
+    }
+
+    #[test]
+    fn unsigned_register_of_a_known_key_waits_for_a_signed_request() {
+        let r = Registry::new();
+        let t = Instant::now();
+        let k = key(1);
+        let mut first = ConnAuth::default();
+        let mut req = wire::Register::new(k.verifying_key().as_bytes(), "0.0.0.0:4000");
+        req.hostname = Some("alpha".into());
+        let out = r.handle_on(&mut first, Request::Register(req.clone()), peer(), t);
+        assert_eq!(out.response.type_name(), "register_ok");
+        let lookup = |r: &Registry| match r
+            .handle(Request::Lookup(wire::Lookup { node_id: 1 }), peer(), t)
+            .response
+        {
+            Response::LookupOk(l) => l,
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(lookup(&r).hostname.as_deref(), Some("alpha"));
+
+        // Another connection re-registers the key from elsewhere: parked.
+        let mut other = ConnAuth::default();
+        let elsewhere: SocketAddr = "10.9.9.9:1".parse().unwrap();
+        req.hostname = Some("beta".into());
+        req.listen_addr = "0.0.0.0:5000".into();
+        r.handle_on(&mut other, Request::Register(req.clone()), elsewhere, t);
+        assert_eq!(lookup(&r).hostname.as_deref(), Some("alpha"));
+        let hb = signed(
+            Request::Heartbeat(NodeSigned {
+                node_id: 1,
+                signature: None,
+            }),
+            &k,
+        );
+        // A signature by another key applies nothing.
+        let bad = signed(
+            Request::Heartbeat(NodeSigned {
+                node_id: 1,
+                signature: None,
+            }),
+            &key(2),
+        );
+        assert_eq!(
+            r.handle_on(&mut other, bad, elsewhere, t)
+                .response
+                .type_name(),
+            "error"
+        );
+        assert_eq!(lookup(&r).hostname.as_deref(), Some("alpha"));
+        // The real key's heartbeat on that connection applies it.
+        assert_eq!(
+            r.handle_on(&mut other, hb, elsewhere, t)
+                .response
+                .type_name(),
+            "heartbeat_ok"
+        );
+        let Response::ResolveOk(res) = r
+            .handle(
+                signed(
+                    Request::Resolve(wire::Resolve {
+                        node_id: 1,
+                        requester_id: 1,
+                        signature: None,
+                    }),
+                    &k,
+                ),
+                peer(),
+                t,
+            )
+            .response
+        else {
+            panic!()
+        };
+        assert_eq!(res.real_addr, "10.9.9.9:5000");
+        assert_eq!(lookup(&r).hostname.as_deref(), Some("beta"));
+
+        // Our signed registration applies at once; a stale one is refused.
+        let mut third = ConnAuth::default();
+        let mut sreq = wire::Register::new(k.verifying_key().as_bytes(), "0.0.0.0:6000");
+        sreq.timestamp = Some(unix_now() as i64);
+        sreq.signature = Some(wire::b64_encode(
+            &k.sign(sreq.signed_text().as_bytes()).to_bytes(),
+        ));
+        assert_eq!(
+            r.handle_on(&mut third, Request::Register(sreq.clone()), elsewhere, t)
+                .response
+                .type_name(),
+            "register_ok"
+        );
+        assert!(third.proven.contains(&1));
+        sreq.timestamp = Some(unix_now() as i64 - 3600);
+        sreq.signature = Some(wire::b64_encode(
+            &k.sign(sreq.signed_text().as_bytes()).to_bytes(),
+        ));
+        assert_eq!(
+            r.handle_on(&mut third, Request::Register(sreq), elsewhere, t)
+                .response
+                .type_name(),
+            "error"
+        );
+    }
+
+    #[test]
+    fn new_ids_are_quota_limited_per_source_and_unproven_ids_reclaimed() {
+        let r = Registry::new();
+        let t = Instant::now();
+        let burst = NEW_IDS_PER_SOURCE.1 as usize;
+        let from = |ip: &str| -> SocketAddr { format!("{ip}:1").parse().unwrap() };
+        let reg_from = |n: u32, ip: &str| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&n.to_be_bytes());
+            let k = SigningKey::from_bytes(&seed);
+            let req = Request::Register(wire::Register::new(k.verifying_key().as_bytes(), ":1"));
+            r.handle(req, from(ip), t).response
+        };
+        let ok = (0..burst as u32 + 50)
+            .filter(|n| reg_from(*n, "10.0.0.1").type_name() == "register_ok")
+            .count();
+        assert_eq!(ok, burst, "one source gets its burst, then is limited");
+        assert_eq!(
+            reg_from(100_000, "10.0.0.1"),
+            Response::error("rate limited: too many new registrations from this address")
+        );
+        assert_eq!(reg_from(100_001, "10.0.0.2").type_name(), "register_ok");
+
+        // A key that signs something keeps its id; the others are reclaimed
+        // after the grace period and their ids reused.
+        let k1 = {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&0u32.to_be_bytes());
+            SigningKey::from_bytes(&seed)
+        };
+        let hb = signed(
+            Request::Heartbeat(NodeSigned {
+                node_id: 1,
+                signature: None,
+            }),
+            &k1,
+        );
+        assert_eq!(r.handle(hb, peer(), t).response.type_name(), "heartbeat_ok");
+        let later = t + UNPROVEN_GRACE + Duration::from_secs(1);
+        let gone = r.reap(later, Duration::from_secs(100_000));
+        assert_eq!(gone.len(), burst, "all but node 1 reclaimed");
+        assert!(!gone.contains(&1));
+        let Response::RegisterOk(again) = r
+            .handle(
+                Request::Register(wire::Register::new(
+                    key(250).verifying_key().as_bytes(),
+                    ":1",
+                )),
+                from("10.0.0.3"),
+                later,
+            )
+            .response
+        else {
+            panic!()
+        };
+        assert!(
+            again.node_id <= burst as u32 + 1,
+            "a reclaimed id is reused"
+        );
     }
 
     #[test]

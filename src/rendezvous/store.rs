@@ -113,12 +113,16 @@ impl Store {
             fs::create_dir_all(dir).map_err(io)?;
         }
         let lock_path = with_suffix(path, ".lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io)?;
+        let lock = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)
+        }
+        .map_err(io)?;
         if !lock_exclusive(&lock) {
             return Err(StoreError::Locked {
                 path: path.to_path_buf(),
@@ -170,7 +174,21 @@ impl Store {
             snapshot,
         })
         .map_err(std::io::Error::other)?;
-        let mut f = File::create(&self.tmp)?;
+        // Owner-only: the store holds every node's owner e-mail and address
+        // (issue 10 item 9).
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&self.tmp)?
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        }
         f.write_all(&bytes)?;
         f.sync_all()?;
         drop(f);

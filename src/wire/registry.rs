@@ -353,6 +353,14 @@ pub struct Register {
     /// Protocol version (only logged by the reference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<u32>,
+    /// Our extension (ignored by a reference registry): unix seconds when
+    /// the registration was signed, part of [`Register::signed_text`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+    /// Our extension: base64 Ed25519 signature of [`Register::signed_text`]
+    /// by `public_key`, proving possession of the key (see docs/SECURITY.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Register {
@@ -366,7 +374,21 @@ impl Register {
             version: None,
             hostname: None,
             protocol_version: None,
+            timestamp: None,
+            signature: None,
         }
+    }
+
+    /// The string a signed registration signs:
+    /// `register:<public_key>:<listen_addr>:<timestamp>` (our extension; the
+    /// timestamp bounds replays to the registry's acceptance window).
+    pub fn signed_text(&self) -> String {
+        format!(
+            "register:{}:{}:{}",
+            self.public_key,
+            self.listen_addr,
+            self.timestamp.unwrap_or(0)
+        )
     }
 }
 
@@ -1458,6 +1480,8 @@ mod tests {
                         version: opt.clone(),
                         hostname: opt.clone(),
                         protocol_version: flag.then_some(1),
+                        timestamp: flag.then_some(i64::from(b)),
+                        signature: sig.clone(),
                     }),
                     1 => Request::Heartbeat(NodeSigned { node_id: a, signature: sig }),
                     2 => Request::Lookup(Lookup { node_id: a }),

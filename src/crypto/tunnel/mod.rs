@@ -106,8 +106,9 @@ pub enum CryptoError {
     /// (both directions share the key) or a peer reusing our nonces.
     #[error("PILS frame carries our own nonce prefix")]
     OwnPrefix,
-    /// The peer has switched nonce prefixes more than
-    /// [`RETIRED_PREFIX_LIMIT`] times under this key; it must be re-keyed.
+    /// Kept for API stability; no longer returned: past
+    /// [`RETIRED_PREFIX_LIMIT`] switches the oldest retired prefix is
+    /// forgotten instead (issue 10 item 10).
     #[error("too many nonce prefixes under one key; the session must be re-keyed")]
     TooManyPrefixes,
     /// AES-GCM authentication failed: ciphertext, tag, nonce or sender id was
