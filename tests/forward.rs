@@ -57,7 +57,9 @@ fn forward_without_root_gets_uploads_and_fails_fast() {
     let pid = lab.a.pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
-        status.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
         "{status}"
     );
     let (_fwd, listen) = spawn_forward(&lab, "beta:80");
@@ -148,7 +150,13 @@ fn expose_survives_pilotctl_and_unexpose_ends_it() {
     let port = common::free_tcp_port().to_string();
     let o = as_nobody(
         &lab.a,
-        &["--json", "expose", "9000", "--to", &format!("127.0.0.1:{port}")],
+        &[
+            "--json",
+            "expose",
+            "9000",
+            "--to",
+            &format!("127.0.0.1:{port}"),
+        ],
     );
     assert_eq!(o.code, 0, "{o:?}");
 

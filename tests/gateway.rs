@@ -226,17 +226,29 @@ fn kill9_leaves_nothing_restart_works_and_ping_follows_the_peer() {
             .unwrap()
     };
     let out = ping("3");
-    assert!(out.status.success(), "no echo reply while the peer is up: {out:?}");
+    assert!(
+        out.status.success(),
+        "no echo reply while the peer is up: {out:?}"
+    );
     // ...and stops when the peer is down.
     lab.b.kill9();
     let out = ping("2");
-    assert!(!out.status.success(), "echo answered with the peer down: {out:?}");
+    assert!(
+        !out.status.success(),
+        "echo answered with the peer down: {out:?}"
+    );
     // The unprivileged case: one clear line naming the fix.
     if have("setpriv") {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(gateway_support::GATEWAY)
-            .args(["start", "--foreground", "--device", "pgnoroot0", "--control"])
+            .args([
+                "start",
+                "--foreground",
+                "--device",
+                "pgnoroot0",
+                "--control",
+            ])
             .arg("/tmp/pilot-gw-noroot-test.sock")
             .env("HOME", "/tmp")
             .output()
@@ -244,7 +256,10 @@ fn kill9_leaves_nothing_restart_works_and_ping_follows_the_peer() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(err.contains("sudo") && err.contains("setcap cap_net_admin+ep"), "{err}");
+        assert!(
+            err.contains("sudo") && err.contains("setcap cap_net_admin+ep"),
+            "{err}"
+        );
     }
 }
 
@@ -276,7 +291,12 @@ fn dns_answers_pilot_names() {
     );
     // curl with the name resolved through the gateway's DNS.
     let r = curl(
-        &["-m", "20", "--resolve", &format!("beta.pilot:80:{}", gw.ip(1))],
+        &[
+            "-m",
+            "20",
+            "--resolve",
+            &format!("beta.pilot:80:{}", gw.ip(1)),
+        ],
         "http://beta.pilot/",
     );
     assert_eq!(r.body, "hello from beta\n");
@@ -322,7 +342,9 @@ fn a_thousand_concurrent_curls_all_succeed() {
         let cfg = lab.path(&format!("urls{k}.txt"));
         let mut text = String::new();
         for i in 0..250 {
-            text.push_str(&format!("url = \"{url}?{k}-{i}\"\noutput = \"/dev/null\"\n"));
+            text.push_str(&format!(
+                "url = \"{url}?{k}-{i}\"\noutput = \"/dev/null\"\n"
+            ));
         }
         std::fs::write(&cfg, text).unwrap();
         let child = Command::new("curl")
@@ -372,7 +394,12 @@ fn a_thousand_concurrent_curls_all_succeed() {
         ok,
         1000,
         "failures:\n{errors}\ngateway log:\n{}",
-        gw.log().lines().rev().take(5).collect::<Vec<_>>().join("\n")
+        gw.log()
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 

@@ -8,9 +8,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::client::{
-    check_target, dial, io_err, preflight, remote_addr, socket_path, IPC_TIMEOUT,
-};
+use super::client::{check_target, dial, io_err, preflight, remote_addr, socket_path, IPC_TIMEOUT};
 use super::output::print_ok;
 use super::{parse_duration, Cli, CliError, PingArgs};
 use crate::ipc::proto::PingData;

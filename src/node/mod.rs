@@ -15,8 +15,8 @@
 pub mod dataexchange;
 pub mod engine;
 pub mod events;
-pub mod files;
 pub mod expose;
+pub mod files;
 pub mod ipc_server;
 pub mod keys;
 pub mod path;

@@ -224,7 +224,12 @@ impl Lab {
                     "alpha",
                 ],
             );
-            assert_eq!(out.code, 0, "unprivileged daemon start: {out:?}\n{}", a.log());
+            assert_eq!(
+                out.code,
+                0,
+                "unprivileged daemon start: {out:?}\n{}",
+                a.log()
+            );
         } else {
             a.start(&rdv, &["--public", "--hostname", "alpha"]);
         }
