@@ -185,16 +185,18 @@ fn untrust_cuts_open_streams_and_trust_survives_restarts() {
 
     // An open stream from alpha to beta (stdin held open), then beta
     // untrusts alpha: alpha's connect exits with an error within 2 s.
-    let mut child = std::process::Command::new(common::PILOTCTL)
-        .arg("--socket")
-        .arg(&a.socket)
-        .args(["connect", &ib.to_string(), "7"])
-        .env("HOME", a.home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Reap(
+        std::process::Command::new(common::PILOTCTL)
+            .arg("--socket")
+            .arg(&a.socket)
+            .args(["connect", &ib.to_string(), "7"])
+            .env("HOME", a.home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     assert!(wait_until(Duration::from_secs(5), || {
         b.json(&["connections"])["connections"]
             .as_array()
@@ -204,14 +206,13 @@ fn untrust_cuts_open_streams_and_trust_survives_restarts() {
     b.json(&["untrust", &ia.to_string()]);
     let mut status = None;
     while t.elapsed() < Duration::from_secs(5) {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.0.try_wait().unwrap() {
             status = Some(s);
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let cut = t.elapsed();
-    let _ = child.kill();
     let status = status.expect("connect kept running after untrust");
     assert!(!status.success());
     assert!(cut < Duration::from_secs(2), "cut after {cut:?}");
@@ -221,4 +222,14 @@ fn untrust_cuts_open_streams_and_trust_survives_restarts() {
     assert!(trusted_ids(&b).is_empty());
     // The revoke reached alpha too.
     assert!(wait_until(Duration::from_secs(5), || trusted_ids(&a).is_empty()));
+}
+
+/// A child process killed and reaped when dropped (also on a failed assert).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

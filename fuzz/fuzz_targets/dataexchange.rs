@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = dx::read_frame(data);
     let _ = dx::split_file_body(data);
+    if let Ok(p) = dx::FilePart::parse(data) {
+        assert_eq!(&p.to_frame().expect("re-emit")[dx::HEADER_LEN..], data);
+    }
     let mut rest = data;
     while let Ok(Some((e, used))) = dx::decode_event(rest) {
         assert!(used >= 6 && used <= rest.len());

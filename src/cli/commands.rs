@@ -48,6 +48,25 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Reject { target, reason } => trust::reject(cli, target, reason).await,
         Command::Untrust { target } => trust::untrust(cli, target).await,
         Command::Trust => trust::list(cli).await,
+        Command::SendMessage(a) => super::messages::send_message(cli, a).await,
+        Command::Inbox { clear, from } => {
+            super::messages::mailbox(cli, "inbox", *clear, from.as_deref()).await
+        }
+        Command::SendFile(a) => super::messages::send_file(cli, a).await,
+        Command::Received { clear } => {
+            super::messages::mailbox(cli, "received", *clear, None).await
+        }
+        Command::Publish {
+            target,
+            topic,
+            data,
+        } => super::messages::publish(cli, target, topic, data).await,
+        Command::Subscribe {
+            target,
+            topic,
+            count,
+            timeout,
+        } => super::messages::subscribe(cli, target, topic, *count, timeout.as_deref()).await,
         Command::Config(a) => config_cmd::run(cli, a).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

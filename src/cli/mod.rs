@@ -37,6 +37,7 @@ mod config_cmd;
 mod daemon_ctl;
 mod forward;
 pub mod gateway;
+mod messages;
 pub mod output;
 mod ping;
 mod streams;
@@ -180,6 +181,61 @@ pub enum Command {
     },
     /// List trusted peers (and how each was trusted).
     Trust,
+    /// Send a message (text, JSON or binary) to a node's inbox (port 1001).
+    ///
+    /// `pilotctl send-message beta --data "hello"`; `--type json` checks the
+    /// JSON first; `--data -` or `--file F` reads the body; `--each-line`
+    /// sends every line of the input as its own message over one stream.
+    /// Prints the receiver's answer (`ACK TEXT 5 bytes`).
+    SendMessage(SendMessageArgs),
+    /// List the messages other nodes sent to this one (oldest first).
+    Inbox {
+        /// Delete the listed messages after printing them.
+        #[arg(long)]
+        clear: bool,
+        /// Only messages from this node (address or node id).
+        #[arg(long, value_name = "NODE")]
+        from: Option<String>,
+    },
+    /// Send a file to a node's `received/` directory (port 1001).
+    ///
+    /// Files up to 16 MiB go in one frame any Pilot node accepts; larger
+    /// files go in pieces, which this implementation's nodes accept (a
+    /// node that cannot is reported, nothing is half-stored).
+    SendFile(SendFileArgs),
+    /// List the files other nodes sent to this one (oldest first).
+    Received {
+        /// Delete the listed files after printing them.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Publish an event to a node's event broker (port 1002).
+    ///
+    /// Everyone subscribed there to TOPIC (or to `*`) gets it.
+    Publish {
+        /// Address, bare node id or hostname of the broker node.
+        target: String,
+        /// The topic (at most 1,024 bytes; `*` reaches `*` subscribers only).
+        topic: String,
+        /// The payload (`-` reads stdin).
+        #[arg(long, short = 'd')]
+        data: String,
+    },
+    /// Subscribe to a topic on a node's event broker and print each event.
+    ///
+    /// One line per event (`<topic> <payload>`), JSON under `--json`.
+    Subscribe {
+        /// Address, bare node id or hostname of the broker node.
+        target: String,
+        /// The topic, or `*` for every topic.
+        topic: String,
+        /// Exit after this many events [default: run until interrupted].
+        #[arg(long, short = 'c')]
+        count: Option<u64>,
+        /// Exit after this long without an event (e.g. 30s).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
     /// Serve a virtual port by forwarding each stream to a local TCP service
     /// (kept by the daemon after pilotctl exits).
     ///
@@ -299,6 +355,48 @@ pub struct ListenArgs {
     /// after another).
     #[arg(long, short = 'k')]
     pub keep: bool,
+}
+
+/// Options of `send-message`.
+#[derive(Debug, Clone, Args)]
+pub struct SendMessageArgs {
+    /// Address, bare node id or hostname.
+    pub target: String,
+    /// The message (`-` reads stdin).
+    #[arg(
+        long,
+        short = 'd',
+        conflicts_with = "file",
+        required_unless_present = "file"
+    )]
+    pub data: Option<String>,
+    /// Read the message from this file.
+    #[arg(long, short = 'f', value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// How the receiver files it: text, json (checked before sending) or binary.
+    #[arg(long = "type", short = 't', default_value = "text", value_parser = ["text", "json", "binary"])]
+    pub kind: String,
+    /// Send every line of the input as its own message, over one stream.
+    #[arg(long)]
+    pub each_line: bool,
+    /// Give up if the node cannot be reached in this long.
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+}
+
+/// Options of `send-file`.
+#[derive(Debug, Clone, Args)]
+pub struct SendFileArgs {
+    /// Address, bare node id or hostname.
+    pub target: String,
+    /// The file to send.
+    pub path: PathBuf,
+    /// The name the receiver sees [default: the file's own name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Give up if the node cannot be reached in this long.
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
 }
 
 /// Options of `send`.

@@ -18,10 +18,44 @@ pub fn print_ok<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> Stri
     }
 }
 
-/// Prints an error line (stderr), as JSON under `--json`.
+/// The next thing to try after an error, for people and agents: a command
+/// quoted in the message itself (`run \`pilotctl handshake 5\``) when there
+/// is one, else the usual remedy for the error's class.
+pub fn hint(e: &CliError) -> String {
+    if let Some(cmd) =
+        e.message.split('`').skip(1).step_by(2).find(|q| {
+            q.starts_with("pilotctl ") || q.starts_with("sudo ") || q.starts_with("pilot-")
+        })
+    {
+        return cmd.to_string();
+    }
+    use crate::ipc::ErrorCode as C;
+    match e.code {
+        C::DaemonNotRunning => "pilotctl daemon start",
+        C::AlreadyRunning => "pilotctl daemon status (or pass --socket for a second daemon)",
+        C::InvalidAddress => {
+            "give an address like 0:0000.0000.002A, a node id like 42, or a lower-case hostname"
+        }
+        C::InvalidArgument => "pilotctl <command> --help",
+        C::NotFound => "pilotctl find <hostname> or pilotctl lookup <node id>; a private node's owner can give you its address",
+        C::RegistryUnavailable => "check the rendezvous address: pilotctl config show; pilotctl daemon status",
+        C::RegistryError => "pilotctl info (registration state); pilotctl daemon status",
+        C::Timeout => "pilotctl ping <target> (is it online?); pilotctl peers (path and endpoint)",
+        C::Refused => "nothing listens on that port at the peer: ask its owner (pilotctl listen / expose there)",
+        C::Unreachable => "pilotctl lookup <target> (is it registered and online?)",
+        C::StartFailed => "pilotctl daemon status; the log is ~/.pilot/pilot.log",
+        C::Internal => "rerun with RUST_LOG=debug and report it with the log",
+        C::NotTrusted => "pilotctl handshake <target>, then wait for its owner to approve",
+        C::PeerError => "the peer's answer is in the message; pilotctl inbox/received on its side",
+        C::TooLarge => "send data over 16 MiB with send-file; the receiver can raise pilot-daemon --quota",
+    }
+    .to_string()
+}
+
+/// Prints an error line (stderr), as JSON under `--json` (with a `hint`).
 pub fn print_error(json: bool, e: &CliError) {
     if json {
-        let v = serde_json::json!({"status": "error", "code": e.code, "message": e.message});
+        let v = serde_json::json!({"status": "error", "code": e.code, "message": e.message, "hint": hint(e)});
         errln!("{v}");
     } else {
         errln!("error: {}", e.message);
@@ -82,6 +116,22 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = line(header.to_vec());
     for r in rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Remote bytes for a terminal: control characters (escape sequences could
+/// move the cursor, rewrite the title, or worse) are shown as `\u{..}`
+/// escapes; newlines and tabs pass (issue 10 item 10).
+pub fn sanitize(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
     }
     out
 }

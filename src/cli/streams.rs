@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::client::{call, check_target, dial, io_err, remote_addr, socket_path};
-use super::output::{print_ok, table};
+use super::output::{print_ok, sanitize, table};
 use super::{
     parse_duration, BenchArgs, Cli, CliError, ConnectArgs, ListenArgs, RecvArgs, SendArgs,
 };
@@ -317,22 +317,6 @@ pub(super) async fn recv(cli: &Cli, a: &RecvArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Remote bytes for a terminal: control characters (escape sequences could
-/// move the cursor, rewrite the title, or worse) are shown as `\u{..}`
-/// escapes; newlines and tabs pass (issue 10 item 10).
-pub fn sanitize(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
-            out.push_str(&c.escape_unicode().to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Writes a peer's bytes to stdout: raw when piped (files, `tar`), sanitized
 /// when stdout is a terminal.
 fn write_remote<W: std::io::Write + std::io::IsTerminal>(
@@ -504,7 +488,7 @@ pub(super) async fn disconnect(cli: &Cli, id: u64, force: bool) -> Result<(), Cl
 
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+    use super::super::output::sanitize;
 
     #[test]
     fn escape_sequences_are_neutralised_for_terminals() {
