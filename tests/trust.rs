@@ -233,3 +233,95 @@ impl Drop for Reap {
         let _ = self.0.wait();
     }
 }
+
+/// Sends `bytes` to `target`'s port 444 through `n`'s daemon, as a hostile
+/// peer would (one message per stream).
+fn raw_444(n: &Node, target: &str, bytes: &[u8]) {
+    use std::io::Write;
+    let mut child = Reap(
+        n.command()
+            .arg("--socket")
+            .arg(&n.socket)
+            .args(["connect", target, "444", "--linger", "300ms"])
+            .env("HOME", n.home.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    stdin.write_all(bytes).unwrap();
+    drop(stdin);
+    let _ = child.0.wait();
+}
+
+#[test]
+fn forged_handshake_messages_are_dropped_and_counted() {
+    use pilot::crypto::identity::Identity;
+    use pilot::wire::trust::{signed_string, HandshakeMessage, HandshakeType};
+
+    // Public nodes, so alpha can reach beta's port 444 directly (a private
+    // beta is reached only through the registry until it trusts alpha).
+    let rdv = Rendezvous::start();
+    let (a, b, ia, ib) = pair(&rdv, &["--public"]);
+    let b_addr = b.address();
+    let me = Identity::load(&a.pilot_dir().join("identity.json")).unwrap();
+    let other = Identity::from_seed([7u8; 32]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (ia32, ib32) = (ia as u32, ib as u32);
+    let msg = |kind, node: u32, key: &Identity, signer: &Identity, ts: i64| {
+        let sig = signer.sign(signed_string(node, ib32).as_bytes());
+        HandshakeMessage::new(kind, node, &key.public_key(), &sig, ts)
+            .canonical_json()
+            .into_bytes()
+    };
+    let dropped = || b.json(&["trust"])["dropped"].clone();
+    let send_and_expect = |bytes: &[u8], counter: &str| {
+        let before = dropped()[counter].as_u64().unwrap();
+        raw_444(&a, &b_addr, bytes);
+        assert!(
+            wait_until(Duration::from_secs(5), || dropped()[counter]
+                .as_u64()
+                .unwrap()
+                > before),
+            "{counter} not counted: {}",
+            dropped()
+        );
+    };
+    // A key that is not the registry's key for alpha.
+    send_and_expect(
+        &msg(HandshakeType::Request, ia32, &other, &other, now),
+        "wrong_key",
+    );
+    // Alpha's key, signed by someone else.
+    send_and_expect(
+        &msg(HandshakeType::Request, ia32, &me, &other, now),
+        "bad_signature",
+    );
+    // node_id that is not the stream's peer.
+    send_and_expect(
+        &msg(HandshakeType::Request, 99, &me, &me, now),
+        "node_mismatch",
+    );
+    // Ten minutes old.
+    send_and_expect(
+        &msg(HandshakeType::Request, ia32, &me, &me, now - 600),
+        "stale",
+    );
+    // An accept that answers no request of beta's.
+    send_and_expect(
+        &msg(HandshakeType::Accept, ia32, &me, &me, now),
+        "unsolicited",
+    );
+    assert!(trusted_ids(&b).is_empty(), "a forged accept created trust");
+    // A valid request arrives once; the same bytes again are a replay.
+    let good = msg(HandshakeType::Request, ia32, &me, &me, now);
+    raw_444(&a, &b_addr, &good);
+    assert!(wait_until(Duration::from_secs(5), || pending_ids(&b) == vec![ia]));
+    send_and_expect(&good, "replay");
+    assert!(trusted_ids(&b).is_empty());
+}

@@ -155,6 +155,12 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     if config.public == Some(true) {
         cmd.arg("--public");
     }
+    if args.trust_auto_approve {
+        cmd.arg("--trust-auto-approve");
+    }
+    if let Some(q) = &args.quota {
+        cmd.arg("--quota").arg(q);
+    }
     cmd.args(&args.daemon_arg);
 
     if args.foreground {

@@ -473,6 +473,13 @@ pub struct StartArgs {
     /// Make this node private again (undoes a remembered --public).
     #[arg(long)]
     pub private: bool,
+    /// Trust every handshake request at once (no `approve` step).
+    #[arg(long)]
+    pub trust_auto_approve: bool,
+    /// Disk budget for received messages and files, e.g. 500M or 2G
+    /// [default 1G]; beyond it senders get `ERR ... quota`.
+    #[arg(long, value_name = "SIZE")]
+    pub quota: Option<String>,
     /// The daemon's log filter: error, warn, info, debug, trace, or a
     /// tracing filter such as pilot=debug [config "log_level"; default info].
     #[arg(long, value_name = "FILTER")]
