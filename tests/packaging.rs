@@ -407,7 +407,6 @@ fn quickstart_netns_runs_what_exists_and_cleans_up() {
 }
 
 #[test]
-#[ignore = "needs the trust handshake and send-message/inbox (issue 7) and pilotctl expose/forward (issue 8); enable when both are merged"]
 fn quickstart_loopback_full_curl_and_inbox() {
     let (text, _) = quickstart_output(&["--loopback"], false);
     assert!(
@@ -419,7 +418,6 @@ fn quickstart_loopback_full_curl_and_inbox() {
 }
 
 #[test]
-#[ignore = "needs issue 7 (trust, send-message, inbox) and issue 8 (expose, pilot-gateway); enable when both are merged"]
 fn quickstart_netns_full_gateway_curl_and_inbox() {
     if !nix_root() {
         eprintln!("SKIP: the network-namespace quickstart needs root");
