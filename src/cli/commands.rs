@@ -68,6 +68,7 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
             timeout,
         } => super::messages::subscribe(cli, target, topic, *count, timeout.as_deref()).await,
         Command::Config(a) => config_cmd::run(cli, a).await,
+        Command::Context => super::context::run(cli),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut out = std::io::stdout();
@@ -95,7 +96,10 @@ fn check_config_for_socket(cli: &Cli) -> Result<(), CliError> {
     }
     let needs_socket = !matches!(
         cli.command,
-        Command::Config(_) | Command::Completions { .. } | Command::Daemon(DaemonCommand::Start(_))
+        Command::Config(_)
+            | Command::Completions { .. }
+            | Command::Context
+            | Command::Daemon(DaemonCommand::Start(_))
     );
     if needs_socket {
         config_cmd::load(&Paths::from_env())?;

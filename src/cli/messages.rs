@@ -482,7 +482,7 @@ pub(super) async fn mailbox(
                 .collect();
             format!(
                 "{}\n(in {dir})",
-                table(&["FILE", "BYTES", "RECEIVED"], &rows)
+                table(&["FILE", "BYTES", "RECEIVED"], &rows).trim_end()
             )
         };
         if clear {

@@ -34,6 +34,7 @@ macro_rules! errprint {
 mod client;
 mod commands;
 mod config_cmd;
+mod context;
 mod daemon_ctl;
 mod forward;
 pub mod gateway;
@@ -262,6 +263,9 @@ pub enum Command {
     /// Show or edit the saved settings (~/.pilot/config.json) that
     /// `daemon start` uses.
     Config(ConfigArgs),
+    /// Print one JSON document describing every command, its arguments,
+    /// its --json output and the error codes (for agents that drive pilotctl).
+    Context,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// e.g. `pilotctl completions bash > /etc/bash_completion.d/pilotctl`.
