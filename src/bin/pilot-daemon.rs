@@ -55,6 +55,11 @@ struct Args {
     /// Live streams in total (spec default 65536).
     #[arg(long, default_value_t = 65_536)]
     max_conns_total: usize,
+    /// Memory all streams' buffers may hold together, e.g. 512M, 2G
+    /// [default 512M]; past half of it windows shrink, past all of it new
+    /// streams are refused.
+    #[arg(long, default_value = "512M")]
+    stream_memory: String,
     /// Do not run the echo service on port 7.
     #[arg(long)]
     no_echo: bool,
@@ -139,6 +144,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             syn_rate_per_source: args.syn_rate_per_source.max(0.1),
             max_per_port: args.max_conns_per_port,
             max_total: args.max_conns_total,
+            memory_budget: usize::try_from(parse_size(&args.stream_memory)?).unwrap_or(usize::MAX),
         },
         echo: !args.no_echo,
         services: pilot::node::svc::ServiceConfig {

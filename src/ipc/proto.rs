@@ -383,6 +383,12 @@ pub struct InfoData {
     /// Bytes held in stream buffers.
     #[serde(default)]
     pub stream_memory: usize,
+    /// The budget those buffers share (`--stream-memory`).
+    #[serde(default)]
+    pub stream_memory_budget: usize,
+    /// Streams refused because the budget was spent.
+    #[serde(default)]
+    pub refused_memory: u64,
     /// Data-path counters.
     pub stats: Stats,
 }

@@ -1033,6 +1033,8 @@ impl Engine {
             peers: self.peers.values().filter(|p| p.session.is_some()).count(),
             streams: self.streams.len(),
             stream_memory: self.stream_memory(),
+            stream_memory_budget: self.streams.admission.memory_budget,
+            refused_memory: self.streams.refused_memory,
             stats: self.stats.clone(),
         }
     }

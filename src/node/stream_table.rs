@@ -56,6 +56,8 @@ pub struct Admission {
     pub max_per_port: usize,
     /// Live connections in total.
     pub max_total: usize,
+    /// Bytes all streams' buffers may hold together (`--stream-memory`).
+    pub memory_budget: usize,
 }
 
 impl Default for Admission {
@@ -65,6 +67,43 @@ impl Default for Admission {
             syn_rate_per_source: 10.0,
             max_per_port: 1024,
             max_total: 65_536,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+        }
+    }
+}
+
+/// Default budget for all streams' buffers together: 64 bulk streams at
+/// full 8 MiB windows both ways (1 GiB) would exceed it, so a node pushed
+/// that far degrades (smaller windows) instead of growing without bound;
+/// 512 MiB leaves room on the small machines agents run on.
+pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
+/// How often the streams' memory is summed (an O(streams) walk).
+pub(super) const MEMORY_CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Buffers of new streams and the receive cap of existing ones while the
+/// streams hold more than half the budget: 32 KiB (about 24 segments).
+pub(super) const PRESSURE_BUFFER: usize = 32 << 10;
+
+/// How hard the streams press on the memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pressure {
+    /// Under half the budget: normal profiles.
+    None,
+    /// Over half: new streams get small buffers, receive windows shrink,
+    /// unused buffer memory is given back.
+    High,
+    /// Over the budget: new streams are refused as well.
+    Full,
+}
+
+impl Pressure {
+    /// The level for `used` bytes of `budget`.
+    pub fn of(used: usize, budget: usize) -> Pressure {
+        if used >= budget {
+            Pressure::Full
+        } else if used >= budget / 2 {
+            Pressure::High
+        } else {
+            Pressure::None
         }
     }
 }
@@ -221,6 +260,12 @@ pub struct StreamTable {
     pub(super) global_bucket: Bucket,
     pub(super) source_buckets: HashMap<u32, Bucket>,
     pub(super) echo: bool,
+    /// Bytes the streams' buffers held at the last check.
+    pub(super) memory: usize,
+    pub(super) memory_checked: Instant,
+    pub(super) pressure: Pressure,
+    /// Streams refused because the memory budget was spent.
+    pub(super) refused_memory: u64,
 }
 
 impl StreamTable {
@@ -242,7 +287,55 @@ impl StreamTable {
             admission,
             source_buckets: HashMap::new(),
             echo,
+            memory: 0,
+            memory_checked: now,
+            pressure: Pressure::None,
+            refused_memory: 0,
         }
+    }
+
+    /// Sums the streams' buffer memory (at most every
+    /// [`MEMORY_CHECK_EVERY`]) and applies the pressure level: receive caps
+    /// shrink (or are restored) on every stream when the level changes, and
+    /// unused buffer capacity is given back while under pressure.
+    pub(super) fn check_memory(&mut self, now: Instant) -> Pressure {
+        if now.duration_since(self.memory_checked) < MEMORY_CHECK_EVERY {
+            return self.pressure;
+        }
+        self.memory_checked = now;
+        self.memory = self.conns.values().map(|s| s.conn.memory()).sum();
+        let level = Pressure::of(self.memory, self.admission.memory_budget);
+        if level != self.pressure {
+            let cap = (level >= Pressure::High).then_some(PRESSURE_BUFFER);
+            for s in self.conns.values_mut() {
+                s.conn.limit_recv_buffer(cap);
+                s.conn.limit_send_buffer(cap);
+            }
+            if level > self.pressure {
+                tracing::warn!(
+                    "streams hold {} MiB of the {} MiB budget: windows reduced{}",
+                    self.memory >> 20,
+                    self.admission.memory_budget >> 20,
+                    if level == Pressure::Full {
+                        ", new streams refused"
+                    } else {
+                        ""
+                    }
+                );
+            } else {
+                tracing::info!(
+                    "stream memory back to {} MiB: pressure {level:?}",
+                    self.memory >> 20
+                );
+            }
+            self.pressure = level;
+        }
+        if level >= Pressure::High {
+            for s in self.conns.values_mut() {
+                s.conn.shrink_buffers();
+            }
+        }
+        level
     }
 
     /// The earliest stream timer.
@@ -261,7 +354,14 @@ impl StreamTable {
     }
 
     pub(super) fn config(&self) -> Config {
-        if self.conns.len() >= COMPACT_AFTER {
+        if self.pressure >= Pressure::High {
+            Config {
+                send_buffer_bytes: PRESSURE_BUFFER,
+                recv_buffer_bytes: PRESSURE_BUFFER,
+                max_cwnd: PRESSURE_BUFFER,
+                ..Config::compact()
+            }
+        } else if self.conns.len() >= COMPACT_AFTER {
             Config::compact()
         } else {
             Config {
@@ -291,6 +391,15 @@ pub(super) fn state_name(s: State) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pressure_levels() {
+        assert_eq!(Pressure::of(0, 100), Pressure::None);
+        assert_eq!(Pressure::of(49, 100), Pressure::None);
+        assert_eq!(Pressure::of(50, 100), Pressure::High);
+        assert_eq!(Pressure::of(100, 100), Pressure::Full);
+        assert!(Pressure::Full > Pressure::High);
+    }
+
     use super::*;
 
     #[test]

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::engine::Engine;
 pub use super::stream_table::Admission;
 use super::stream_table::{
-    state_name, App, AppLink, Bucket, Listener, StreamConn, APP_CHUNK, ATTACH_TIMEOUT, DGRAM_QUEUE,
-    ECHO_PORT, MAX_TRACKED_SOURCES,
+    state_name, App, AppLink, Bucket, Listener, Pressure, StreamConn, APP_CHUNK, ATTACH_TIMEOUT,
+    DGRAM_QUEUE, ECHO_PORT, MAX_TRACKED_SOURCES,
 };
 use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, StreamData};
 use crate::ipc::{ErrorCode, Response};
@@ -118,6 +118,11 @@ impl Engine {
         }
         let per_port = self.streams.listeners.get(&port).map_or(0, |l| l.live);
         if self.streams.conns.len() >= adm.max_total || per_port >= adm.max_per_port {
+            self.refuse(repr, now);
+            return;
+        }
+        if self.streams.check_memory(now) == Pressure::Full {
+            self.streams.refused_memory += 1;
             self.refuse(repr, now);
             return;
         }
@@ -434,6 +439,7 @@ impl Engine {
 
     /// Dial deadlines and attach deadlines (from the housekeeping tick).
     pub(super) fn stream_housekeeping(&mut self, now: Instant) {
+        self.streams.check_memory(now);
         let mut expired = Vec::new();
         for (&id, s) in &mut self.streams.conns {
             if let Some((_, deadline)) = &s.dial {
@@ -482,6 +488,17 @@ impl Engine {
         }
         if self.streams.conns.len() >= self.streams.admission.max_total {
             let _ = reply.send(Response::error(ErrorCode::Refused, "too many open streams"));
+            return;
+        }
+        if self.streams.check_memory(now) == Pressure::Full {
+            self.streams.refused_memory += 1;
+            let _ = reply.send(Response::error(
+                ErrorCode::Refused,
+                format!(
+                    "the open streams hold this node's whole stream memory budget ({} MiB, pilot-daemon --stream-memory)",
+                    self.streams.admission.memory_budget >> 20
+                ),
+            ));
             return;
         }
         let mut local_port = 0;

@@ -121,6 +121,8 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Connection {
     cfg: Config,
+    /// Memory-pressure cap on the send buffer (below `cfg`'s), if any.
+    send_limit: Option<usize>,
     state: State,
     responder: bool,
     iss: u32,
@@ -220,6 +222,7 @@ impl Connection {
         let rcv = RecvBuffer::new(cfg.recv_window_segments, cfg.recv_buffer_bytes, cfg.mss);
         let cc = Congestion::new(cfg.congestion, cfg.mss, cfg.max_cwnd, cfg.initial_ssthresh);
         Connection {
+            send_limit: None,
             state: State::SynSent,
             responder: false,
             iss,
@@ -351,7 +354,10 @@ impl Connection {
         if !self.can_send_app() {
             return 0;
         }
-        self.cfg.send_buffer_bytes.saturating_sub(self.sbuf.len())
+        let cap = self.send_limit.map_or(self.cfg.send_buffer_bytes, |l| {
+            l.min(self.cfg.send_buffer_bytes)
+        });
+        cap.saturating_sub(self.sbuf.len())
     }
 
     /// Bytes written but not yet acknowledged (unsent included).
@@ -366,6 +372,20 @@ impl Connection {
             + self.segs.capacity() * std::mem::size_of::<SentSeg>()
             + self.log.capacity() * std::mem::size_of::<LogEntry>()
             + self.retx.capacity() * 8
+    }
+
+    /// Caps the receive buffer (and so the advertised window) at `bytes`,
+    /// or back at the configured size with `None`: the daemon's answer to
+    /// memory pressure across all streams.
+    pub fn limit_recv_buffer(&mut self, bytes: Option<usize>) {
+        let full = self.cfg.recv_buffer_bytes;
+        self.rcv.set_cap(bytes.map_or(full, |b| b.min(full)));
+    }
+
+    /// Caps what the application may queue for sending at `bytes` (data
+    /// already queued stays), or lifts the cap with `None`.
+    pub fn limit_send_buffer(&mut self, bytes: Option<usize>) {
+        self.send_limit = bytes;
     }
 
     /// Give back buffer memory not in use (call when idle or under memory
@@ -2048,6 +2068,27 @@ mod tests {
         pump(&mut a, &mut b, now, now + Duration::from_secs(1));
         assert!(events(&mut a).contains(&Event::Writable));
         assert_eq!(a.send_capacity(), 10_000);
+    }
+
+    #[test]
+    fn memory_pressure_caps_send_and_receive_buffers() {
+        let now = Instant::now();
+        let cfg = Config {
+            send_buffer_bytes: 100_000,
+            recv_buffer_bytes: 100_000,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair(cfg, now);
+        a.limit_send_buffer(Some(5_000));
+        assert_eq!(a.send(&[1u8; 20_000]), 5_000);
+        a.limit_send_buffer(None);
+        assert_eq!(a.send_capacity(), 95_000);
+        let before = b.rcv.window();
+        b.limit_recv_buffer(Some(4 * crate::stream::DEFAULT_MSS));
+        let after = b.rcv.window();
+        assert!(after < before && after <= 4, "{before} -> {after}");
+        b.limit_recv_buffer(None);
+        assert_eq!(b.rcv.window(), before);
     }
 
     #[test]

@@ -229,6 +229,19 @@ impl RecvBuffer {
 
     /// Release memory not in use (nothing while out-of-order data is held:
     /// it lives in the ring beyond the in-order bytes).
+    /// The byte cap (`recv_buffer_bytes`) in force.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Lowers (or restores) the byte cap under memory pressure. Data already
+    /// accepted stays; the advertised window shrinks at once, and segments
+    /// past the new cap are dropped (the sender retransmits them once the
+    /// application has read). Never below one segment.
+    pub fn set_cap(&mut self, cap: usize) {
+        self.cap = cap.max(self.max_seg);
+    }
+
     pub fn shrink(&mut self) {
         if self.ooo.is_empty() {
             self.ring.shrink();
