@@ -177,6 +177,12 @@ fn messages_of_each_type_a_burst_and_a_100_mib_file() {
         assert_eq!(out.code, 0, "{out:?}");
     }
     assert_eq!(inbox(&b).len(), 1050);
+    let page = b.json(&["inbox", "--limit", "10"]);
+    assert_eq!(
+        (page["count"].as_u64(), page["total"].as_u64()),
+        (Some(10), Some(1050))
+    );
+    assert_eq!(page["more"], true);
 
     // A 100 MiB file arrives byte-exact.
     let mut content = vec![0u8; 100 << 20];
@@ -343,7 +349,7 @@ fn a_daemon_killed_while_receiving_leaves_no_partial_file() {
 #[test]
 fn publish_subscribe_delivers_once_and_never_back_to_the_publisher() {
     let rdv = Rendezvous::start();
-    let (a, _b, b_addr) = pair(&rdv, &[]);
+    let (a, b, b_addr) = pair(&rdv, &[]);
     let sub = |topic: &str| {
         a.command()
             .arg("--socket")
@@ -357,7 +363,18 @@ fn publish_subscribe_delivers_once_and_never_back_to_the_publisher() {
     };
     let news = sub("news");
     let all = sub("*");
-    std::thread::sleep(Duration::from_millis(800));
+    // Both subscriptions are open at the broker (then give it a moment to
+    // read their first frames).
+    assert!(wait_until(Duration::from_secs(10), || {
+        b.json(&["connections"])["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["local"].as_str().unwrap().ends_with(":1002"))
+            .count()
+            >= 2
+    }));
+    std::thread::sleep(Duration::from_millis(300));
     // A raw connection that subscribes to news and then publishes on it
     // must not get its own event back.
     let mut input = Vec::new();

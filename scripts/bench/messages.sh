@@ -87,7 +87,7 @@ out=$(ctl a --json send-message "$B" --each-line --file "$work/lines")
 secs=$(echo "$out" | json 'd["data"]["seconds"]')
 batch_rate=$(python3 -c "print(f'{$BATCH/$secs:.0f}')")
 echo "batch: $BATCH in $secs s = $batch_rate messages/s"
-count=$(ctl b --json inbox | json 'd["data"]["count"]')
+count=$(ctl b --json inbox --limit 1 | json 'd["data"]["total"]')
 want=$((LOOP + BATCH))
 echo "inbox holds $count messages (want $want)"
 [ "$count" = "$want" ] || { echo "error: messages lost" >&2; exit 1; }

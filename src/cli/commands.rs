@@ -49,12 +49,12 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Untrust { target } => trust::untrust(cli, target).await,
         Command::Trust => trust::list(cli).await,
         Command::SendMessage(a) => super::messages::send_message(cli, a).await,
-        Command::Inbox { clear, from } => {
-            super::messages::mailbox(cli, "inbox", *clear, from.as_deref()).await
+        Command::Inbox { clear, from, limit } => {
+            super::messages::mailbox(cli, "inbox", *clear, from.as_deref(), *limit).await
         }
         Command::SendFile(a) => super::messages::send_file(cli, a).await,
-        Command::Received { clear } => {
-            super::messages::mailbox(cli, "received", *clear, None).await
+        Command::Received { clear, limit } => {
+            super::messages::mailbox(cli, "received", *clear, None, *limit).await
         }
         Command::Publish {
             target,

@@ -437,6 +437,7 @@ pub(super) async fn mailbox(
     which: &str,
     clear: bool,
     from: Option<&str>,
+    limit: Option<usize>,
 ) -> Result<(), CliError> {
     let d: serde_json::Value = call(
         cli,
@@ -444,6 +445,7 @@ pub(super) async fn mailbox(
             which: which.into(),
             clear,
             from: from.map(str::to_string),
+            limit,
         },
     )
     .await?;
@@ -485,6 +487,13 @@ pub(super) async fn mailbox(
                 table(&["FILE", "BYTES", "RECEIVED"], &rows).trim_end()
             )
         };
+        if d["more"] == true {
+            out.push_str(&format!(
+                "\n({} of {} shown; --clear and list again, or --json for paths)",
+                items.len(),
+                s(&d, "total")
+            ));
+        }
         if clear {
             out.push_str(&format!("\ncleared {}", s(&d, "cleared")));
         }

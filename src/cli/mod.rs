@@ -197,6 +197,10 @@ pub enum Command {
         /// Only messages from this node (address or node id).
         #[arg(long, value_name = "NODE")]
         from: Option<String>,
+        /// At most this many (the oldest); a listing also stops at ~900 KB
+        /// (then `more` is true: read, --clear, and list again).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Send a file to a node's `received/` directory (port 1001).
     ///
@@ -209,6 +213,9 @@ pub enum Command {
         /// Delete the listed files after printing them.
         #[arg(long)]
         clear: bool,
+        /// At most this many (the oldest).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
     },
     /// Publish an event to a node's event broker (port 1002).
     ///

@@ -105,6 +105,9 @@ pub enum Request {
         /// Only entries from this sender (address text or node id).
         #[serde(default)]
         from: Option<String>,
+        /// At most this many entries (oldest first).
+        #[serde(default)]
+        limit: Option<usize>,
     },
     /// Serve virtual `port` by forwarding each stream to the local TCP
     /// service `to` (`HOST:PORT`); kept by the daemon until `unexpose`.

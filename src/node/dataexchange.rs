@@ -47,6 +47,12 @@ pub const BUFFER_BUDGET: u32 = 256 << 20;
 const MAX_NAME_CHARS: usize = 100;
 /// Longest extension kept from a sent name (`.tar.gz`-like suffixes fit).
 const MAX_EXT_CHARS: usize = 16;
+/// Longest `data` shown per message by `inbox` (the file keeps all).
+const MAX_LISTED_DATA: usize = 64 * 1024;
+/// Size of one `inbox`/`received` listing, under the IPC limit (1 MiB).
+const MAX_LISTING_BYTES: usize = 900 * 1024;
+/// Frames stored in one blocking call (one directory sync) at most.
+const MAX_BATCH: usize = 256;
 /// How long a reply write may wait for a peer that does not read.
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -124,7 +130,7 @@ impl Store {
         let bytes = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
         self.reserve(bytes.len() as u64)?;
         let name = format!("{t}-{}.json", files::stamp_local(unix_ms()));
-        files::atomic_create_unique(&self.inbox, &name, &bytes).map_err(|e| {
+        files::create_unique_unsynced(&self.inbox, &name, &bytes).map_err(|e| {
             self.release(bytes.len() as u64);
             e.to_string()
         })?;
@@ -135,7 +141,7 @@ impl Store {
     fn store_file(&self, name: &[u8], content: &[u8]) -> Result<(), String> {
         self.reserve(content.len() as u64)?;
         let target = stored_name(name);
-        files::atomic_create_unique(&self.received, &target, content).map_err(|e| {
+        files::create_unique_unsynced(&self.received, &target, content).map_err(|e| {
             self.release(content.len() as u64);
             e.to_string()
         })?;
@@ -393,22 +399,57 @@ async fn serve(mut s: NodeStream, store: Arc<Store>, budget: Arc<Semaphore>) {
         if !s.fill(&mut buf, end).await {
             break;
         }
-        let rest = buf.split_off(end);
-        let frame = std::mem::replace(&mut buf, rest);
+        // Take this frame and every further whole frame already buffered
+        // (at most one read chunk beyond this frame, so no more memory than
+        // before): stored in one blocking call with one directory sync,
+        // then answered in order.
+        let mut frames = vec![(t, buf[dx::HEADER_LEN..end].to_vec())];
+        let mut used = end;
+        while frames.len() < MAX_BATCH {
+            let Some(head) = buf.get(used..used + dx::HEADER_LEN) else {
+                break;
+            };
+            let p = dx::Packet::new_unchecked(head);
+            let (t2, l2) = (u32::from(p.frame_type()), p.body_len() as usize);
+            if l2 > dx::MAX_BODY_LEN {
+                break; // answered (and closed) in the next round
+            }
+            let e2 = used + dx::HEADER_LEN + l2;
+            let Some(body) = buf.get(used + dx::HEADER_LEN..e2) else {
+                break;
+            };
+            frames.push((t2, body.to_vec()));
+            used = e2;
+        }
+        buf.drain(..used);
         let st = store.clone();
         let from2 = from.clone();
         let mut p = part.take();
         let joined = tokio::task::spawn_blocking(move || {
-            let r = st.handle(t, &frame[dx::HEADER_LEN..], &from2, &mut p);
-            (r, p)
+            let replies: Vec<(String, bool)> = frames
+                .iter()
+                .map(|(t, body)| st.handle(*t, body, &from2, &mut p))
+                .collect();
+            files::sync_dir(&st.inbox);
+            files::sync_dir(&st.received);
+            (replies, p)
         })
         .await;
         drop(permit);
-        let Ok(((reply, close), p)) = joined else {
+        let Ok((replies, p)) = joined else {
             return;
         };
         part = p;
-        let sent = tokio::time::timeout(REPLY_TIMEOUT, s.write_all(&dx::reply_frame(&reply))).await;
+        let mut out = Vec::new();
+        let mut close = false;
+        for (reply, c) in replies {
+            out.extend_from_slice(&dx::reply_frame(&reply));
+            if c {
+                close = true;
+                break;
+            }
+        }
+        let sent = tokio::time::timeout(REPLY_TIMEOUT, s.write_all(&out)).await;
         if close || !matches!(sent, Ok(true)) {
             break;
         }
@@ -438,7 +479,13 @@ struct Entry {
 /// IPC `inbox` / `received`: lists (oldest first) and optionally deletes
 /// what it listed. `from` filters inbox messages by sender (address or
 /// node id).
-pub fn mailbox(shared: &super::Shared, which: &str, clear: bool, from: Option<&str>) -> Response {
+pub fn mailbox(
+    shared: &super::Shared,
+    which: &str,
+    clear: bool,
+    from: Option<&str>,
+    limit: Option<usize>,
+) -> Response {
     let state_dir = shared
         .config
         .identity
@@ -478,11 +525,14 @@ pub fn mailbox(shared: &super::Shared, which: &str, clear: bool, from: Option<&s
         }
     };
     names.sort();
+    let total = names.len();
     let mut entries = Vec::new();
+    let mut reply_bytes = 0usize;
+    let mut more = false;
     for (mtime, name) in names {
         let path = dir.join(&name);
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let message = if which == "inbox" {
+        let mut message = if which == "inbox" {
             fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Map<_, _>>(&b).ok())
@@ -499,6 +549,21 @@ pub fn mailbox(shared: &super::Shared, which: &str, clear: bool, from: Option<&s
                 continue;
             }
         }
+        // A listing is one IPC reply (at most 1 MiB): long messages are
+        // cut (the file at `path` holds all of it), and the listing stops
+        // with `more` when it is full; `--clear` removes what was listed.
+        if let Some(m) = message.as_mut() {
+            if let Some(serde_json::Value::String(d)) = m.get_mut("data") {
+                if d.len() > MAX_LISTED_DATA {
+                    let mut cut = MAX_LISTED_DATA;
+                    while !d.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    d.truncate(cut);
+                    m.insert("truncated".into(), serde_json::Value::Bool(true));
+                }
+            }
+        }
         let modified = (which == "received").then(|| {
             let secs = mtime
                 .duration_since(std::time::UNIX_EPOCH)
@@ -506,13 +571,19 @@ pub fn mailbox(shared: &super::Shared, which: &str, clear: bool, from: Option<&s
                 .unwrap_or(0);
             files::rfc3339_local(secs)
         });
-        entries.push(Entry {
+        let e = Entry {
             name,
             path: path.display().to_string(),
             size,
             message,
             modified,
-        });
+        };
+        reply_bytes += serde_json::to_string(&e).map(|t| t.len()).unwrap_or(0) + 1;
+        if reply_bytes > MAX_LISTING_BYTES || limit.is_some_and(|l| entries.len() >= l) {
+            more = true;
+            break;
+        }
+        entries.push(e);
     }
     let mut cleared = 0usize;
     if clear {
@@ -526,6 +597,8 @@ pub fn mailbox(shared: &super::Shared, which: &str, clear: bool, from: Option<&s
         "dir": dir.display().to_string(),
         which: entries,
         "count": entries.len(),
+        "total": total,
+        "more": more,
         "cleared": cleared,
     }))
 }

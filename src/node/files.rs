@@ -70,6 +70,15 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `name` gets a `-N` suffix before its extension (two messages in the same
 /// millisecond never overwrite each other). Returns the final path.
 pub fn atomic_create_unique(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+    let p = create_unique_unsynced(dir, name, bytes)?;
+    sync_dir(dir);
+    Ok(p)
+}
+
+/// [`atomic_create_unique`] without the directory `fsync`: the file itself
+/// is durable, its name is durable once [`sync_dir`] runs (one directory
+/// sync for a batch of files).
+pub fn create_unique_unsynced(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     private_dir(dir)?;
     let tmp = tmp_path(dir);
     let res = (|| {
@@ -77,7 +86,7 @@ pub fn atomic_create_unique(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Re
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        publish_unique(&tmp, dir, name)
+        link_unique(&tmp, dir, name)
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -85,10 +94,23 @@ pub fn atomic_create_unique(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Re
     res
 }
 
+/// `fsync`s a directory (making renames and links in it durable).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
 /// Moves the finished temporary `tmp` to a free name derived from `name`
 /// in `dir` without ever replacing an existing file (hard link + unlink,
 /// which fails instead of overwriting), then `fsync`s the directory.
 pub fn publish_unique(tmp: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let p = link_unique(tmp, dir, name)?;
+    sync_dir(dir);
+    Ok(p)
+}
+
+fn link_unique(tmp: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
@@ -102,9 +124,6 @@ pub fn publish_unique(tmp: &Path, dir: &Path, name: &str) -> std::io::Result<Pat
         match fs::hard_link(tmp, &candidate) {
             Ok(()) => {
                 let _ = fs::remove_file(tmp);
-                if let Ok(d) = File::open(dir) {
-                    let _ = d.sync_all();
-                }
                 return Ok(candidate);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,

@@ -398,9 +398,12 @@ async fn handle(req: Request, shared: &Arc<Shared>, cmds: &mpsc::Sender<Cmd>) ->
         Request::StreamEnded { conn_id } => Response::ok(
             &serde_json::json!({"conn_id": conn_id, "reset": super::svc::was_reset(conn_id)}),
         ),
-        Request::Mailbox { which, clear, from } => {
-            super::dataexchange::mailbox(shared, &which, clear, from.as_deref())
-        }
+        Request::Mailbox {
+            which,
+            clear,
+            from,
+            limit,
+        } => super::dataexchange::mailbox(shared, &which, clear, from.as_deref(), limit),
         Request::Expose { port, to } => super::expose::expose(port, to, cmds.clone()).await,
         Request::Unexpose { port } => super::expose::unexpose(port, cmds).await,
         Request::ExposeList => super::expose::list(),

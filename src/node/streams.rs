@@ -20,6 +20,10 @@ use super::stream_table::{
     DGRAM_QUEUE, ECHO_PORT, MAX_TRACKED_SOURCES,
 };
 use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, StreamData};
+
+/// How many times the per-source SYN rate a trusted peer gets (10/s by
+/// default becomes 200/s; the global rate still bounds everyone).
+const TRUSTED_SYN_FACTOR: f64 = 20.0;
 use crate::ipc::{ErrorCode, Response};
 use crate::stream::{self, Connection, Event, Segment, State};
 use crate::wire::address::{Addr, SockAddr};
@@ -109,11 +113,19 @@ impl Engine {
                 return;
             }
         }
+        // A peer this node trusts gets a larger share: the spec's 10/s per
+        // source is a flood guard, and one agent messaging another in a
+        // loop opens a stream per message (a dropped SYN costs it 1 s).
+        let per_source = if self.trusted.contains(&sender) {
+            adm.syn_rate_per_source * TRUSTED_SYN_FACTOR
+        } else {
+            adm.syn_rate_per_source
+        };
         let bucket = self.streams.source_buckets.entry(sender).or_insert(Bucket {
-            tokens: adm.syn_rate_per_source,
+            tokens: per_source,
             at: now,
         });
-        if !bucket.take(adm.syn_rate_per_source, now) {
+        if !bucket.take(per_source, now) {
             return;
         }
         let per_port = self.streams.listeners.get(&port).map_or(0, |l| l.live);
