@@ -1734,6 +1734,20 @@ mod tests {
             r.handle(trust, peer(), t).response.type_name(),
             "report_trust_ok"
         );
+        // One side's consent is not trust (spec §12.16): still refused.
+        assert_eq!(punch(&ka, a, a, b).type_name(), "error");
+        let trust = signed(
+            Request::ReportTrust(wire::TrustPair {
+                node_id: a,
+                peer_id: b,
+                signature: None,
+            }),
+            &ka,
+        );
+        assert_eq!(
+            r.handle(trust, peer(), t).response.type_name(),
+            "report_trust_ok"
+        );
         assert_eq!(punch(&ka, a, a, b).type_name(), "punch_ok");
     }
 }
