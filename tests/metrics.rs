@@ -128,8 +128,15 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
                 "TYPE" => {
                     let t = arg.unwrap_or_default();
                     assert!(
-                        ["counter", "gauge", "histogram", "summary", "info", "unknown"]
-                            .contains(&t),
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "info",
+                            "unknown"
+                        ]
+                        .contains(&t),
                         "bad type in {line:?}"
                     );
                     assert!(
@@ -276,7 +283,10 @@ async fn metrics_are_valid_text_and_move_with_the_traffic() {
     assert_eq!(at(&m1, "pilot_rendezvous_nodes_online"), 5.0);
     assert_eq!(at(&m1, "pilot_rendezvous_nodes_known"), 5.0);
     assert_eq!(
-        at(&m1, r#"pilot_rendezvous_rejected_total{reason="malformed"}"#),
+        at(
+            &m1,
+            r#"pilot_rendezvous_rejected_total{reason="malformed"}"#
+        ),
         1.0
     );
     assert!(at(&m1, "pilot_rendezvous_store_batch_seconds_count") >= 1.0);
@@ -312,7 +322,10 @@ async fn metrics_are_valid_text_and_move_with_the_traffic() {
     let mut refused = 0;
     for i in 100..400 {
         let r = c
-            .register(Register::new(key(i).verifying_key().as_bytes(), "0.0.0.0:1"))
+            .register(Register::new(
+                key(i).verifying_key().as_bytes(),
+                "0.0.0.0:1",
+            ))
             .await;
         if r.is_err() {
             refused += 1;

@@ -170,11 +170,15 @@ impl Rendezvous {
             registry.without_quota()
         });
         let metrics_listener = match config.metrics_addr {
-            Some(addr) => Some(metrics::bind(addr).await.map_err(|cause| StartError::Bind {
-                what: "metrics (TCP)",
-                addr,
-                cause,
-            })?),
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .map_err(|cause| StartError::Bind {
+                        what: "metrics (TCP)",
+                        addr,
+                        cause,
+                    })?,
+            ),
             None => None,
         };
         let listener = TcpListener::bind(config.registry_addr)
@@ -201,7 +205,11 @@ impl Rendezvous {
 
         let metrics_addr = match &metrics_listener {
             Some(l) => Some(l.local_addr().map_err(|e| {
-                bind_err("metrics (TCP)", config.metrics_addr.unwrap_or(registry_addr), e)
+                bind_err(
+                    "metrics (TCP)",
+                    config.metrics_addr.unwrap_or(registry_addr),
+                    e,
+                )
             })?),
             None => None,
         };

@@ -237,9 +237,7 @@ pub(crate) async fn run(
                     match &r {
                         Err(ConnEnd::Frame(_)) => shared.metrics.rejected("frame_too_long"),
                         Err(ConnEnd::Budget) => shared.metrics.rejected("buffer_budget"),
-                        Err(ConnEnd::BinaryVersion(_)) => {
-                            shared.metrics.rejected("binary_version")
-                        }
+                        Err(ConnEnd::BinaryVersion(_)) => shared.metrics.rejected("binary_version"),
                         _ => {}
                     }
                     if let Err(e) = r {

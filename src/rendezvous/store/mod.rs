@@ -546,7 +546,10 @@ mod tests {
         assert_eq!(reg.snapshot(), snap);
         assert_eq!(kind(&path).unwrap() as u8, Kind::Sqlite as u8);
         let backup = with_suffix(&path, ".json-imported");
-        assert_eq!(json::parse(&backup, &fs::read(&backup).unwrap()).unwrap(), snap);
+        assert_eq!(
+            json::parse(&backup, &fs::read(&backup).unwrap()).unwrap(),
+            snap
+        );
         drop(store);
         // Opening again reads the database; the backup is left alone.
         let (_store, reg) = Store::open(&path, Instant::now()).unwrap();

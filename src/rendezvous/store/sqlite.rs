@@ -360,7 +360,12 @@ impl Db {
                     .map_err(err)?;
                 for (&(a, b), &present) in rows {
                     let p = params![i64::from(a), i64::from(b)];
-                    if present { add.execute(p) } else { rm.execute(p) }.map_err(err)?;
+                    if present {
+                        add.execute(p)
+                    } else {
+                        rm.execute(p)
+                    }
+                    .map_err(err)?;
                 }
             }
             let mut clear_req = tx
@@ -431,7 +436,11 @@ impl Db {
             ch.inboxes.entry(r.to).or_default().requests.push(r.clone());
         }
         for r in &snap.handshake_responses {
-            ch.inboxes.entry(r.to).or_default().responses.push(r.clone());
+            ch.inboxes
+                .entry(r.to)
+                .or_default()
+                .responses
+                .push(r.clone());
         }
         self.commit(&ch)
     }
