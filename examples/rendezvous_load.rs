@@ -44,9 +44,12 @@ struct Args {
     /// Nodes to register.
     #[arg(long, default_value_t = 100_000)]
     nodes: u32,
-    /// Concurrent connections per phase.
+    /// Concurrent connections of the read and heartbeat phases.
     #[arg(long, default_value_t = 64)]
     conns: u32,
+    /// Concurrent connections registering (many daemons at once).
+    #[arg(long, default_value_t = 512)]
+    reg_conns: u32,
     /// Seconds per read/heartbeat phase.
     #[arg(long, default_value_t = 5)]
     secs: u64,
@@ -237,6 +240,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let n = a.nodes;
     report.insert("nodes".into(), n.into());
     report.insert("conns".into(), a.conns.into());
+    report.insert("reg_conns".into(), a.reg_conns.into());
 
     // --- 1. registrations (with lookups alongside) ----------------------
     let t = Instant::now();
@@ -271,7 +275,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let done = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..a.conns {
+    for _ in 0..a.reg_conns {
         let (regs, ids, next, max_id, errors) = (
             regs.clone(),
             ids.clone(),
