@@ -189,9 +189,9 @@ async fn state_survives_kill_9() {
 #[tokio::test]
 async fn damaged_or_locked_store_is_refused_with_the_file_name() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("rendezvous.json");
+    let store = dir.path().join("rendezvous.db");
 
-    // A real store, then truncated.
+    // A real store.
     let s = Server::start(&store, &[]);
     let mut c = RegistryClient::connect(s.registry).await.unwrap();
     register(&mut c, &key(1)).await;
@@ -202,8 +202,18 @@ async fn damaged_or_locked_store_is_refused_with_the_file_name() {
     assert!(err.contains("in use by another process"), "{err}");
     s.kill9();
 
+    // Fold the write-ahead log into the file (as SQLite does on a clean
+    // close) so that damage to the file is damage to the data.
+    {
+        let db = rusqlite::Connection::open(&store).unwrap();
+        db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+    }
     let good = std::fs::read(&store).unwrap();
-    std::fs::write(&store, &good[..good.len() - 10]).unwrap();
+    assert!(good.starts_with(b"SQLite format 3\0"));
+
+    // Truncated.
+    std::fs::write(&store, &good[..good.len() / 2]).unwrap();
     let err = run_failing(&store);
     assert!(err.contains(store.to_str().unwrap()), "{err}");
     assert!(err.contains("corrupt"), "{err}");
@@ -219,18 +229,23 @@ async fn damaged_or_locked_store_is_refused_with_the_file_name() {
         "{err}"
     );
 
-    // Valid JSON, inconsistent content (two nodes with one id).
-    let text = String::from_utf8(good).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut v2 = v.clone();
-    let node = v2["nodes"][0].clone();
-    v2["nodes"].as_array_mut().unwrap().push(node);
-    std::fs::write(&store, serde_json::to_vec(&v2).unwrap()).unwrap();
+    // A JSON store (to import) with inconsistent content: one id twice.
+    let node = serde_json::json!({
+        "id": 1,
+        "public_key": registry::b64_encode(key(1).verifying_key().as_bytes()),
+        "live": true,
+        "hostname": "alpha",
+    });
+    let v = serde_json::json!({
+        "format": "pilot-rendezvous-store", "version": 1, "next_id": 2,
+        "nodes": [node.clone(), node], "trust": [],
+    });
+    std::fs::write(&store, serde_json::to_vec(&v).unwrap()).unwrap();
     let err = run_failing(&store);
     assert!(err.contains("corrupt"), "{err}");
 
-    // The intact file still loads (the refusal did not touch it).
-    std::fs::write(&store, serde_json::to_vec(&v).unwrap()).unwrap();
+    // The intact file still loads (the refusals did not touch it).
+    std::fs::write(&store, &good).unwrap();
     let s = Server::start(&store, &[]);
     let mut c = RegistryClient::connect(s.registry).await.unwrap();
     assert_eq!(

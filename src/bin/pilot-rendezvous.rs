@@ -17,11 +17,17 @@ use pilot::rendezvous::{Config, Rendezvous};
 /// their public UDP endpoint, coordinates hole punching and relays tunnel
 /// frames (spec §5).
 ///
-/// State is kept in a JSON store file that is replaced atomically (temp file,
-/// fsync, rename); a registration is on disk before it is acknowledged, so
-/// after a crash or restart every node keeps its node id (address) and
-/// hostname. A damaged store file stops the server with an error naming the
+/// State is kept in an embedded SQLite database (WAL, fsync at every
+/// commit); changed rows are written in batched transactions and a
+/// registration is on disk before it is acknowledged, so after a crash or
+/// restart every node keeps its node id (address) and hostname. Heartbeats
+/// stay in memory. A damaged store stops the server with an error naming the
 /// file rather than starting empty.
+///
+/// A JSON store of earlier versions is imported on first start: if the
+/// --store file is a JSON store, it is converted in place (the JSON is kept
+/// as `<store>.json-imported`); with the default path, an old
+/// `~/.pilot/rendezvous.json` is imported into `~/.pilot/rendezvous.db`.
 ///
 /// Differences from the reference server, on purpose: a new public key
 /// always gets a NEW node id, even if its `owner` e-mail matches an existing
@@ -39,8 +45,11 @@ struct Args {
     #[arg(long, env = "PILOT_BEACON_ADDR", default_value = "0.0.0.0:9001")]
     beacon_addr: std::net::SocketAddr,
 
-    /// Store file [default: $HOME/.pilot/rendezvous.json]. Its directory is
-    /// created if missing; `<store>.tmp` and `<store>.lock` live beside it.
+    /// Store file, a SQLite database [default: $HOME/.pilot/rendezvous.db].
+    /// Its directory is created if missing; `<store>.lock`, `<store>-wal`
+    /// and `<store>-shm` live beside it. A JSON store of earlier versions
+    /// at PATH is imported into SQLite at PATH (the JSON is kept as
+    /// `<store>.json-imported`).
     #[arg(long, env = "PILOT_RENDEZVOUS_STORE", value_name = "PATH")]
     store: Option<PathBuf>,
 
@@ -66,6 +75,15 @@ struct Args {
     #[arg(long)]
     no_rate_limit: bool,
 
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics,
+    /// e.g. 127.0.0.1:9100. Off by default.
+    #[arg(long, env = "PILOT_RENDEZVOUS_METRICS", value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+
+    /// Disable the per-source quota on new node ids (benchmarks only).
+    #[arg(long, hide = true)]
+    no_new_id_quota: bool,
+
     /// Reap nodes without heartbeat for this many ms (testing; spec: 300 s).
     #[arg(long, hide = true)]
     stale_after_ms: Option<u64>,
@@ -87,11 +105,14 @@ struct Args {
     beacon_sweep_ms: Option<u64>,
 }
 
-fn default_store() -> anyhow::Result<PathBuf> {
+/// The default store and the JSON store of earlier versions to import
+/// into it if it does not exist yet.
+fn default_store() -> anyhow::Result<(PathBuf, PathBuf)> {
     let home = std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .ok_or_else(|| anyhow!("$HOME is not set; pass --store PATH or --memory"))?;
-    Ok(PathBuf::from(home).join(".pilot").join("rendezvous.json"))
+    let dir = PathBuf::from(home).join(".pilot");
+    Ok((dir.join("rendezvous.db"), dir.join("rendezvous.json")))
 }
 
 /// Raises the open-file soft limit to the hard limit: each registry
@@ -111,19 +132,25 @@ fn raise_fd_limit() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let store = if args.memory {
-        None
+    let (store, import_from) = if args.memory {
+        (None, None)
     } else {
-        Some(match args.store {
-            Some(p) => p,
-            None => default_store()?,
-        })
+        match args.store {
+            Some(p) => (Some(p), None),
+            None => {
+                let (db, legacy) = default_store()?;
+                (Some(db), Some(legacy))
+            }
+        }
     };
     let ms = Duration::from_millis;
     let mut config = Config {
         registry_addr: args.registry_addr,
         beacon_addr: args.beacon_addr,
         store,
+        import_from,
+        metrics_addr: args.metrics,
+        new_id_quota: !args.no_new_id_quota,
         max_connections: args.max_connections,
         max_connections_per_source: args.max_connections_per_source,
         rate_limit: !args.no_rate_limit,
@@ -150,11 +177,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let server = Rendezvous::start(config).await?;
     // Machine-readable line for scripts and tests (ports may be ephemeral).
-    tracing::info!(
-        registry = %server.registry_addr(),
-        beacon = %server.beacon_addr(),
-        "listening"
-    );
+    match server.metrics_addr() {
+        Some(metrics) => tracing::info!(
+            registry = %server.registry_addr(),
+            beacon = %server.beacon_addr(),
+            metrics = %metrics,
+            "listening"
+        ),
+        None => tracing::info!(
+            registry = %server.registry_addr(),
+            beacon = %server.beacon_addr(),
+            "listening"
+        ),
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

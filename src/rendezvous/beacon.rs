@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::metrics::Metrics;
 use super::state::Registry;
 use crate::wire::beacon::{self, Repr, MAX_RELAY_PAYLOAD};
 
@@ -60,6 +61,7 @@ pub struct BeaconTable {
     /// Discover/punch requests refused because the source is not the
     /// registry-observed address of the claimed id.
     pub refused: u64,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl BeaconTable {
@@ -71,6 +73,19 @@ impl BeaconTable {
             ttl,
             authority: None,
             refused: 0,
+            metrics: None,
+        }
+    }
+
+    /// Counts relayed and dropped frames in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> BeaconTable {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn relay_dropped(&self, reason: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.relay_dropped(reason);
         }
     }
 
@@ -175,16 +190,27 @@ impl BeaconTable {
                 destination,
                 frame,
             } => {
-                if frame.len() > MAX_RELAY_PAYLOAD || sender == 0 {
+                if frame.len() > MAX_RELAY_PAYLOAD {
+                    self.relay_dropped("too_large");
                     return Vec::new();
                 }
-                if self.get(sender, now) != Some(src) {
+                if sender == 0 || self.get(sender, now) != Some(src) {
                     tracing::debug!(%src, sender, "relay dropped: source is not the sender's observed address");
+                    self.relay_dropped("spoofed_source");
                     return Vec::new();
                 }
                 match self.get(destination, now) {
-                    Some(dst) => vec![(dst, beacon::encode_relay_delivery(sender, frame))],
-                    None => Vec::new(),
+                    Some(dst) => {
+                        if let Some(m) = &self.metrics {
+                            m.relay_frames.inc();
+                            m.relay_bytes.inc_by(frame.len() as u64);
+                        }
+                        vec![(dst, beacon::encode_relay_delivery(sender, frame))]
+                    }
+                    None => {
+                        self.relay_dropped("unknown_destination");
+                        Vec::new()
+                    }
                 }
             }
             // Replies, deliveries and gossip are not for us.

@@ -2,7 +2,9 @@
 //! one process — and the registry client the daemon uses.
 //!
 //! * [`state`]: the registry state machine (sync, clock-injected).
-//! * [`store`]: the durable snapshot store and its group-commit persister.
+//! * [`store`]: the durable store (SQLite; JSON stores are imported) and
+//!   its group-commit persister.
+//! * [`metrics`]: Prometheus metrics and the `/metrics` responder.
 //! * `server` (private): the TCP front end and its hardening.
 //! * [`beacon`]: the beacon table and its UDP loop.
 //! * [`client`]: [`client::RegistryClient`] for daemons and tests.
@@ -23,6 +25,7 @@
 
 pub mod beacon;
 pub mod client;
+pub mod metrics;
 mod server;
 pub mod state;
 pub mod store;
@@ -46,8 +49,17 @@ pub struct Config {
     pub registry_addr: SocketAddr,
     /// Beacon UDP listen address (default `0.0.0.0:9001`, spec §0).
     pub beacon_addr: SocketAddr,
-    /// Store file; `None` keeps everything in memory.
+    /// Store file (SQLite; a JSON store found there is imported, see
+    /// [`store`]); `None` keeps everything in memory.
     pub store: Option<PathBuf>,
+    /// A JSON store to import when `store` does not exist yet (the old
+    /// default path), renamed to `<file>.json-imported` afterwards.
+    pub import_from: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Apply the per-source quota on new node ids
+    /// ([`state::NEW_IDS_PER_SOURCE`]); off only for benchmarks.
+    pub new_id_quota: bool,
     /// A node without heartbeat for this long is reaped (5 min, §6.4.2).
     pub stale_after: Duration,
     /// Reaper period (10 s, §6.4.2).
@@ -79,6 +91,9 @@ impl Default for Config {
             registry_addr: SocketAddr::from(([0, 0, 0, 0], 9000)),
             beacon_addr: SocketAddr::from(([0, 0, 0, 0], 9001)),
             store: None,
+            import_from: None,
+            metrics_addr: None,
+            new_id_quota: true,
             stale_after: Duration::from_secs(300),
             reap_interval: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
@@ -127,7 +142,9 @@ pub enum StartError {
 pub struct Rendezvous {
     registry_addr: SocketAddr,
     beacon_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     registry: Arc<Registry>,
+    metrics: Arc<metrics::Metrics>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -138,12 +155,31 @@ impl Rendezvous {
     pub async fn start(config: Config) -> Result<Rendezvous, StartError> {
         let (stop, stop_rx) = watch::channel(false);
         let now = Instant::now();
+        let metrics = Arc::new(metrics::Metrics::new());
         let (registry, store) = match &config.store {
             Some(path) => {
-                let (store, registry) = store::Store::open(path, now)?;
-                (Arc::new(registry), Some(store))
+                let (store, registry) =
+                    store::Store::open_importing(path, config.import_from.as_deref(), now)?;
+                (registry, Some(store))
             }
-            None => (Arc::new(Registry::new()), None),
+            None => (Registry::new(), None),
+        };
+        let registry = Arc::new(if config.new_id_quota {
+            registry
+        } else {
+            registry.without_quota()
+        });
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .map_err(|cause| StartError::Bind {
+                        what: "metrics (TCP)",
+                        addr,
+                        cause,
+                    })?,
+            ),
+            None => None,
         };
         let listener = TcpListener::bind(config.registry_addr)
             .await
@@ -167,10 +203,26 @@ impl Rendezvous {
             .local_addr()
             .map_err(|e| bind_err("beacon (UDP)", config.beacon_addr, e))?;
 
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|e| {
+                bind_err(
+                    "metrics (TCP)",
+                    config.metrics_addr.unwrap_or(registry_addr),
+                    e,
+                )
+            })?),
+            None => None,
+        };
+
         let mut tasks = Vec::new();
         let durability = match store {
             Some(store) => {
-                let (d, task) = store::spawn_persister(store, registry.clone(), stop_rx.clone());
+                let (d, task) = store::spawn_persister(
+                    store,
+                    registry.clone(),
+                    stop_rx.clone(),
+                    metrics.clone(),
+                );
                 tasks.push(task);
                 d
             }
@@ -188,13 +240,32 @@ impl Rendezvous {
             max_per_source: config.max_connections_per_source.max(1),
             next_conn: Default::default(),
             buffer_budget: Arc::new(Semaphore::new(server::BUFFER_BUDGET_KIB)),
+            metrics: metrics.clone(),
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 
         let table = Arc::new(Mutex::new(
             beacon::BeaconTable::new(config.beacon_capacity, config.beacon_ttl)
-                .with_registry(registry.clone()),
+                .with_registry(registry.clone())
+                .with_metrics(metrics.clone()),
         ));
+        if let Some(listener) = metrics_listener {
+            let (reg, tab, m) = (registry.clone(), table.clone(), metrics.clone());
+            let render: metrics::Render = Arc::new(move || {
+                let beacon_entries = tab.lock().unwrap_or_else(|e| e.into_inner()).len();
+                m.render(metrics::Levels {
+                    nodes_online: reg.live_nodes(),
+                    nodes_known: reg.known_nodes(),
+                    handshake_queue: reg.handshake_queue_depth(),
+                    beacon_entries,
+                })
+            });
+            tasks.push(tokio::spawn(metrics::serve(
+                listener,
+                render,
+                stop_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(beacon::run(
             udp,
             table,
@@ -227,7 +298,9 @@ impl Rendezvous {
         Ok(Rendezvous {
             registry_addr,
             beacon_addr,
+            metrics_addr,
             registry,
+            metrics,
             stop,
             tasks,
         })
@@ -241,6 +314,16 @@ impl Rendezvous {
     /// The bound beacon (UDP) address.
     pub fn beacon_addr(&self) -> SocketAddr {
         self.beacon_addr
+    }
+
+    /// The bound metrics (HTTP) address, if metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The metrics (for inspection in tests).
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.metrics
     }
 
     /// The registry state (for inspection in tests).

@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     /// KiB of partial-frame buffer beyond [`FREE_BUFFER`] per connection,
     /// shared by all connections.
     pub buffer_budget: Arc<Semaphore>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// One open connection as the eviction policy sees it.
@@ -124,6 +126,7 @@ impl Shared {
         match victim.and_then(|v| conns.remove(&v)) {
             Some(slot) => {
                 slot.kill.notify_one();
+                self.metrics.rejected("evicted");
                 true
             }
             None => false,
@@ -192,6 +195,7 @@ pub(crate) async fn run(
                             tracing::warn!(%peer, refused, "connection limit reached; evicting the least recently active connection of the busiest source");
                         }
                         if !shared.evict(None) {
+                            shared.metrics.rejected("connection_limit");
                             drop(sock);
                             continue;
                         }
@@ -213,6 +217,7 @@ pub(crate) async fn run(
                         },
                     };
                     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                    shared.metrics.connections.inc();
                     let kill = Arc::new(Notify::new());
                     shared.lock_conns().insert(
                         conn_id,
@@ -228,6 +233,13 @@ pub(crate) async fn run(
                         _ = stop.wait_for(|s| *s) => Ok(()),
                     };
                     shared.lock_conns().remove(&conn_id);
+                    shared.metrics.connections.dec();
+                    match &r {
+                        Err(ConnEnd::Frame(_)) => shared.metrics.rejected("frame_too_long"),
+                        Err(ConnEnd::Budget) => shared.metrics.rejected("buffer_budget"),
+                        Err(ConnEnd::BinaryVersion(_)) => shared.metrics.rejected("binary_version"),
+                        _ => {}
+                    }
                     if let Err(e) = r {
                         tracing::debug!(%peer, reason = %e, "registry connection closed");
                     }
@@ -323,11 +335,15 @@ async fn serve(
                 if shared.rate_limit {
                     match rate_action(requests, started.elapsed()) {
                         RateAction::Close => {
+                            shared.metrics.rate_limited("closed");
                             let reply = json_frame(&Response::error("rate limited"));
                             let _ = write_reply(&mut wr, &reply, shared.write_timeout).await;
                             return Err(ConnEnd::RateLimited);
                         }
-                        RateAction::Slow => tokio::time::sleep(RATE_DELAY).await,
+                        RateAction::Slow => {
+                            shared.metrics.rate_limited("delayed");
+                            tokio::time::sleep(RATE_DELAY).await
+                        }
                         RateAction::None => {}
                     }
                 }
@@ -416,9 +432,15 @@ fn reserve(
 
 /// Runs one request through the registry, waiting for durability.
 async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut ConnAuth) -> Response {
+    let kind = req.type_name();
     let out = shared
         .registry
         .handle_on(auth, req, peer, std::time::Instant::now());
+    if let Response::Error(e) = &out.response {
+        if e.error.starts_with("rate limited") {
+            shared.metrics.rate_limited("new_id_quota");
+        }
+    }
     if let Some(generation) = out.durable_generation {
         shared.durability.poke();
         if !shared
@@ -427,9 +449,13 @@ async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut Con
             .await
         {
             tracing::error!("store did not confirm a write in time; answering with an error");
+            shared.metrics.request(kind, false);
             return Response::error("store unavailable");
         }
     }
+    shared
+        .metrics
+        .request(kind, !matches!(out.response, Response::Error(_)));
     out.response
 }
 
@@ -491,6 +517,7 @@ async fn handle_json(
         Ok(req) => execute(req, peer, shared, auth).await,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "malformed request");
+            shared.metrics.rejected("malformed");
             Response::error("malformed request")
         }
     }
@@ -504,7 +531,10 @@ async fn handle_binary(
 ) -> Vec<u8> {
     let msg = match BinaryMessage::parse_frame_payload(payload) {
         Ok(m) => m,
-        Err(_) => return binary_frame(&BinaryMessage::Error("request failed".into())),
+        Err(_) => {
+            shared.metrics.rejected("malformed");
+            return binary_frame(&BinaryMessage::Error("request failed".into()));
+        }
     };
     let reply = match msg {
         BinaryMessage::Json(j) => {

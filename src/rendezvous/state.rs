@@ -8,9 +8,14 @@
 //! one Ed25519 verification, far shorter than any network round trip.
 //!
 //! Every mutation a client must be able to rely on after a crash (a new id,
-//! a hostname, visibility, trust pairs, deregistration) bumps a generation
-//! counter; the handler returns that generation and the server sends the
-//! reply only once the store has made it durable (see `store.rs`).
+//! a hostname, visibility, trust pairs, handshake inboxes, deregistration)
+//! bumps a generation counter; the handler returns that generation and the
+//! server sends the reply only once the store has made it durable (see
+//! `store/`). When a store is attached ([`Registry::track_changes`]), each
+//! mutation also records which rows it touched, and the store's writer takes
+//! just those rows ([`Registry::take_changes`]): a batch costs what changed,
+//! not the size of the registry. Liveness (heartbeats, `last_seen`) is never
+//! recorded: a heartbeat touches memory only.
 //!
 //! Deliberate differences from the reference (spec §12.16, §12.18):
 //! * an unknown key with a known `owner` gets a **new** id (no takeover);
@@ -91,7 +96,25 @@ pub struct Node {
     pub created: Instant,
 }
 
-/// The persisted form of a node (see `store.rs`).
+impl Node {
+    /// The persisted form of this node.
+    pub fn record(&self) -> NodeRecord {
+        NodeRecord {
+            id: self.id,
+            public_key: wire::b64_encode(self.key.as_bytes()),
+            owner: self.owner.clone(),
+            live: self.live,
+            hostname: self.hostname.clone(),
+            public: self.public,
+            real_addr: self.real_addr.clone(),
+            lan_addrs: self.lan_addrs.clone(),
+            version: self.version.clone(),
+            key_created: self.key_created,
+        }
+    }
+}
+
+/// The persisted form of a node (see `store/`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     /// Node id.
@@ -123,6 +146,84 @@ pub struct NodeRecord {
     pub key_created: u64,
 }
 
+/// A pending handshake request as persisted: `from` asked `to` for trust.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeRequestRecord {
+    /// The node whose inbox holds it.
+    pub to: u32,
+    /// The requester.
+    pub from: u32,
+    /// The requester's text.
+    pub justification: String,
+    /// Unix seconds when the registry received it.
+    pub timestamp: i64,
+}
+
+/// A handshake answer waiting for its requester, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeResponseRecord {
+    /// The requester, whose inbox holds it.
+    pub to: u32,
+    /// The node that answered.
+    pub from: u32,
+    /// Accepted or rejected.
+    pub accept: bool,
+    /// Unix seconds when the registry received it.
+    pub timestamp: i64,
+}
+
+/// One node's two handshake inboxes, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inboxes {
+    /// Requests waiting for the node.
+    pub requests: Vec<HandshakeRequestRecord>,
+    /// Answers waiting for the node.
+    pub responses: Vec<HandshakeResponseRecord>,
+}
+
+/// The durable rows changed since the store last took them: each entry is
+/// the row's current value (`None`/`false`: the row is gone). Newer change
+/// sets override older ones key by key ([`Changes::merge`]), so a batch that
+/// failed to commit is retried merged with what came after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The next id to allocate.
+    pub next_id: u32,
+    /// Node rows: `None` means deleted.
+    pub nodes: HashMap<u32, Option<NodeRecord>>,
+    /// Trust pairs `(a, b)`, `a < b`: present or not.
+    pub trust: HashMap<(u32, u32), bool>,
+    /// One-sided consents `(a, b)`: present or not.
+    pub consents: HashMap<(u32, u32), bool>,
+    /// Whole inboxes of the nodes whose inboxes changed.
+    pub inboxes: HashMap<u32, Inboxes>,
+}
+
+impl Changes {
+    /// Folds `newer` into `self` (newer values win).
+    pub fn merge(&mut self, newer: Changes) {
+        self.next_id = self.next_id.max(newer.next_id);
+        self.nodes.extend(newer.nodes);
+        self.trust.extend(newer.trust);
+        self.consents.extend(newer.consents);
+        self.inboxes.extend(newer.inboxes);
+    }
+
+    /// Rows this change set writes or deletes.
+    pub fn rows(&self) -> usize {
+        self.nodes.len() + self.trust.len() + self.consents.len() + self.inboxes.len()
+    }
+}
+
+/// Which rows changed since [`Registry::take_changes`] last ran.
+#[derive(Debug, Default)]
+struct Dirty {
+    nodes: HashSet<u32>,
+    trust: HashSet<(u32, u32)>,
+    consents: HashSet<(u32, u32)>,
+    inboxes: HashSet<u32>,
+}
+
 /// Everything the store persists.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -136,6 +237,13 @@ pub struct Snapshot {
     /// (request, accept or report); a pair exists once both directions do.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consents: Vec<[u32; 2]>,
+    /// Pending handshake requests, oldest first per inbox (not in JSON
+    /// stores written before the SQLite store; absent means none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handshake_requests: Vec<HandshakeRequestRecord>,
+    /// Handshake answers waiting for their requesters, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handshake_responses: Vec<HandshakeResponseRecord>,
 }
 
 /// Why a snapshot cannot be loaded.
@@ -179,6 +287,11 @@ struct State {
     free_ids: Vec<u32>,
     /// New ids per source address.
     new_id_quota: Option<crate::ratelimit::Limiter<IpAddr>>,
+    /// Rows changed since the store took them; `None` without a store.
+    dirty: Option<Dirty>,
+    /// Number of live nodes (kept up to date so that metrics need not
+    /// count a million nodes under the lock).
+    live_count: usize,
 }
 
 /// The result of handling one request.
@@ -240,12 +353,15 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The one signature check of the registry (Ed25519, strict, spec §6.3).
+/// The one signature check of the registry (Ed25519, strict, spec §6.3):
+/// what `crypto::identity::verify` does, but with the key already
+/// decompressed (decompressing it again cost ~15 % of a heartbeat).
 fn signature_ok(key: &VerifyingKey, msg: &str, sig_b64: Option<&str>) -> bool {
     let Some(sig) = sig_b64.and_then(wire::decode_signature) else {
         return false;
     };
-    crate::crypto::identity::verify(key.as_bytes(), msg.as_bytes(), &sig)
+    key.verify_strict(msg.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
+        .is_ok()
 }
 
 /// Checks a hostname against §6.4.5 (empty is handled by the caller).
@@ -325,11 +441,76 @@ impl State {
         self.generation
     }
 
+    fn mark_node(&mut self, id: u32) {
+        if let Some(d) = self.dirty.as_mut() {
+            d.nodes.insert(id);
+        }
+    }
+
+    fn mark_trust(&mut self, a: u32, b: u32) {
+        if let Some(d) = self.dirty.as_mut() {
+            d.trust.insert((a.min(b), a.max(b)));
+        }
+    }
+
+    fn mark_consent(&mut self, a: u32, b: u32) {
+        if let Some(d) = self.dirty.as_mut() {
+            d.consents.insert((a, b));
+        }
+    }
+
+    fn mark_inbox(&mut self, id: u32) {
+        if let Some(d) = self.dirty.as_mut() {
+            d.inboxes.insert(id);
+        }
+    }
+
+    /// Sets `id`'s live flag, keeping the live count.
+    fn set_live(&mut self, id: u32, live: bool) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if n.live != live {
+                n.live = live;
+                if live {
+                    self.live_count += 1;
+                } else {
+                    self.live_count = self.live_count.saturating_sub(1);
+                }
+            }
+        }
+        self.mark_node(id);
+    }
+
     fn release_hostname(&mut self, id: u32) {
         if let Some(n) = self.nodes.get_mut(&id) {
             if let Some(h) = n.hostname.take() {
                 self.hostnames.remove(&h);
+                self.mark_node(id);
             }
+        }
+    }
+
+    fn inboxes(&self, id: u32) -> Inboxes {
+        Inboxes {
+            requests: self.hs_requests.get(&id).map_or_else(Vec::new, |v| {
+                v.iter()
+                    .map(|p| HandshakeRequestRecord {
+                        to: id,
+                        from: p.from,
+                        justification: p.justification.clone(),
+                        timestamp: p.timestamp,
+                    })
+                    .collect()
+            }),
+            responses: self.hs_responses.get(&id).map_or_else(Vec::new, |v| {
+                v.iter()
+                    .map(|r| HandshakeResponseRecord {
+                        to: id,
+                        from: r.from_node_id,
+                        accept: r.accept,
+                        timestamp: r.timestamp,
+                    })
+                    .collect()
+            }),
         }
     }
 
@@ -349,6 +530,7 @@ impl State {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.hostname = Some(h.to_string());
             self.hostnames.insert(h.to_string(), id);
+            self.mark_node(id);
         }
         Ok(())
     }
@@ -364,6 +546,7 @@ impl State {
         }
         self.trust.entry(a).or_default().insert(b);
         self.trust.entry(b).or_default().insert(a);
+        self.mark_trust(a, b);
         Ok(())
     }
 
@@ -377,7 +560,9 @@ impl State {
         if !mine.contains(&b) && mine.len() >= MAX_TRUST_PER_NODE {
             return Err(format!("too many trust consents for node {a}"));
         }
-        mine.insert(b);
+        if mine.insert(b) {
+            self.mark_consent(a, b);
+        }
         self.dirty();
         if self.consents.get(&b).is_some_and(|s| s.contains(&a)) {
             self.add_trust(a, b)?;
@@ -390,10 +575,14 @@ impl State {
         let mut any = self.remove_trust(a, b);
         for (x, y) in [(a, b), (b, a)] {
             if let Some(s) = self.consents.get_mut(&x) {
-                any |= s.remove(&y);
+                let removed = s.remove(&y);
                 if s.is_empty() {
                     self.consents.remove(&x);
                 }
+                if removed {
+                    self.mark_consent(x, y);
+                }
+                any |= removed;
             }
         }
         any
@@ -408,6 +597,9 @@ impl State {
             if self.trust.get(&x).is_some_and(|s| s.is_empty()) {
                 self.trust.remove(&x);
             }
+        }
+        if removed {
+            self.mark_trust(a, b);
         }
         removed
     }
@@ -524,10 +716,43 @@ impl Registry {
                 st.consents.entry(a).or_default().insert(b);
             }
         }
+        for r in snap.handshake_requests {
+            if !st.nodes.contains_key(&r.to) {
+                continue;
+            }
+            let inbox = st.hs_requests.entry(r.to).or_default();
+            if inbox.len() < HANDSHAKE_INBOX && !inbox.iter().any(|p| p.from == r.from) {
+                inbox.push(PendingRequest {
+                    from: r.from,
+                    justification: r.justification,
+                    timestamp: r.timestamp,
+                });
+            }
+        }
+        for r in snap.handshake_responses {
+            if !st.nodes.contains_key(&r.to) {
+                continue;
+            }
+            let inbox = st.hs_responses.entry(r.to).or_default();
+            if inbox.len() < HANDSHAKE_INBOX {
+                inbox.push_back(HandshakeResponseEntry {
+                    from_node_id: r.from,
+                    accept: r.accept,
+                    timestamp: r.timestamp,
+                });
+            }
+        }
+        st.live_count = st.nodes.values().filter(|n| n.live).count();
         Ok(Registry {
             state: std::sync::Mutex::new(st),
             waiters: Default::default(),
         })
+    }
+
+    /// Everything the store persists, as of now.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.lock();
+        Self::snapshot_of(&st)
     }
 
     /// The current generation and, if it is newer than `after`, a snapshot.
@@ -536,22 +761,11 @@ impl Registry {
         if st.generation <= after {
             return None;
         }
-        let mut nodes: Vec<NodeRecord> = st
-            .nodes
-            .values()
-            .map(|n| NodeRecord {
-                id: n.id,
-                public_key: wire::b64_encode(n.key.as_bytes()),
-                owner: n.owner.clone(),
-                live: n.live,
-                hostname: n.hostname.clone(),
-                public: n.public,
-                real_addr: n.real_addr.clone(),
-                lan_addrs: n.lan_addrs.clone(),
-                version: n.version.clone(),
-                key_created: n.key_created,
-            })
-            .collect();
+        Some((st.generation, Self::snapshot_of(&st)))
+    }
+
+    fn snapshot_of(st: &State) -> Snapshot {
+        let mut nodes: Vec<NodeRecord> = st.nodes.values().map(Node::record).collect();
         nodes.sort_by_key(|n| n.id);
         let mut trust: Vec<[u32; 2]> = st
             .trust
@@ -565,15 +779,90 @@ impl Registry {
             .flat_map(|(&a, s)| s.iter().map(move |&b| [a, b]))
             .collect();
         consents.sort_unstable();
-        Some((
+        let mut inbox_ids: Vec<u32> = st
+            .hs_requests
+            .keys()
+            .chain(st.hs_responses.keys())
+            .copied()
+            .collect();
+        inbox_ids.sort_unstable();
+        inbox_ids.dedup();
+        let (mut handshake_requests, mut handshake_responses) = (Vec::new(), Vec::new());
+        for id in inbox_ids {
+            let i = st.inboxes(id);
+            handshake_requests.extend(i.requests);
+            handshake_responses.extend(i.responses);
+        }
+        Snapshot {
+            next_id: st.next_id,
+            nodes,
+            trust,
+            consents,
+            handshake_requests,
+            handshake_responses,
+        }
+    }
+
+    /// Starts recording which rows each mutation changes, for
+    /// [`Registry::take_changes`] (a store calls this once; without a store
+    /// nothing is recorded, so nothing accumulates).
+    pub fn track_changes(&self) {
+        let mut st = self.lock();
+        if st.dirty.is_none() {
+            st.dirty = Some(Dirty::default());
+        }
+    }
+
+    /// The current generation and the rows changed since the last call
+    /// (their current values). Holds the lock only to copy the changed
+    /// rows, so lookups never wait for a store write.
+    pub fn take_changes(&self) -> (u64, Changes) {
+        let mut st = self.lock();
+        let Some(dirty) = st.dirty.as_mut().map(std::mem::take) else {
+            return (st.generation, Changes::default());
+        };
+        let nodes = dirty
+            .nodes
+            .into_iter()
+            .map(|id| (id, st.nodes.get(&id).map(Node::record)))
+            .collect();
+        let trust = dirty
+            .trust
+            .into_iter()
+            .map(|(a, b)| ((a, b), st.trusted(a, b)))
+            .collect();
+        let consents = dirty
+            .consents
+            .into_iter()
+            .map(|(a, b)| ((a, b), st.consents.get(&a).is_some_and(|s| s.contains(&b))))
+            .collect();
+        let inboxes = dirty
+            .inboxes
+            .into_iter()
+            .map(|id| (id, st.inboxes(id)))
+            .collect();
+        (
             st.generation,
-            Snapshot {
+            Changes {
                 next_id: st.next_id,
                 nodes,
                 trust,
                 consents,
+                inboxes,
             },
-        ))
+        )
+    }
+
+    /// Known node ids (live or not).
+    pub fn known_nodes(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
+    /// Handshake requests and answers waiting in inboxes.
+    pub fn handshake_queue_depth(&self) -> usize {
+        let st = self.lock();
+        st.hs_requests.values().map(Vec::len).sum::<usize>()
+            + st.hs_responses.values().map(VecDeque::len).sum::<usize>()
     }
 
     /// The current durable-mutation generation.
@@ -583,7 +872,7 @@ impl Registry {
 
     /// Number of live nodes.
     pub fn live_nodes(&self) -> usize {
-        self.lock().nodes.values().filter(|n| n.live).count()
+        self.lock().live_count
     }
 
     /// Removes live nodes not seen for `stale_after` (spec §6.4.2): they
@@ -599,9 +888,7 @@ impl Registry {
             .collect();
         for &id in &stale {
             st.release_hostname(id);
-            if let Some(n) = st.nodes.get_mut(&id) {
-                n.live = false;
-            }
+            st.set_live(id, false);
         }
         // Ids whose key never signed anything are reclaimed (issue 10
         // item 6): registering costs nothing, so unproven ids must not
@@ -614,31 +901,66 @@ impl Registry {
             .collect();
         for &id in &unproven {
             st.release_hostname(id);
+            st.set_live(id, false);
             if let Some(n) = st.nodes.remove(&id) {
                 st.by_key.remove(n.key.as_bytes());
             }
-            st.hs_requests.remove(&id);
-            st.hs_responses.remove(&id);
+            st.mark_node(id);
+            if st.hs_requests.remove(&id).is_some() | st.hs_responses.remove(&id).is_some() {
+                st.mark_inbox(id);
+            }
             if let Some(peers) = st.trust.remove(&id) {
                 for p in peers {
                     if let Some(s) = st.trust.get_mut(&p) {
                         s.remove(&id);
+                        if s.is_empty() {
+                            st.trust.remove(&p);
+                        }
                     }
+                    st.mark_trust(id, p);
                 }
+            }
+            // Consents given to or by the id go too: the id is reused by
+            // the next new key, which must not inherit a consent.
+            let mut gone: Vec<(u32, u32)> = st
+                .consents
+                .remove(&id)
+                .map(|s| s.into_iter().map(|b| (id, b)).collect())
+                .unwrap_or_default();
+            for (&a, s) in st.consents.iter_mut() {
+                if s.remove(&id) {
+                    gone.push((a, id));
+                }
+            }
+            st.consents.retain(|_, s| !s.is_empty());
+            for (a, b) in gone {
+                st.mark_consent(a, b);
             }
             st.free_ids.push(id);
         }
         // Pending handshake requests expire.
         let horizon = unix_now().saturating_sub(HANDSHAKE_TTL.as_secs()) as i64;
-        st.hs_requests.retain(|_, inbox| {
+        let mut expired = Vec::new();
+        st.hs_requests.retain(|&id, inbox| {
+            let before = inbox.len();
             inbox.retain(|p| p.timestamp >= horizon);
+            if inbox.len() != before {
+                expired.push(id);
+            }
             !inbox.is_empty()
         });
-        st.hs_responses.retain(|_, inbox| {
+        st.hs_responses.retain(|&id, inbox| {
+            let before = inbox.len();
             inbox.retain(|p| p.timestamp >= horizon);
+            if inbox.len() != before {
+                expired.push(id);
+            }
             !inbox.is_empty()
         });
-        if !stale.is_empty() || !unproven.is_empty() {
+        for &id in &expired {
+            st.mark_inbox(id);
+        }
+        if !stale.is_empty() || !unproven.is_empty() || !expired.is_empty() {
             st.dirty();
         }
         stale.into_iter().chain(unproven).collect()
@@ -797,6 +1119,7 @@ impl Registry {
                 if let Some(n) = st.nodes.get_mut(&r.node_id) {
                     n.public = r.public;
                 }
+                st.mark_node(r.node_id);
                 st.dirty();
                 Response::SetVisibilityOk(SetVisibilityOk {
                     node_id: r.node_id,
@@ -805,9 +1128,7 @@ impl Registry {
             }
             Request::Deregister(NodeSigned { node_id, .. }) => {
                 st.release_hostname(node_id);
-                if let Some(n) = st.nodes.get_mut(&node_id) {
-                    n.live = false;
-                }
+                st.set_live(node_id, false);
                 st.dirty();
                 Response::DeregisterOk(Empty {})
             }
@@ -834,6 +1155,7 @@ impl Registry {
                     justification: r.justification,
                     timestamp: unix as i64,
                 });
+                st.mark_inbox(r.to_node_id);
                 // Asking for trust is consenting to it (signed by the sender).
                 st.consent(r.from_node_id, r.to_node_id)?;
                 Response::RequestHandshakeOk(RequestHandshakeOk {
@@ -841,7 +1163,7 @@ impl Registry {
                 })
             }
             Request::PollHandshakes(NodeSigned { node_id, .. }) => {
-                let requests = st
+                let requests: Vec<HandshakeRequestEntry> = st
                     .hs_requests
                     .remove(&node_id)
                     .unwrap_or_default()
@@ -852,7 +1174,14 @@ impl Registry {
                         timestamp: p.timestamp,
                     })
                     .collect();
-                let responses = st.hs_responses.remove(&node_id).unwrap_or_default().into();
+                let responses: Vec<HandshakeResponseEntry> =
+                    st.hs_responses.remove(&node_id).unwrap_or_default().into();
+                if !requests.is_empty() || !responses.is_empty() {
+                    // Delivered: gone from the store too (a crash before
+                    // this batch commits delivers them again).
+                    st.mark_inbox(node_id);
+                    st.dirty();
+                }
                 Response::PollHandshakesOk(PollHandshakesOk {
                     requests,
                     responses,
@@ -877,6 +1206,9 @@ impl Registry {
                     accept: r.accept,
                     timestamp: unix as i64,
                 });
+                st.mark_inbox(r.node_id);
+                st.mark_inbox(r.peer_id);
+                st.dirty();
                 Response::RespondHandshakeOk(RespondHandshakeOk {
                     accept: r.accept,
                     peer_id: r.peer_id,
@@ -1024,10 +1356,10 @@ impl Registry {
                 id
             }
         };
+        st.set_live(id, true);
         let Some(n) = st.nodes.get_mut(&id) else {
             return Err("registration rejected: index inconsistency".into());
         };
-        n.live = true;
         n.last_seen = now;
         n.real_addr = real_addr.clone();
         n.lan_addrs = lan_addrs;
@@ -1400,6 +1732,20 @@ mod tests {
                 signature: None,
             }),
             &kb,
+        );
+        assert_eq!(
+            r.handle(trust, peer(), t).response.type_name(),
+            "report_trust_ok"
+        );
+        // One side's consent is not trust (spec §12.16): still refused.
+        assert_eq!(punch(&ka, a, a, b).type_name(), "error");
+        let trust = signed(
+            Request::ReportTrust(wire::TrustPair {
+                node_id: a,
+                peer_id: b,
+                signature: None,
+            }),
+            &ka,
         );
         assert_eq!(
             r.handle(trust, peer(), t).response.type_name(),

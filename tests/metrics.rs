@@ -1,0 +1,371 @@
+//! `pilot-rendezvous --metrics ADDR` (issue 13): `GET /metrics` returns
+//! valid OpenMetrics/Prometheus text (checked line by line by a strict
+//! parser below), and its counters move as the test registers, looks up,
+//! resolves, relays and trips the new-id quota.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer, SigningKey};
+use pilot::rendezvous::client::RegistryClient;
+use pilot::wire::beacon;
+use pilot::wire::registry::{self as wire, Register};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pilot-rendezvous");
+
+struct Server {
+    child: Child,
+    registry: SocketAddr,
+    beacon: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, name: &str) -> Option<SocketAddr> {
+    let i = line.find(name)? + name.len();
+    line[i..].split_whitespace().next()?.parse().ok()
+}
+
+fn start(store: &std::path::Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["--registry-addr", "127.0.0.1:0", "--beacon-addr"])
+        .args(["127.0.0.1:0", "--metrics", "127.0.0.1:0", "--store"])
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("listening") {
+                if let (Some(r), Some(b), Some(m)) = (
+                    field(&line, "registry="),
+                    field(&line, "beacon="),
+                    field(&line, "metrics="),
+                ) {
+                    let _ = tx.send((r, b, m));
+                }
+            }
+            log2.lock().unwrap().push_str(&line);
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok((registry, beacon, metrics)) => Server {
+            child,
+            registry,
+            beacon,
+            metrics,
+        },
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("server did not start: {}", log.lock().unwrap());
+        }
+    }
+}
+
+/// One HTTP GET; returns (status line, headers, body).
+async fn get(addr: SocketAddr, target: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
+}
+
+fn valid_name(n: &str) -> bool {
+    let mut c = n.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic() || f == '_' || f == ':')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+}
+
+/// A strict parser of the OpenMetrics text exposition (the subset a
+/// scraper must accept): `# HELP`/`# TYPE`/`# UNIT` lines, samples
+/// `name{label="value",...} value`, every sample under a declared family,
+/// and `# EOF` as the last line. Returns sample key (name plus label text
+/// as written) to value; panics with the offending line otherwise.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    assert!(text.ends_with("# EOF\n"), "no final # EOF: {text}");
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut samples = HashMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "# EOF" {
+            assert_eq!(i, lines.len() - 1, "# EOF before the end");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut p = rest.splitn(3, ' ');
+            let (kind, name, arg) = (p.next().unwrap(), p.next(), p.next());
+            let name = name.unwrap_or_else(|| panic!("bad comment line {line:?}"));
+            assert!(valid_name(name), "bad name in {line:?}");
+            match kind {
+                "TYPE" => {
+                    let t = arg.unwrap_or_default();
+                    assert!(
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "info",
+                            "unknown"
+                        ]
+                        .contains(&t),
+                        "bad type in {line:?}"
+                    );
+                    assert!(
+                        types.insert(name.to_string(), t.to_string()).is_none(),
+                        "family declared twice: {line:?}"
+                    );
+                }
+                "HELP" | "UNIT" => {}
+                _ => panic!("unknown comment {line:?}"),
+            }
+            continue;
+        }
+        // A sample.
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample {line:?}"));
+        let (name, labels) = match key.find('{') {
+            Some(b) => {
+                assert!(key.ends_with('}'), "bad labels in {line:?}");
+                (&key[..b], &key[b + 1..key.len() - 1])
+            }
+            None => (key, ""),
+        };
+        assert!(valid_name(name), "bad sample name in {line:?}");
+        if !labels.is_empty() {
+            for pair in labels.split(',') {
+                let (k, v) = pair
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(valid_name(k), "bad label name in {line:?}");
+                assert!(
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "unquoted label value in {line:?}"
+                );
+            }
+        }
+        let v: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let family = ["_total", "_bucket", "_count", "_sum", "_created", ""]
+            .iter()
+            .find_map(|s| {
+                let base = name.strip_suffix(s)?;
+                types.get(base).map(|t| (base, t.as_str(), *s))
+            })
+            .unwrap_or_else(|| panic!("sample of an undeclared family: {line:?}"));
+        match family.1 {
+            "counter" => assert!(
+                matches!(family.2, "_total" | "_created"),
+                "counter sample without _total: {line:?}"
+            ),
+            "histogram" => assert!(
+                matches!(family.2, "_bucket" | "_count" | "_sum" | "_created"),
+                "bad histogram sample: {line:?}"
+            ),
+            _ => {}
+        }
+        assert!(
+            samples.insert(key.to_string(), v).is_none(),
+            "sample twice: {line:?}"
+        );
+    }
+    samples
+}
+
+async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let (status, headers, body) = get(addr, "/metrics").await;
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{headers}"
+    );
+    parse_metrics(&body)
+}
+
+fn at(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
+fn key(i: u32) -> SigningKey {
+    let mut seed = [9u8; 32];
+    seed[..4].copy_from_slice(&i.to_le_bytes());
+    SigningKey::from_bytes(&seed)
+}
+
+fn signed_register(k: &SigningKey) -> Register {
+    let mut r = Register::new(k.verifying_key().as_bytes(), "0.0.0.0:4000");
+    r.timestamp = Some(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    );
+    let sig = k.sign(r.signed_text().as_bytes());
+    r.signature = Some(wire::b64_encode(&sig.to_bytes()));
+    r
+}
+
+const REG_OK: &str = r#"pilot_rendezvous_requests_total{request="register",result="ok"}"#;
+const LOOKUP_OK: &str = r#"pilot_rendezvous_requests_total{request="lookup",result="ok"}"#;
+const LOOKUP_ERR: &str = r#"pilot_rendezvous_requests_total{request="lookup",result="error"}"#;
+const RESOLVE_OK: &str = r#"pilot_rendezvous_requests_total{request="resolve",result="ok"}"#;
+
+#[tokio::test]
+async fn metrics_are_valid_text_and_move_with_the_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir.path().join("r.db"));
+
+    let m0 = scrape(s.metrics).await;
+    assert_eq!(at(&m0, "pilot_rendezvous_nodes_online"), 0.0);
+    assert_eq!(at(&m0, REG_OK), 0.0);
+
+    // Five registrations, lookups (two found, one not), two resolves.
+    let mut c = RegistryClient::connect(s.registry).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(c.register(signed_register(&key(i))).await.unwrap().node_id);
+    }
+    c.set_visibility(&key(1), ids[1], true).await.unwrap();
+    c.lookup(ids[0]).await.unwrap();
+    c.lookup(ids[1]).await.unwrap();
+    assert!(c.lookup(999).await.is_err());
+    c.resolve(&key(0), ids[0], ids[1]).await.unwrap();
+    c.resolve(&key(0), ids[0], ids[0]).await.unwrap();
+    // A malformed request.
+    let mut raw = TcpStream::connect(s.registry).await.unwrap();
+    raw.write_all(&wire::encode_frame(b"{not json").unwrap())
+        .await
+        .unwrap();
+    let mut len = [0u8; 4];
+    raw.read_exact(&mut len).await.unwrap();
+
+    let m1 = scrape(s.metrics).await;
+    assert_eq!(at(&m1, REG_OK), 5.0);
+    assert_eq!(at(&m1, LOOKUP_OK), 2.0);
+    assert_eq!(at(&m1, LOOKUP_ERR), 1.0);
+    assert_eq!(at(&m1, RESOLVE_OK), 2.0);
+    assert_eq!(at(&m1, "pilot_rendezvous_nodes_online"), 5.0);
+    assert_eq!(at(&m1, "pilot_rendezvous_nodes_known"), 5.0);
+    assert_eq!(
+        at(
+            &m1,
+            r#"pilot_rendezvous_rejected_total{reason="malformed"}"#
+        ),
+        1.0
+    );
+    assert!(at(&m1, "pilot_rendezvous_store_batch_seconds_count") >= 1.0);
+    assert!(at(&m1, "pilot_rendezvous_store_batch_rows_sum") >= 5.0);
+    assert!(at(&m1, "pilot_rendezvous_connections") >= 1.0);
+
+    // A relayed frame through the beacon (both "nodes" are on 127.0.0.1,
+    // the address the registry saw).
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 256];
+    for (sock, id) in [(&a, ids[0]), (&b, ids[1])] {
+        sock.send_to(&beacon::encode_discover(id), s.beacon)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    a.send_to(&beacon::encode_relay(ids[0], ids[1], b"hello"), s.beacon)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), b.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    a.send_to(&beacon::encode_relay(ids[0], 4242, b"lost"), s.beacon)
+        .await
+        .unwrap();
+
+    // The new-id quota: one source gets a burst of new ids, then refusals.
+    let mut refused = 0;
+    for i in 100..400 {
+        let r = c
+            .register(Register::new(
+                key(i).verifying_key().as_bytes(),
+                "0.0.0.0:1",
+            ))
+            .await;
+        if r.is_err() {
+            refused += 1;
+            break;
+        }
+    }
+    assert_eq!(refused, 1, "the quota must refuse a burst of new ids");
+
+    let mut m2 = HashMap::new();
+    for _ in 0..50 {
+        m2 = scrape(s.metrics).await;
+        if at(
+            &m2,
+            r#"pilot_rendezvous_relay_dropped_total{reason="unknown_destination"}"#,
+        ) >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(at(&m2, "pilot_rendezvous_relay_frames_total"), 1.0);
+    assert_eq!(at(&m2, "pilot_rendezvous_relay_bytes_total"), 5.0);
+    assert_eq!(
+        at(
+            &m2,
+            r#"pilot_rendezvous_relay_dropped_total{reason="unknown_destination"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        at(
+            &m2,
+            r#"pilot_rendezvous_rate_limited_total{reason="new_id_quota"}"#
+        ),
+        1.0
+    );
+    assert!(at(&m2, "pilot_rendezvous_beacon_entries") >= 2.0);
+    assert!(at(&m2, "pilot_rendezvous_nodes_online") > 5.0);
+
+    // Anything but GET /metrics is refused politely.
+    let (status, _, _) = get(s.metrics, "/").await;
+    assert!(status.contains(" 404 "), "{status}");
+}
