@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
+use pilot::crypto::identity::Identity;
 use pilot::rendezvous::{Config, Rendezvous};
 
 /// Pilot Protocol rendezvous server: registry (TCP) + beacon (UDP).
@@ -56,6 +57,13 @@ struct Args {
     /// Keep all state in memory only (lost on exit). Conflicts with --store.
     #[arg(long, conflicts_with = "store")]
     memory: bool,
+
+    /// The rendezvous' own Ed25519 key file, which signs answers for nodes
+    /// that pin it (`--registry HOST:PORT#ed25519:...`). Created if missing
+    /// (mode 0600). Default: `rendezvous-identity.json` beside the store;
+    /// with --memory and no --identity, a fresh key each start.
+    #[arg(long, env = "PILOT_RENDEZVOUS_IDENTITY", value_name = "PATH")]
+    identity: Option<PathBuf>,
 
     /// Log level or tracing filter (error, warn, info, debug, trace, or e.g.
     /// `pilot=debug`). Logs go to stderr.
@@ -143,8 +151,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
+    let identity_path = args.identity.clone().or_else(|| {
+        store
+            .as_ref()
+            .map(|s| s.with_file_name("rendezvous-identity.json"))
+    });
+    let answer_key = match &identity_path {
+        Some(p) => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            Identity::load_or_create(p, &mut rand_core::OsRng)
+                .with_context(|| format!("cannot load the rendezvous key {}", p.display()))?
+                .0
+        }
+        None => Identity::generate(&mut rand_core::OsRng),
+    };
+    let pin = pilot::rendezvous::pin::pin_text(&answer_key.public_key());
     let ms = Duration::from_millis;
     let mut config = Config {
+        answer_key: Some(std::sync::Arc::new(answer_key)),
         registry_addr: args.registry_addr,
         beacon_addr: args.beacon_addr,
         store,
@@ -182,14 +209,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             registry = %server.registry_addr(),
             beacon = %server.beacon_addr(),
             metrics = %metrics,
+            pin = %pin,
             "listening"
         ),
         None => tracing::info!(
             registry = %server.registry_addr(),
             beacon = %server.beacon_addr(),
+            pin = %pin,
             "listening"
         ),
     }
+    eprintln!("registry pin: {pin} (nodes that pass --registry HOST:PORT#{pin} accept only answers signed by this rendezvous)");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;

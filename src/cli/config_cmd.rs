@@ -128,7 +128,9 @@ pub(super) fn check_log_level(value: &str) -> Result<(), CliError> {
 /// registry and beacon must resolve.
 pub(super) async fn check_all(config: &Config) -> Result<(), CliError> {
     if let Some(r) = config.registry.as_deref() {
-        resolve_host_port("registry", r).await?;
+        let (addr, _pin) =
+            crate::rendezvous::pin::split_registry(r).map_err(|e| invalid(e.to_string()))?;
+        resolve_host_port("registry", &addr).await?;
     }
     if let Some(b) = config.beacon.as_deref() {
         resolve_host_port("beacon", b).await?;

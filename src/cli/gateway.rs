@@ -86,7 +86,7 @@ pub struct GwStartArgs {
     /// TUN MTU (the device never leaves this host, so large is fast).
     #[arg(long, default_value_t = DEFAULT_MTU)]
     pub mtu: u16,
-    /// Answer DNS A queries for <hostname>.pilot on the gateway address
+    /// Answer DNS A queries for HOSTNAME.pilot on the gateway address
     /// (the subnet's last usable address, e.g. 10.4.255.254).
     #[arg(long)]
     pub dns: bool,

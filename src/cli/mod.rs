@@ -348,7 +348,7 @@ pub struct ExposeArgs {
 /// Options of `forward`.
 #[derive(Debug, Clone, Args)]
 pub struct ForwardArgs {
-    /// Local listen address, [IP:]PORT (IP defaults to 127.0.0.1; port 0 picks one).
+    /// Local listen address, PORT or IP:PORT (IP defaults to 127.0.0.1; port 0 picks one).
     pub listen: String,
     /// The remote end, ADDRESS:PORT or HOSTNAME:PORT.
     pub target: String,

@@ -282,12 +282,19 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         addr: config.listen.clone(),
         source,
     })?;
+    // `HOST:PORT#ed25519:<key>` pins the rendezvous' answer key.
+    let (registry_text, registry_pin) = crate::rendezvous::pin::split_registry(&config.registry)
+        .map_err(|e| NodeError::Address {
+            what: "registry",
+            value: config.registry.clone(),
+            reason: e.to_string(),
+        })?;
     let beacon_text = config
         .beacon
         .clone()
-        .unwrap_or_else(|| default_beacon(&config.registry));
+        .unwrap_or_else(|| default_beacon(&registry_text));
     let beacon = Some(resolve_addr("beacon", &beacon_text).await?);
-    let registry_addr = resolve_addr("registry", &config.registry).await?;
+    let registry_addr = resolve_addr("registry", &registry_text).await?;
     let ipc = ipc_server::bind(&config.socket).await?;
 
     let state_dir = config
@@ -301,7 +308,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     );
     let shared = Arc::new(Shared {
         trust,
-        registry: RegistryHandle::new(config.registry.clone(), registry_addr, identity.clone()),
+        registry: RegistryHandle::new(config.registry.clone(), registry_addr, identity.clone())
+            .with_pin(registry_pin),
         identity,
         beacon,
         started: Instant::now(),

@@ -128,7 +128,7 @@ pub struct PathState {
 /// Candidates probed for a while.
 #[derive(Debug, Clone)]
 pub struct ProbeWindow {
-    /// Addresses probed (at most [`MAX_CANDIDATES`]).
+    /// Addresses probed (at most `MAX_CANDIDATES`).
     pub candidates: Vec<SocketAddr>,
     /// End of the window.
     pub until: Instant,

@@ -39,6 +39,14 @@ pub enum RegError {
     /// The registry answered something unexpected.
     #[error("registry sent an unexpected reply: {0}")]
     Protocol(String),
+    /// The answer is not signed by the pinned rendezvous key.
+    #[error("refusing the registry at {addr}: {reason}; check the #ed25519:... pin in --registry against the `registry pin:` line pilot-rendezvous prints at start")]
+    Unverified {
+        /// The registry address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl RegError {
@@ -48,7 +56,7 @@ impl RegError {
             RegError::Unavailable { .. } => ErrorCode::RegistryUnavailable,
             RegError::Refused(t) if t.contains("not found") => ErrorCode::NotFound,
             RegError::Refused(_) => ErrorCode::RegistryError,
-            RegError::Protocol(_) => ErrorCode::RegistryError,
+            RegError::Protocol(_) | RegError::Unverified { .. } => ErrorCode::RegistryError,
         }
     }
 }
@@ -62,6 +70,8 @@ pub struct RegistryHandle {
     conn: Mutex<Option<RegistryClient>>,
     ctl: Mutex<Option<RegistryClient>>,
     lan_addrs: std::sync::Mutex<Vec<String>>,
+    /// The rendezvous' answer key, when the user pinned it.
+    pin: Option<[u8; 32]>,
 }
 
 /// Which connection a call uses.
@@ -84,7 +94,15 @@ impl RegistryHandle {
             conn: Mutex::new(None),
             ctl: Mutex::new(None),
             lan_addrs: std::sync::Mutex::new(Vec::new()),
+            pin: None,
         }
+    }
+
+    /// Requires every registry answer to be signed by `pin`
+    /// ([`crate::rendezvous::pin`]).
+    pub fn with_pin(mut self, pin: Option<[u8; 32]>) -> RegistryHandle {
+        self.pin = pin;
+        self
     }
 
     /// Our node id (0 before the first registration).
@@ -123,7 +141,7 @@ impl RegistryHandle {
             let c = RegistryClient::connect(self.addr)
                 .await
                 .map_err(|e| self.unavailable(connection_cause(&e)))?;
-            *conn = Some(c);
+            *conn = Some(c.with_pin(self.pin));
         }
         let Some(client) = conn.as_mut() else {
             return Err(self.unavailable("not connected"));
@@ -131,6 +149,13 @@ impl RegistryHandle {
         match call(client).await {
             Ok(r) => Ok(r),
             Err(ClientError::Server(text)) => Err(RegError::Refused(text)),
+            Err(ClientError::Unverified(e)) => {
+                *conn = None;
+                Err(RegError::Unverified {
+                    addr: self.text.clone(),
+                    reason: e.to_string(),
+                })
+            }
             Err(e) if e.is_connection_error() => {
                 *conn = None;
                 Err(self.unavailable(connection_cause(&e)))
@@ -300,6 +325,7 @@ impl RegistryHandle {
     pub async fn connect_new(&self) -> Result<RegistryClient, RegError> {
         RegistryClient::connect(self.addr)
             .await
+            .map(|c| c.with_pin(self.pin))
             .map_err(|e| self.unavailable(connection_cause(&e)))
     }
 

@@ -67,6 +67,9 @@ pub enum ClientError {
     /// The reply was not a valid frame or response.
     #[error("registry sent an invalid response: {0}")]
     Protocol(String),
+    /// The answer is not signed by the pinned key ([`super::pin`]).
+    #[error("{0}")]
+    Unverified(#[from] super::pin::PinError),
     /// The reply was valid but of the wrong type.
     #[error("registry answered {got} to {expected}")]
     Unexpected {
@@ -105,6 +108,9 @@ pub struct RegistryClient {
     addr: String,
     conn: Option<TcpStream>,
     timeout: Duration,
+    /// The rendezvous' answer key: every answer must be signed by it
+    /// ([`super::pin`]).
+    pin: Option<[u8; 32]>,
 }
 
 macro_rules! expect {
@@ -126,6 +132,7 @@ impl RegistryClient {
             addr: addr.to_string(),
             conn: None,
             timeout: DEFAULT_TIMEOUT,
+            pin: None,
         };
         c.reconnect().await?;
         Ok(c)
@@ -134,6 +141,12 @@ impl RegistryClient {
     /// Sets the per-request timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> RegistryClient {
         self.timeout = timeout;
+        self
+    }
+
+    /// Requires every answer to be signed by `pin` (the rendezvous' key).
+    pub fn with_pin(mut self, pin: Option<[u8; 32]>) -> RegistryClient {
+        self.pin = pin;
         self
     }
 
@@ -199,11 +212,42 @@ impl RegistryClient {
         }
     }
 
+    /// Frames `v`; when answers are pinned, adds a fresh random nonce the
+    /// signed answer must echo (so an old answer cannot be replayed).
+    fn frame_with_nonce(
+        &self,
+        mut v: serde_json::Value,
+    ) -> Result<(Vec<u8>, Option<String>), ClientError> {
+        let nonce = self.pin.map(|_| {
+            let mut n = [0u8; 18];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut n);
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, n)
+        });
+        if let (Some(n), serde_json::Value::Object(m)) = (&nonce, &mut v) {
+            m.insert(
+                super::pin::NONCE_FIELD.into(),
+                serde_json::Value::String(n.clone()),
+            );
+        }
+        let frame =
+            wire::encode_json_frame(&v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((frame, nonce))
+    }
+
     /// Sends `req` and returns the registry's reply. An `error` response is
     /// returned as [`ClientError::Server`].
     pub async fn request(&mut self, req: &Request) -> Result<Response, ClientError> {
-        let frame =
-            wire::encode_json_frame(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (frame, nonce) = match self.pin {
+            None => (
+                wire::encode_json_frame(req).map_err(|e| ClientError::Protocol(e.to_string()))?,
+                None,
+            ),
+            Some(_) => {
+                let v =
+                    serde_json::to_value(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                self.frame_with_nonce(v)?
+            }
+        };
         let mut result = self.exchange(&frame).await;
         if matches!(&result, Err(e) if e.is_connection_error()) {
             // The stream may be out of sync: reconnect and retry once.
@@ -231,6 +275,12 @@ impl RegistryClient {
                 return Err(e);
             }
         };
+        if let (Some(pin), Some(n)) = (&self.pin, &nonce) {
+            if let Err(e) = super::pin::verify_answer(pin, n, &payload) {
+                self.conn = None;
+                return Err(ClientError::Unverified(e));
+            }
+        }
         match wire::parse_response(&payload) {
             Ok(Response::Error(e)) => Err(ClientError::Server(e.error)),
             Ok(r) => Ok(r),
@@ -472,7 +522,7 @@ impl RegistryClient {
 
     /// Like [`RegistryClient::request`] for a request already in JSON form.
     async fn request_value(&mut self, v: &serde_json::Value) -> Result<Response, ClientError> {
-        let frame = wire::encode_json_frame(v).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (frame, nonce) = self.frame_with_nonce(v.clone())?;
         let result = self.exchange(&frame).await;
         let payload = match result {
             Ok(p) => p,
@@ -481,6 +531,12 @@ impl RegistryClient {
                 return Err(e);
             }
         };
+        if let (Some(pin), Some(n)) = (&self.pin, &nonce) {
+            if let Err(e) = super::pin::verify_answer(pin, n, &payload) {
+                self.conn = None;
+                return Err(ClientError::Unverified(e));
+            }
+        }
         match wire::parse_response(&payload) {
             Ok(Response::Error(e)) => Err(ClientError::Server(e.error)),
             Ok(r) => Ok(r),

@@ -26,6 +26,7 @@
 pub mod beacon;
 pub mod client;
 pub mod metrics;
+pub mod pin;
 mod server;
 pub mod state;
 pub mod store;
@@ -83,6 +84,9 @@ pub struct Config {
     pub beacon_sweep_interval: Duration,
     /// Beacon table capacity (100 000, §5.2).
     pub beacon_capacity: usize,
+    /// The key that signs answers to requests carrying a nonce
+    /// ([`pin`]); `None` answers unsigned.
+    pub answer_key: Option<Arc<crate::crypto::identity::Identity>>,
 }
 
 impl Default for Config {
@@ -105,6 +109,7 @@ impl Default for Config {
             beacon_ttl: beacon::DEFAULT_TTL,
             beacon_sweep_interval: beacon::DEFAULT_SWEEP_INTERVAL,
             beacon_capacity: beacon::DEFAULT_CAPACITY,
+            answer_key: None,
         }
     }
 }
@@ -241,6 +246,7 @@ impl Rendezvous {
             next_conn: Default::default(),
             buffer_budget: Arc::new(Semaphore::new(server::BUFFER_BUDGET_KIB)),
             metrics: metrics.clone(),
+            answer_key: config.answer_key.clone(),
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 

@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     pub buffer_budget: Arc<Semaphore>,
     /// Counters for `/metrics`.
     pub metrics: Arc<super::metrics::Metrics>,
+    /// Signs answers to requests that carry a nonce ([`super::pin`]).
+    pub answer_key: Option<Arc<crate::crypto::identity::Identity>>,
 }
 
 /// One open connection as the eviction policy sees it.
@@ -349,7 +351,7 @@ async fn serve(
                 }
                 let reply = match mode {
                     Mode::Binary => handle_binary(&frame, peer, shared, &mut auth).await,
-                    _ => json_frame(&handle_json(&frame, peer, shared, &mut auth).await),
+                    _ => answer_frame(&answer_json(&frame, peer, shared, &mut auth).await),
                 };
                 write_reply(&mut wr, &reply, shared.write_timeout).await?;
                 deadline = Instant::now() + shared.idle_timeout;
@@ -502,6 +504,35 @@ async fn long_poll(
     }
 }
 
+/// The JSON answer to a JSON request, signed when the request carries a
+/// nonce and this server has an answer key (issue 10 item 11).
+async fn answer_json(
+    payload: &[u8],
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+) -> Vec<u8> {
+    let nonce = shared
+        .answer_key
+        .as_ref()
+        .and_then(|k| super::pin::request_nonce(payload).map(|n| (k, n)));
+    let resp = handle_json(payload, peer, shared, auth).await;
+    match nonce {
+        Some((key, nonce)) => match serde_json::to_value(&resp) {
+            Ok(mut v) => {
+                super::pin::sign_answer(key, &nonce, &mut v);
+                serde_json::to_vec(&v).unwrap_or_default()
+            }
+            Err(_) => wire::to_json(&resp),
+        },
+        None => wire::to_json(&resp),
+    }
+}
+
+fn answer_frame(payload: &[u8]) -> Vec<u8> {
+    wire::encode_frame(payload).unwrap_or_else(|_| json_frame(&Response::error("request failed")))
+}
+
 async fn handle_json(
     payload: &[u8],
     peer: SocketAddr,
@@ -537,9 +568,7 @@ async fn handle_binary(
         }
     };
     let reply = match msg {
-        BinaryMessage::Json(j) => {
-            BinaryMessage::Json(wire::to_json(&handle_json(&j, peer, shared, auth).await))
-        }
+        BinaryMessage::Json(j) => BinaryMessage::Json(answer_json(&j, peer, shared, auth).await),
         BinaryMessage::Heartbeat { node_id, signature } => {
             let req = Request::Heartbeat(NodeSigned {
                 node_id,

@@ -35,7 +35,7 @@ use crate::rendezvous::state::{
 };
 use crate::wire::registry as wire;
 
-/// The schema version this build writes (the number of [`MIGRATIONS`]).
+/// The schema version this build writes (the number of `MIGRATIONS`).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration `i` takes a file from schema version `i` to `i + 1`.
