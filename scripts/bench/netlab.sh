@@ -36,8 +36,9 @@
 # Env: RUNS (20), CELLS (all 16; e.g. "none:none,symmetric:home"),
 #      GOODPUT_CELLS ("none:none"; "" skips), GOODPUT_RUNS (3),
 #      GOODPUT_MB (64), OUT (raw results, default target/netlab-bench/<time>),
-#      SKIP_BUILD=1 (use target/release as it is), BENCH_BIN_DIR (other
-#      binaries, e.g. a debug build, to try the script out: not for figures).
+#      SKIP_BUILD=1 (use target/release as it is), BENCH_BIN_DIR (use the
+#      binaries there instead, e.g. a copy of an earlier release build; a
+#      debug build only to try the script out, not for figures).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/netlab/lib.sh
@@ -238,7 +239,7 @@ EOF
 
 {
   echo "# netlab bench, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo +dirty)"
-  echo "# $(nproc) cores, $(uname -r), RUNS=$RUNS"
+  echo "# $(nproc) cores, $(uname -r), RUNS=$RUNS, binaries $BIN"
   printf 'cell\trun\tload1\tbase_rtt_ms\tttfb_ms\tttfb_wall_ms\tpath\tttd_ms\tnote\n'
 } >"$OUT/runs.tsv"
 : >"$OUT/goodput.tsv"
