@@ -24,10 +24,13 @@
 #    a's uplink (egress), next to iperf3 (kernel TCP, CUBIC) over the same
 #    link in the same run, alternating, in the cells of GOODPUT_CELLS (b
 #    must be `none`: iperf3 needs an address that accepts TCP). Without
-#    sch_netem (these VMs have none) the loss is made by nftables
-#    (`numgen random mod 100 < 1 drop` on a's packets to b, TCP and UDP
-#    alike), as tests/netlab/mod.rs does, and no delay can be applied: the
-#    output says so.
+#    sch_netem (these VMs have none), a's packets to b go through NFQUEUE
+#    (iptables, as the kernel has the xtables NFQUEUE target but no nft
+#    `queue`) to a small user-space delayer (delay.py below: 20 ms, 1%
+#    dropped); without that either, the loss is made by nftables
+#    (`numgen random mod 100 < 1 drop`, TCP and UDP alike) as
+#    tests/netlab/mod.rs does, and no delay is applied. The output says
+#    which, with the ICMP RTT measured under it.
 #
 # Goals (issue 9): cold connect within 3 RTT + 10 ms; direct within 1 s at
 # p95; goodput under 1% loss at least that of kernel TCP.
@@ -35,7 +38,7 @@
 # Usage: sudo scripts/bench/netlab.sh
 # Env: RUNS (20), CELLS (all 16; e.g. "none:none,symmetric:home"),
 #      GOODPUT_CELLS ("none:none"; "" skips), GOODPUT_RUNS (3),
-#      GOODPUT_MB (64), OUT (raw results, default target/netlab-bench/<time>),
+#      GOODPUT_MB (32), OUT (raw results, default target/netlab-bench/<time>),
 #      SKIP_BUILD=1 (use target/release as it is), BENCH_BIN_DIR (use the
 #      binaries there instead, e.g. a copy of an earlier release build; a
 #      debug build only to try the script out, not for figures).
@@ -48,7 +51,7 @@ RUNS=${RUNS:-20}
 CELLS=${CELLS:-}
 GOODPUT_CELLS=${GOODPUT_CELLS-none:none}
 GOODPUT_RUNS=${GOODPUT_RUNS:-3}
-GOODPUT_MB=${GOODPUT_MB:-64}
+GOODPUT_MB=${GOODPUT_MB:-32}
 OUT=${OUT:-target/netlab-bench/$(date -u +%Y%m%dT%H%M%SZ)}
 NATS=(none fullcone home symmetric)
 
@@ -147,6 +150,74 @@ path = pa if pa == pb else f"{pa}/{pb}"
 print(f"{rtt:.3f}\t{ttfb:.2f}\t{wall:.1f}\t{path}\t{ttd}\t")
 PY
 
+cat >"$work/delay.py" <<'PY'
+"""netem's `delay D loss L%` for kernels without sch_netem: every packet of
+NFQUEUE queue Q is accepted D ms after it arrived (in arrival order), or
+dropped with probability L%. nfnetlink_queue over a raw netlink socket,
+metadata only. Usage: delay.py Q D_MS LOSS_PCT"""
+import heapq, random, select, socket, struct, sys, time
+
+qnum, delay, loss = int(sys.argv[1]), float(sys.argv[2]) / 1000, float(sys.argv[3]) / 100
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG = 0, 1, 2
+NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_PACKET_HDR, NFQA_VERDICT_HDR = 1, 2, 1, 2
+NLM_F_REQUEST, NLM_F_ACK = 1, 4
+NF_DROP, NF_ACCEPT = 0, 1
+
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+s.bind((0, 0))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+seq = 0
+
+def attr(t, data):
+    a = struct.pack("=HH", 4 + len(data), t) + data
+    return a + b"\0" * ((4 - len(a) % 4) % 4)
+
+def msg(mtype, res_id, attrs, flags=NLM_F_REQUEST):
+    global seq
+    seq += 1
+    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(res_id)) + attrs
+    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | mtype, flags, seq, 0) + body
+
+# bind the queue: cmd NFQNL_CFG_CMD_BIND (1), pf AF_INET; copy mode META (1)
+s.send(msg(NFQNL_MSG_CONFIG, qnum, attr(NFQA_CFG_CMD, struct.pack("!BxH", 1, socket.AF_INET))))
+s.send(msg(NFQNL_MSG_CONFIG, qnum, attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, 1))))
+print("ready", flush=True)
+
+due = []  # (time, packet id)
+while True:
+    timeout = max(0.0, due[0][0] - time.monotonic()) if due else None
+    r, _, _ = select.select([s], [], [], timeout)
+    if r:
+        data = s.recv(1 << 16)
+        now = time.monotonic()
+        off = 0
+        while off + 16 <= len(data):
+            ln, mtype, _, _, _ = struct.unpack_from("=IHHII", data, off)
+            if ln < 16:
+                break
+            if mtype == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
+                a = off + 20
+                while a + 4 <= off + ln:
+                    alen, atype = struct.unpack_from("=HH", data, a)
+                    if alen < 4:
+                        break
+                    if atype & 0x7FFF == NFQA_PACKET_HDR:
+                        (pid,) = struct.unpack_from("!I", data, a + 4)
+                        if random.random() < loss:
+                            s.send(msg(NFQNL_MSG_VERDICT, qnum,
+                                       attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_DROP, pid))))
+                        else:
+                            heapq.heappush(due, (now + delay, pid))
+                    a += (alen + 3) & ~3
+            off += (ln + 3) & ~3
+    now = time.monotonic()
+    while due and due[0][0] <= now:
+        _, pid = heapq.heappop(due)
+        s.send(msg(NFQNL_MSG_VERDICT, qnum, attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, pid))))
+PY
+
 punchable() { # the matrix's rule: symmetric against an APD filter is not
   ! { [ "$1" = symmetric ] && ! nl_eif "$2"; } && ! { [ "$2" = symmetric ] && ! nl_eif "$1"; }
 }
@@ -177,7 +248,7 @@ stop_pair() { # INDEX_A INDEX_B DIR
 # $OUT/goodput.tsv: run, tool, MB/s, load.
 goodput() {
   local ia=$1 nat_a=$2 ib=$3 nat_b=$4 dir="$work/goodput"
-  local ns_a ns_b b_ip up_ns up_dev impair g t0 t1 mbs
+  local ns_a ns_b b_ip up_ns up_dev impair g t0 t1 mbs ipt="" delay_pid=""
   ns_a=$(host_ns "$ia")
   ns_b=$(host_ns "$ib")
   b_ip=$(nl_public_ip "$ib")
@@ -186,6 +257,17 @@ goodput() {
   nl_ctl "$ns_a" "$dir/a" "$BIN" ping "$ADDR_B" --control --count 3 >/dev/null
   if ip netns exec "$up_ns" tc qdisc add dev "$up_dev" root netem delay 20ms loss 1% 2>/dev/null; then
     impair="netem delay 20ms loss 1% on a's uplink egress ($up_dev)"
+  elif ipt=$(command -v iptables-legacy || command -v iptables) &&
+    [ -e /proc/net/netfilter/nfnetlink_queue ]; then
+    # No sch_netem: the same impairment from user space. a's packets to b
+    # go through NFQUEUE to delay.py (20 ms, 1% dropped at random).
+    local chain=OUTPUT
+    [ "$nat_a" = none ] || chain=FORWARD
+    ip netns exec "$up_ns" nice -n -5 python3 "$work/delay.py" 7 20 1 >"$dir/delay.out" 2>&1 &
+    delay_pid=$!
+    for _ in $(seq 50); do grep -q ready "$dir/delay.out" 2>/dev/null && break; sleep 0.1; done
+    ip netns exec "$up_ns" "$ipt" -A "$chain" -d "$b_ip" -j NFQUEUE --queue-num 7
+    impair="delay 20ms loss 1% on a's packets to b by NFQUEUE in user space ($(basename "$ipt") + delay.py: this kernel has no sch_netem)"
   else
     local hook=output
     [ "$nat_a" = none ] || hook=forward
@@ -197,8 +279,11 @@ table inet impair {
   }
 }
 EOF
-    impair="nftables loss 1% on a's packets to b (TCP and UDP); NO DELAY: this kernel has no sch_netem"
+    impair="nftables loss 1% on a's packets to b (TCP and UDP); NO DELAY: this kernel has no sch_netem (and no iptables NFQUEUE)"
   fi
+  local rtt
+  rtt=$(ip netns exec "$ns_a" ping -n -c 5 -i 0.2 "$b_ip" | sed -n 's|.*= [0-9.]*/\([0-9.]*\)/.*|\1|p')
+  impair="$impair; ICMP RTT a -> b now ${rtt:-?} ms avg"
   echo "   impairment: $impair"
   echo "$nat_a:$nat_b	impairment	$impair" >>"$OUT/goodput.tsv"
   local src=/dev/shm
@@ -234,6 +319,10 @@ EOF
   rm -f "$src"
   ip netns exec "$up_ns" tc qdisc del dev "$up_dev" root 2>/dev/null || true
   ip netns exec "$up_ns" nft delete table inet impair 2>/dev/null || true
+  if [ -n "${ipt:-}" ]; then
+    ip netns exec "$up_ns" "$ipt" -F 2>/dev/null || true
+    kill "$delay_pid" 2>/dev/null || true
+  fi
   stop_pair "$ia" "$ib" "$dir"
 }
 

@@ -241,6 +241,7 @@ nl_start_rendezvous() {
     --beacon-addr "$NL_BEACON" --store "$dir/store.json" \
     </dev/null >>"$dir/rendezvous.log" 2>&1 &
   pid=$!
+  disown "$pid" 2>/dev/null || true
   for _ in $(seq 100); do
     if ip netns exec "$pub" ss -ltnH 'sport = :9000' | grep -q 9000; then
       echo "$pid"
