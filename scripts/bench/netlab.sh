@@ -36,6 +36,7 @@
 # p95; goodput under 1% loss at least that of kernel TCP.
 #
 # Usage: sudo scripts/bench/netlab.sh
+#        scripts/bench/netlab.sh --summary DIR   (tables of earlier results)
 # Env: RUNS (20), CELLS (all 16; e.g. "none:none,symmetric:home"),
 #      GOODPUT_CELLS ("none:none"; "" skips), GOODPUT_RUNS (3),
 #      GOODPUT_MB (32), OUT (raw results, default target/netlab-bench/<time>),
@@ -54,6 +55,82 @@ GOODPUT_RUNS=${GOODPUT_RUNS:-3}
 GOODPUT_MB=${GOODPUT_MB:-32}
 OUT=${OUT:-target/netlab-bench/$(date -u +%Y%m%dT%H%M%SZ)}
 NATS=(none fullcone home symmetric)
+
+# The tables of BENCHMARKS.md from the raw results in directory $1.
+summary() {
+python3 - "$1/runs.tsv" "$1/goodput.tsv" <<'PY'
+import sys, statistics
+runs, good = sys.argv[1:]
+
+def pct(v, q):
+    v = sorted(v)
+    if not v:
+        return float("nan")
+    return v[min(len(v) - 1, max(0, round(q * (len(v) - 1))))]
+
+cells = {}
+for line in open(runs):
+    if line.startswith("#") or line.startswith("cell\t"):
+        continue
+    f = line.rstrip("\n").split("\t")
+    cells.setdefault(f[0], []).append(f)
+
+print("| cell (a x b) | runs ok | path | base RTT p50 | TTFB p50 / p95 (wall p50) | goal 3 RTT + 10 ms | time to direct p50 / p95 | goal 1 s at p95 | load 1-min |")
+print("|---|---|---|---|---|---|---|---|---|")
+for cell, rows in cells.items():
+    ok = [r for r in rows if r[4] not in ("FAIL",)]
+    paths = sorted(set(r[6] for r in ok))
+    rtt = [float(r[3]) for r in ok if r[3] not in ("-", "nan")]
+    # A failed run counts as infinitely slow in the percentiles.
+    fails = len(rows) - len(ok)
+    ttfb = [float(r[4]) for r in ok] + [float("inf")] * fails
+    wall = [float(r[5]) for r in ok]
+    ttd = [float(r[7]) for r in ok if r[7] != "-"]
+    loads = [float(r[2]) for r in rows]
+    goal = 3 * statistics.median(rtt) + 10 if rtt else float("nan")
+    relay = all(p == "relay" for p in paths)
+    t50, t95 = pct(ttfb, 0.5), pct(ttfb, 0.95)
+    verdict = ("met" if t95 <= goal else ("p50 met, p95 MISSED" if t50 <= goal else "MISSED")) if ttfb else "-"
+    if relay:
+        d = "- (relay)"
+        dv = "n/a"
+    else:
+        missing = len(rows) - len(ttd)
+        ttd += [float("inf")] * missing
+        d = f"{pct(ttd, .5):.0f} / {pct(ttd, .95):.0f} ms"
+        if missing:
+            d += f" ({missing} runs never direct)"
+        dv = "met" if pct(ttd, .95) <= 1000 else "MISSED"
+    print(f"| {cell.replace(':', ' x ')} | {len(ok)}/{len(rows)} | {', '.join(paths)} | "
+          f"{statistics.median(rtt) if rtt else float('nan'):.3f} ms | {t50:.1f} / {t95:.1f} ms ({pct(wall, .5):.0f}) | "
+          f"{goal:.1f} ms: {verdict} | {d} | {dv} | {min(loads):.2f}-{max(loads):.2f} |")
+
+g = {}
+imp = {}
+for line in open(good):
+    f = line.rstrip("\n").split("\t")
+    if f[1] == "impairment":
+        imp[f[0]] = f[2]
+        continue
+    g.setdefault(f[0], {}).setdefault(f[2], []).append((f[3], f[4]))
+for cell, tools in g.items():
+    print()
+    print(f"Goodput, {cell.replace(':', ' x ')}: {imp.get(cell, '')}")
+    ov = [float(x) for x, _ in tools.get("overlay", []) if not x.startswith("FAIL")]
+    ip = [float(x) for x, _ in tools.get("iperf3", []) if not x.startswith("FAIL")]
+    print(f"| run | overlay MB/s | iperf3 (CUBIC) MB/s | load |")
+    print(f"|---|---|---|---|")
+    for i, ((o, lo), (k, _)) in enumerate(zip(tools.get("overlay", []), tools.get("iperf3", [])), 1):
+        print(f"| {i} | {o} | {k} | {lo} |")
+    if ov and ip:
+        m_ov, m_ip = statistics.median(ov), statistics.median(ip)
+        print(f"| median | {m_ov:.2f} | {m_ip:.2f} | overlay / TCP = {m_ov / m_ip:.2f}: {'met' if m_ov >= m_ip else 'MISSED'} |")
+PY
+}
+if [ "${1:-}" = --summary ]; then
+  summary "${2:?usage: netlab.sh --summary DIR}"
+  exit 0
+fi
 
 if ! why=$(nl_available); then
   echo "netlab bench: $why" >&2
@@ -374,69 +451,5 @@ for a in "${NATS[@]}"; do
   done
 done
 
-python3 - "$OUT/runs.tsv" "$OUT/goodput.tsv" <<'PY' | tee "$OUT/summary.md"
-import sys, statistics
-runs, good = sys.argv[1:]
-
-def pct(v, q):
-    v = sorted(v)
-    if not v:
-        return float("nan")
-    return v[min(len(v) - 1, max(0, round(q * (len(v) - 1))))]
-
-cells = {}
-for line in open(runs):
-    if line.startswith("#") or line.startswith("cell\t"):
-        continue
-    f = line.rstrip("\n").split("\t")
-    cells.setdefault(f[0], []).append(f)
-
-print("| cell (a x b) | runs ok | path | base RTT p50 | TTFB p50 / p95 (wall p50) | goal 3 RTT + 10 ms | time to direct p50 / p95 | goal 1 s at p95 | load 1-min |")
-print("|---|---|---|---|---|---|---|---|---|")
-for cell, rows in cells.items():
-    ok = [r for r in rows if r[4] not in ("FAIL",)]
-    paths = sorted(set(r[6] for r in ok))
-    rtt = [float(r[3]) for r in ok if r[3] not in ("-", "nan")]
-    ttfb = [float(r[4]) for r in ok]
-    wall = [float(r[5]) for r in ok]
-    ttd = [float(r[7]) for r in ok if r[7] != "-"]
-    loads = [float(r[2]) for r in rows]
-    goal = 3 * statistics.median(rtt) + 10 if rtt else float("nan")
-    relay = all(p == "relay" for p in paths)
-    t50, t95 = pct(ttfb, 0.5), pct(ttfb, 0.95)
-    verdict = ("met" if t95 <= goal else ("p50 met, p95 MISSED" if t50 <= goal else "MISSED")) if ttfb else "-"
-    if relay:
-        d = "- (relay)"
-        dv = "n/a"
-    else:
-        missing = len(ok) - len(ttd)
-        d = f"{pct(ttd, .5):.0f} / {pct(ttd, .95):.0f} ms" if ttd else "never"
-        if missing:
-            d += f" ({missing} runs never direct)"
-        dv = "met" if ttd and not missing and pct(ttd, .95) <= 1000 else "MISSED"
-    print(f"| {cell.replace(':', ' x ')} | {len(ok)}/{len(rows)} | {', '.join(paths)} | "
-          f"{statistics.median(rtt) if rtt else float('nan'):.3f} ms | {t50:.1f} / {t95:.1f} ms ({pct(wall, .5):.0f}) | "
-          f"{goal:.1f} ms: {verdict} | {d} | {dv} | {min(loads):.2f}-{max(loads):.2f} |")
-
-g = {}
-imp = {}
-for line in open(good):
-    f = line.rstrip("\n").split("\t")
-    if f[1] == "impairment":
-        imp[f[0]] = f[2]
-        continue
-    g.setdefault(f[0], {}).setdefault(f[2], []).append((f[3], f[4]))
-for cell, tools in g.items():
-    print()
-    print(f"Goodput, {cell.replace(':', ' x ')}: {imp.get(cell, '')}")
-    ov = [float(x) for x, _ in tools.get("overlay", []) if not x.startswith("FAIL")]
-    ip = [float(x) for x, _ in tools.get("iperf3", []) if not x.startswith("FAIL")]
-    print(f"| run | overlay MB/s | iperf3 (CUBIC) MB/s | load |")
-    print(f"|---|---|---|---|")
-    for i, ((o, lo), (k, _)) in enumerate(zip(tools.get("overlay", []), tools.get("iperf3", [])), 1):
-        print(f"| {i} | {o} | {k} | {lo} |")
-    if ov and ip:
-        m_ov, m_ip = statistics.median(ov), statistics.median(ip)
-        print(f"| median | {m_ov:.2f} | {m_ip:.2f} | overlay / TCP = {m_ov / m_ip:.2f}: {'met' if m_ov >= m_ip else 'MISSED'} |")
-PY
+summary "$OUT" | tee "$OUT/summary.md"
 echo "raw results: $OUT/runs.tsv, $OUT/goodput.tsv"
