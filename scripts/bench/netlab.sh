@@ -160,7 +160,17 @@ mkdir -p "$OUT"
 
 nl_sweep_stale
 nl_public "$prefix"
-nl_start_rendezvous "$prefix" "$BIN" "$work" >/dev/null
+mkdir -p "$OUT/rendezvous"
+nl_start_rendezvous "$prefix" "$BIN" "$OUT/rendezvous" >/dev/null
+# The rendezvous must live through the whole run: a death is recorded (its
+# log is kept in $OUT/rendezvous) and it is started again.
+rdv_check() {
+  if ! ip netns exec "$prefix-pub" ss -ltnH 'sport = :9000' | grep -q 9000; then
+    echo "   the rendezvous died; restarting it (log: $OUT/rendezvous/rendezvous.log)" >&2
+    echo "# the rendezvous died before run $2 of $1; restarted" >>"$OUT/runs.tsv"
+    nl_start_rendezvous "$prefix" "$BIN" "$OUT/rendezvous" >/dev/null
+  fi
+}
 
 # One run of one cell, timed from Python (monotonic clock, no shell between
 # the measurements). Prints a TSV line.
@@ -425,6 +435,7 @@ for a in "${NATS[@]}"; do
       echo "== $a x $b (expect $want), $RUNS runs"
       for r in $(seq "$RUNS"); do
         dir="$work/run"
+        rdv_check "$a:$b" "$r"
         if ! start_pair "$ia" "$a" "$ib" "$b" "$dir" 2>"$work/start.err"; then
           printf '%s\t%s\t%s\t-\tFAIL\t-\tdaemon-start-failed\t-\t%s\n' "$a:$b" "$r" "$(load1)" "$(tr '\n\t' '  ' <"$work/start.err")" >>"$OUT/runs.tsv"
           stop_pair "$ia" "$ib" "$dir"
