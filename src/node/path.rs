@@ -35,7 +35,10 @@
 //!   a sealed ping, which the peer answers: both NAT mappings see traffic.
 //! * **Our own address.** When the beacon reports an observed address that
 //!   differs from the last one (a new router), we re-register with it and
-//!   re-probe every active peer.
+//!   re-probe every active peer. The beacon answers only from the address
+//!   the registry has for us, so a peer silent through
+//!   [`RECOVERIES_BEFORE_RELAY`] + 1 recoveries also makes us register
+//!   again (from wherever we now are), after which the beacon answers.
 //! * **LAN.** A peer whose registered `lan_addrs` share a /24 with ours is
 //!   tried on that address first (spec §5.4 step 2); its public endpoint is
 //!   probed too, and whichever answers authenticated wins, LAN preferred.
@@ -664,6 +667,19 @@ impl Engine {
         if n > RECOVERIES_BEFORE_RELAY && direct_dead && self.shared.beacon.is_some() {
             self.set_path(node, ep, true, "no answer directly", now);
         }
+        if n == RECOVERIES_BEFORE_RELAY + 1
+            && direct_dead
+            && self.shared.beacon.is_some()
+            && self.shared.config.endpoint.is_none()
+        {
+            // Perhaps it is us who moved (a new router): the beacon answers
+            // discovers only from the address the registry has for us, and
+            // we learn our new address only from the beacon, so neither
+            // happens until we register again from the new address. Once per
+            // silence of a peer.
+            tracing::debug!("node {node} silent through {n} recoveries; registering again");
+            self.spawn_register();
+        }
         self.spawn_resolve(node);
         self.force_pila(node, now);
         // A ping lost on the way (relay queues drop under load) is sent
@@ -754,16 +770,7 @@ impl Engine {
             tracing::info!("beacon sees us at {ep}; registering that endpoint");
         }
         self.shared.update(|s| s.endpoint = ep.to_string());
-        let shared = self.shared.clone();
-        let tx = self.cmd_tx.clone();
-        tokio::spawn(async move {
-            match super::register(&shared).await {
-                Ok(_) => {
-                    let _ = tx.send(Cmd::Discover).await;
-                }
-                Err(e) => tracing::warn!("re-registration with the new address failed: {e}"),
-            }
-        });
+        self.spawn_register();
         if changed {
             let active: Vec<u32> = self
                 .peers
@@ -780,6 +787,21 @@ impl Engine {
                 self.recover(node, now);
             }
         }
+    }
+
+    /// Registers again (the registry records the address the connection
+    /// comes from), then asks the beacon where it sees us.
+    fn spawn_register(&self) {
+        let shared = self.shared.clone();
+        let tx = self.cmd_tx.clone();
+        tokio::spawn(async move {
+            match super::register(&shared).await {
+                Ok(_) => {
+                    let _ = tx.send(Cmd::Discover).await;
+                }
+                Err(e) => tracing::warn!("re-registration with the new address failed: {e}"),
+            }
+        });
     }
 
     /// Every tick: silence, probes, relay fallback, direct retries, keepalives.
