@@ -88,7 +88,7 @@ fn down_and_check(prefix: &str) {
     // Killed processes may linger as zombies of nobody for a moment.
     let alive = |pid: &String| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.split_whitespace().nth(2).is_some_and(|st| st == "Z"))
+            .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
     };
     assert!(
         common::wait_until(std::time::Duration::from_secs(3), || !pids
