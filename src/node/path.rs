@@ -21,8 +21,11 @@
 //!   the candidate every tick for [`PROBE_WINDOW`] (PILA while no session,
 //!   else a sealed control ping). Probing continues after the first success:
 //!   the peer's first probes were dropped by its own NAT's filter, and it
-//!   only hears back if ours keep coming. A window that ends with no session
-//!   and no direct frame puts the peer on the relay.
+//!   only hears back if ours keep coming. A cold connection still without
+//!   a session after [`EARLY_RELAY`] is also tried through the relay while
+//!   the probing goes on (relay first, direct when it answers); a window
+//!   that ends with no session and no direct frame puts the peer on the
+//!   relay.
 //! * **Relay and back.** A relayed peer gets a punch attempt every
 //!   [`DIRECT_RETRY`] while it is active. The first direct PILS switches the
 //!   path to direct; relayed frames switch it back only when no direct frame
@@ -32,7 +35,10 @@
 //!   a sealed ping, which the peer answers: both NAT mappings see traffic.
 //! * **Our own address.** When the beacon reports an observed address that
 //!   differs from the last one (a new router), we re-register with it and
-//!   re-probe every active peer.
+//!   re-probe every active peer. The beacon answers only from the address
+//!   the registry has for us, so a peer silent through
+//!   [`RECOVERIES_BEFORE_RELAY`] + 1 recoveries also makes us register
+//!   again (from wherever we now are), after which the beacon answers.
 //! * **LAN.** A peer whose registered `lan_addrs` share a /24 with ours is
 //!   tried on that address first (spec §5.4 step 2); its public endpoint is
 //!   probed too, and whichever answers authenticated wins, LAN preferred.
@@ -63,6 +69,15 @@ pub const RECOVERIES_BEFORE_RELAY: u32 = 2;
 /// How long candidates are probed after a punch command (covers several
 /// round trips of the slowest path we expect, 40 ms netem delay + jitter).
 pub const PROBE_WINDOW: Duration = Duration::from_secs(2);
+/// A cold connection (no session, traffic queued) whose candidates have not
+/// answered for this long is tried through the relay as well, while the
+/// probing goes on: a pair that cannot be punched (symmetric against an
+/// address-and-port-dependent filter) then connects in about this long
+/// instead of a whole [`PROBE_WINDOW`], and a pair that can be punched
+/// moves to direct when its first direct frame authenticates. RFC 8305's
+/// recommended connection attempt delay; in effect 200-300 ms with the
+/// engine's 100 ms tick.
+pub const EARLY_RELAY: Duration = Duration::from_millis(250);
 /// A direct frame this recent keeps the path direct whatever arrives
 /// through the relay (and keeps a validated endpoint from being moved back
 /// by the registry).
@@ -132,6 +147,8 @@ pub struct ProbeWindow {
     pub candidates: Vec<SocketAddr>,
     /// End of the window.
     pub until: Instant,
+    /// When the window opened (it may be extended since).
+    pub opened: Instant,
 }
 
 impl PathState {
@@ -171,6 +188,7 @@ impl PathState {
         let w = self.probe.get_or_insert(ProbeWindow {
             candidates: Vec::new(),
             until: now,
+            opened: now,
         });
         for a in addrs {
             if !w.candidates.contains(a) {
@@ -392,7 +410,32 @@ impl Engine {
     /// A verified PILA from `node` arrived from `from`. Applies the path
     /// rules and returns where to answer directly when that is not the
     /// peer's current path (the PILA's source, never adopted as endpoint).
+    ///
+    /// When we already have a session, pending pings are sent again: both
+    /// sides start the key exchange at once on a cold connect (the dialler's
+    /// punch request makes the beacon tell the listener to send its PILA),
+    /// so the dialler may get the listener's PILA, derive the session and
+    /// send its first packets before the listener has looked up the
+    /// dialler's key; the listener cannot open them and drops them. Its
+    /// PILA that follows (the answer once its session exists, or its
+    /// rate-limited answer to what it could not open) is the signal to send
+    /// again, instead of waiting for [`SILENCE`] (which that PILA resets).
     pub(super) fn path_on_pila(
+        &mut self,
+        node: u32,
+        from: SocketAddr,
+        via_relay: bool,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        let had_session = self.peers.get(&node).is_some_and(|p| p.session.is_some());
+        let answer_at = self.pila_path(node, from, via_relay, now);
+        if had_session {
+            self.resend_pings(node, now);
+        }
+        answer_at
+    }
+
+    fn pila_path(
         &mut self,
         node: u32,
         from: SocketAddr,
@@ -624,6 +667,19 @@ impl Engine {
         if n > RECOVERIES_BEFORE_RELAY && direct_dead && self.shared.beacon.is_some() {
             self.set_path(node, ep, true, "no answer directly", now);
         }
+        if n == RECOVERIES_BEFORE_RELAY + 1
+            && direct_dead
+            && self.shared.beacon.is_some()
+            && self.shared.config.endpoint.is_none()
+        {
+            // Perhaps it is us who moved (a new router): the beacon answers
+            // discovers only from the address the registry has for us, and
+            // we learn our new address only from the beacon, so neither
+            // happens until we register again from the new address. Once per
+            // silence of a peer.
+            tracing::debug!("node {node} silent through {n} recoveries; registering again");
+            self.spawn_register();
+        }
         self.spawn_resolve(node);
         self.force_pila(node, now);
         // A ping lost on the way (relay queues drop under load) is sent
@@ -714,16 +770,7 @@ impl Engine {
             tracing::info!("beacon sees us at {ep}; registering that endpoint");
         }
         self.shared.update(|s| s.endpoint = ep.to_string());
-        let shared = self.shared.clone();
-        let tx = self.cmd_tx.clone();
-        tokio::spawn(async move {
-            match super::register(&shared).await {
-                Ok(_) => {
-                    let _ = tx.send(Cmd::Discover).await;
-                }
-                Err(e) => tracing::warn!("re-registration with the new address failed: {e}"),
-            }
-        });
+        self.spawn_register();
         if changed {
             let active: Vec<u32> = self
                 .peers
@@ -742,12 +789,28 @@ impl Engine {
         }
     }
 
+    /// Registers again (the registry records the address the connection
+    /// comes from), then asks the beacon where it sees us.
+    fn spawn_register(&self) {
+        let shared = self.shared.clone();
+        let tx = self.cmd_tx.clone();
+        tokio::spawn(async move {
+            match super::register(&shared).await {
+                Ok(_) => {
+                    let _ = tx.send(Cmd::Discover).await;
+                }
+                Err(e) => tracing::warn!("re-registration with the new address failed: {e}"),
+            }
+        });
+    }
+
     /// Every tick: silence, probes, relay fallback, direct retries, keepalives.
     pub(super) fn path_housekeeping(&mut self, now: Instant) {
         let beacon = self.shared.beacon.is_some();
         let mut silent = Vec::new();
         let mut probes = Vec::new();
         let mut to_relay = Vec::new();
+        let mut early_relay = Vec::new();
         let mut direct_try = Vec::new();
         let mut keepalive = Vec::new();
         for (&node, p) in self.peers.iter_mut() {
@@ -759,6 +822,15 @@ impl Engine {
                 if now < w.until {
                     for &c in &w.candidates {
                         probes.push((node, c));
+                    }
+                    let stuck = p.session.is_none() && !p.queue.is_empty();
+                    if beacon
+                        && stuck
+                        && !p.relay
+                        && st.last_direct_rx.is_none()
+                        && now.duration_since(w.opened) >= EARLY_RELAY
+                    {
+                        early_relay.push(node);
                     }
                 } else {
                     st.probe = None;
@@ -800,6 +872,16 @@ impl Engine {
         for node in to_relay {
             let ep = self.peers.get(&node).and_then(|p| p.endpoint);
             self.set_path(node, ep, true, "punching failed", now);
+            if let Some(p) = self.peers.get_mut(&node) {
+                p.last_pila_sent = None;
+            }
+            self.force_pila(node, now);
+        }
+        for node in early_relay {
+            // The window stays open: direct probes go on, and the first
+            // direct frame that authenticates moves the path back.
+            let ep = self.peers.get(&node).and_then(|p| p.endpoint);
+            self.set_path(node, ep, true, "no direct answer yet", now);
             if let Some(p) = self.peers.get_mut(&node) {
                 p.last_pila_sent = None;
             }
