@@ -282,7 +282,7 @@ for path in direct gateway forward connect wireguard; do
     connect)
       # Timed into /dev/null as curl's output is; the byte count is checked
       # by a second, untimed run through `wc -c`.
-      req=$(printf 'GET /file/%s HTTP/1.0\r\nHost: b\r\n\r\n' "$NAME")
+      req=$'GET /file/'"$NAME"$' HTTP/1.0\r\nHost: b\r\n\r\n'
       t0=$(now)
       ctl a connect "$B_ADDR" 80 --linger 5s --message "$req" >/dev/null
       t1=$(now)
@@ -315,7 +315,7 @@ for path in direct gateway forward connect wireguard; do
     connect)
       read -r TTFB[$path] _ < <(HOME=$work/a inm python3 "$work/first_byte.py" "$TTFB_N" \
         "$BIN/pilotctl" --socket "$work/a.sock" connect "$B_ADDR" 80 --linger 100ms \
-        --message "$(printf 'GET / HTTP/1.0\r\nHost: b\r\n\r\n')")
+        --message $'GET / HTTP/1.0\r\nHost: b\r\n\r\n')
       ;;
   esac
   echo "   ${TTFB[$path]} ms"
