@@ -23,7 +23,7 @@ log() { printf '\n==> %s  [%ss]\n' "$*" "$SECONDS"; }
 declare -A pkg_for=(
   [ip]=iproute2 [tc]=iproute2 [nft]=nftables [curl]=curl
   [conntrack]=conntrack [iperf3]=iperf3 [python3]=python3
-  [shellcheck]=shellcheck [rpm]=rpm [ruby]=ruby [dpkg-deb]=dpkg
+  [shellcheck]=shellcheck [rpm]=rpm [ruby]=ruby [dpkg-deb]=dpkg [ping]=iputils-ping
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
