@@ -33,7 +33,11 @@ fn main() {
             .into_iter()
             .flatten()
             {
-                println!("cargo:rerun-if-changed={path}");
+                // A path that does not exist (packed-refs in a fresh clone)
+                // would make cargo re-run this, and rebuild, every time.
+                if std::path::Path::new(&path).exists() {
+                    println!("cargo:rerun-if-changed={path}");
+                }
             }
             git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
         }

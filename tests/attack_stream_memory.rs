@@ -67,7 +67,7 @@ fn attack_stream_memory_exhaustion_is_bounded_by_the_budget() {
     let mut refused = false;
     wait_until(Duration::from_secs(12), || {
         let i = info();
-        peak = peak.max(i["stream_memory"].as_u64().unwrap());
+        peak = peak.max(i["stream_memory_peak"].as_u64().unwrap());
         refused = i["refused_memory"].as_u64().unwrap() > 0;
         false
     });

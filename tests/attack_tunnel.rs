@@ -108,7 +108,7 @@ fn recv_pila(sock: &UdpSocket, wait: Duration) -> Option<AuthKeyRepr> {
 
 /// Receives PILS frames for `wait`; returns the (prefix, counter) of each
 /// one that opens under `s` and carries a control packet.
-fn recv_nonces(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<([u8; 4], u64)> {
+fn recv_nonces(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<([u8; 4], u64, bool)> {
     let end = Instant::now() + wait;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65_535];
@@ -126,8 +126,13 @@ fn recv_nonces(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<([u8; 4
         let Ok(plain) = s.open_in_place(&mut buf[..n], Instant::now()) else {
             continue;
         };
-        if parse_packet(plain).is_ok_and(|(r, _)| r.protocol == Protocol::Control) {
-            out.push((prefix, counter));
+        // Every control frame counts for nonce reuse, the daemon's own path
+        // probes (control pings without ACK, node/path.rs) included; `pong`
+        // tells the answers to ours apart.
+        if let Ok((r, _)) = parse_packet(plain) {
+            if r.protocol == Protocol::Control {
+                out.push((prefix, counter, r.flags.contains(Flags::ACK)));
+            }
         }
     }
     out
@@ -161,8 +166,8 @@ fn attack_pila_key_alternation_nonce_reuse() {
         seq += 1;
     }
     let first = recv_nonces(&sock, &mut sa, Duration::from_millis(800));
-    assert_eq!(first.len(), 5, "pongs under key A");
-    for (_, c) in &first {
+    assert_eq!(first.iter().filter(|f| f.2).count(), 5, "pongs under key A");
+    for (_, c, _) in &first {
         *under_a.entry(*c).or_default() += 1;
     }
 
@@ -185,7 +190,7 @@ fn attack_pila_key_alternation_nonce_reuse() {
             seq += 1;
         }
         let mut rx = Session::new(key_a, [0xC0 + round; 4]);
-        for (_, c) in recv_nonces(&sock, &mut rx, Duration::from_millis(600)) {
+        for (_, c, _) in recv_nonces(&sock, &mut rx, Duration::from_millis(600)) {
             *under_a.entry(c).or_default() += 1;
         }
     }
@@ -206,7 +211,10 @@ fn attack_pila_key_alternation_nonce_reuse() {
     sock.send_to(&seal(&mut sb, id, &ping(id, daemon_node, seq)), daemon)
         .unwrap();
     assert_eq!(
-        recv_nonces(&sock, &mut sb, Duration::from_millis(1500)).len(),
+        recv_nonces(&sock, &mut sb, Duration::from_millis(1500))
+            .iter()
+            .filter(|f| f.2)
+            .count(),
         1,
         "the tunnel under key B stopped working"
     );

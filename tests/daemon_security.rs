@@ -73,7 +73,9 @@ impl FakePeer {
                 continue;
             };
             if let Ok((repr, _)) = parse_packet(plain) {
-                if repr.protocol == Protocol::Control {
+                // Pongs only: the daemon's own path probes (control pings
+                // without ACK, node/path.rs) are not answers.
+                if repr.protocol == Protocol::Control && repr.flags.contains(Flags::ACK) {
                     return Some(repr);
                 }
             }

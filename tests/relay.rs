@@ -1,7 +1,7 @@
 //! The beacon relay path on loopback: a node that registered an endpoint
-//! nobody can reach is still reached through the beacon once the dialler's
-//! SYN timeline switches to the relay (spec §5.5, §5.6), and traffic then
-//! flows both ways through it.
+//! nobody can reach is still reached through the beacon relay (spec §5.5,
+//! §5.6) within a few seconds, and the path manager then finds its real
+//! address and moves the peer to a direct path.
 
 mod common;
 
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{Node, Rendezvous};
 
 #[test]
-fn an_unreachable_endpoint_falls_back_to_the_relay() {
+fn an_unreachable_endpoint_is_reached_through_the_relay_then_direct() {
     let rdv = Rendezvous::start();
     let a = Node::new("alpha");
     let b = Node::new("beta");
@@ -32,24 +32,33 @@ fn an_unreachable_endpoint_falls_back_to_the_relay() {
     ]);
     let took = start.elapsed();
     assert_eq!(m["data"], "through the relay");
-    // Direct attempts at 0, 1 and 3 s; the relay from the third expiry (7 s).
-    assert!(
-        took >= Duration::from_secs(6) && took < Duration::from_secs(25),
-        "{took:?}"
-    );
+    // The path manager tries the relay once a cold connect has been stuck
+    // for 250 ms while probing goes on (node/path.rs), so the message gets
+    // through well before the SYN timeline's own relay switch (7 s).
+    assert!(took < Duration::from_secs(7), "{took:?}");
 
-    let peers = a.json(&["peers"]);
-    let p = peers["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["address"] == ab.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("{peers}"));
-    assert_eq!(p["path"], "relay", "{p}");
+    // b's real address (the beacon saw it) is reachable on loopback, so the
+    // path manager's probes then move the peer off the relay to a direct
+    // path: relay first, direct next (path_changes counts both). The relay
+    // as the lasting path is proven through real NATs (tests/nat_matrix.rs).
+    let mut p = serde_json::Value::Null;
+    let direct = common::wait_until(Duration::from_secs(10), || {
+        let peers = a.json(&["peers"]);
+        p = peers["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["address"] == ab.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{peers}"));
+        p["path"] == "direct"
+    });
+    assert!(direct, "never upgraded from the relay: {p}");
+    assert!(p["path_changes"].as_u64().unwrap() >= 2, "{p}");
+    assert_ne!(p["endpoint"], "127.0.0.1:9", "{p}");
     assert_eq!(p["encrypted"], true);
 
-    // Once on the relay, more traffic flows without delay, both ways.
+    // More traffic flows without delay, both ways.
     let p = a.json(&[
         "ping",
         &ab,

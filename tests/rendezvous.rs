@@ -69,6 +69,15 @@ async fn transcript_replays_against_our_registry() {
             );
             continue;
         }
+        if name == "check_trust 2,1 after unilateral report" {
+            // Deliberate deviation (spec §12.16): one side's report is only
+            // its consent; the pair exists after both sides consented.
+            assert_eq!(
+                got,
+                serde_json::json!({"type":"check_trust_ok","trusted":false})
+            );
+            continue;
+        }
         // Time-dependent fields: present in both, values not compared.
         fn strip(v: &mut Value) {
             match v {
@@ -150,6 +159,10 @@ async fn registry_rules_through_the_client() {
     // Trust makes the private node resolvable by hostname and by resolve.
     assert_eq!(server_text(c.resolve(&kb, b, a).await), "request failed");
     c.report_trust(&ka, a, b).await.unwrap();
+    // One side's consent alone is not trust (spec §12.16).
+    assert!(!c.check_trust(b, a).await.unwrap());
+    assert_eq!(server_text(c.resolve(&kb, b, a).await), "request failed");
+    c.report_trust(&kb, b, a).await.unwrap();
     assert!(c.check_trust(b, a).await.unwrap());
     assert_eq!(
         c.resolve_hostname(Some(b), "alpha").await.unwrap().node_id,
@@ -456,6 +469,7 @@ async fn stale_nodes_expire_and_keep_their_id() {
     c.set_hostname(&ka, a, "stale").await.unwrap();
     c.set_hostname(&kb, b, "fresh").await.unwrap();
     c.report_trust(&ka, a, b).await.unwrap();
+    c.report_trust(&kb, b, a).await.unwrap();
     // Keep b alive with heartbeats; let a go stale.
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(100)).await;

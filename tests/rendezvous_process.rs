@@ -145,6 +145,7 @@ async fn state_survives_kill_9() {
     c.set_hostname(&keys[1], ids[1], "bravo").await.unwrap();
     c.set_visibility(&keys[1], ids[1], true).await.unwrap();
     c.report_trust(&keys[2], ids[2], ids[3]).await.unwrap();
+    c.report_trust(&keys[3], ids[3], ids[2]).await.unwrap();
     c.deregister(&keys[4], ids[4]).await.unwrap();
     // The last acknowledged write must survive an immediate SIGKILL.
     c.set_hostname(&keys[3], ids[3], "delta").await.unwrap();

@@ -52,7 +52,7 @@ BEA=127.0.0.1:$(free_port)
 "$BIN/pilot-rendezvous" --registry-addr "$REG" --beacon-addr "$BEA" --store "$work/store.json" \
   --log-level warn >"$work/rdv.log" 2>&1 &
 RDV_PID=$!
-pids+=($RDV_PID)
+pids+=("$RDV_PID")
 sleep 0.3
 for n in a b; do
   mkdir -p "$work/$n"
@@ -108,7 +108,7 @@ mean() { python3 -c "import sys; v=[float(x) for x in open(sys.argv[1])]; print(
 echo "== quiet run (${QUIET:-30}s)"
 phase "${QUIET:-30}" quiet
 read -r QOK QLOST QGAP <"$work/quiet.pings"
-read -r QUIET_MB QMIN QRUNS < <(mean "$work/quiet.rates")
+read -r QUIET_MB _QMIN QRUNS < <(mean "$work/quiet.rates")
 
 echo "== hostile run (${DURATION}s)"
 "$BIN/examples/hostile" "$REG" "$BEA" "$DURATION" "$A_EP,$B_EP" "$A_ID,$B_ID" >"$work/hostile.json" &

@@ -27,7 +27,7 @@ use crate::ipc::ErrorCode;
 /// `sudo pilot-gateway start --ports 80 agent-alpha` maps agent-alpha to
 /// 10.4.0.1; then `curl http://10.4.0.1/` reaches its port 80.
 #[derive(Debug, Parser)]
-#[command(name = "pilot-gateway", version)]
+#[command(name = "pilot-gateway", version = crate::VERSION)]
 pub struct GatewayCli {
     /// Print machine-readable JSON ({"status":"ok","data":...}).
     #[arg(long, global = true)]

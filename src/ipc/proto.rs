@@ -392,6 +392,9 @@ pub struct InfoData {
     /// Streams refused because the budget was spent.
     #[serde(default)]
     pub refused_memory: u64,
+    /// The most the stream buffers held at any check since start.
+    #[serde(default)]
+    pub stream_memory_peak: usize,
     /// Data-path counters.
     pub stats: Stats,
 }

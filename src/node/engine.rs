@@ -1035,6 +1035,7 @@ impl Engine {
             stream_memory: self.stream_memory(),
             stream_memory_budget: self.streams.admission.memory_budget,
             refused_memory: self.streams.refused_memory,
+            stream_memory_peak: self.streams.memory_peak,
             stats: self.stats.clone(),
         }
     }

@@ -263,6 +263,11 @@ pub struct StreamTable {
     /// Bytes the streams' buffers held at the last check.
     pub(super) memory: usize,
     pub(super) memory_checked: Instant,
+    /// Payload bytes received since the last check: a sixteenth of the
+    /// budget triggers one early, so a fast flood cannot outrun the timer.
+    pub(super) unchecked_bytes: usize,
+    /// The most `memory` has been at a check.
+    pub(super) memory_peak: usize,
     pub(super) pressure: Pressure,
     /// Streams refused because the memory budget was spent.
     pub(super) refused_memory: u64,
@@ -289,21 +294,27 @@ impl StreamTable {
             echo,
             memory: 0,
             memory_checked: now,
+            unchecked_bytes: 0,
+            memory_peak: 0,
             pressure: Pressure::None,
             refused_memory: 0,
         }
     }
 
-    /// Sums the streams' buffer memory (at most every
-    /// [`MEMORY_CHECK_EVERY`]) and applies the pressure level: receive caps
+    /// Sums the streams' buffer memory (every [`MEMORY_CHECK_EVERY`], or
+    /// sooner after a sixteenth of the budget arrived) and applies the pressure level: receive caps
     /// shrink (or are restored) on every stream when the level changes, and
     /// unused buffer capacity is given back while under pressure.
     pub(super) fn check_memory(&mut self, now: Instant) -> Pressure {
-        if now.duration_since(self.memory_checked) < MEMORY_CHECK_EVERY {
+        if now.duration_since(self.memory_checked) < MEMORY_CHECK_EVERY
+            && self.unchecked_bytes < self.admission.memory_budget / 16
+        {
             return self.pressure;
         }
         self.memory_checked = now;
+        self.unchecked_bytes = 0;
         self.memory = self.conns.values().map(|s| s.conn.memory()).sum();
+        self.memory_peak = self.memory_peak.max(self.memory);
         let level = Pressure::of(self.memory, self.admission.memory_budget);
         if level != self.pressure {
             let cap = (level >= Pressure::High).then_some(PRESSURE_BUFFER);

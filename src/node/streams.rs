@@ -49,6 +49,12 @@ impl Engine {
         };
         let key = (repr.dst_port, repr.src, repr.src_port);
         if let Some(&id) = self.streams.by_tuple.get(&key) {
+            // At loopback speed 100 ms is tens of MiB: a burst of received
+            // bytes brings the next memory check forward.
+            self.streams.unchecked_bytes += payload.len();
+            if self.streams.unchecked_bytes >= self.streams.admission.memory_budget / 16 {
+                self.streams.check_memory(now);
+            }
             if let Some(s) = self.streams.conns.get_mut(&id) {
                 s.conn.handle_segment(&seg, now);
                 // Output waits for the end of the receive batch, so a run of
