@@ -73,8 +73,8 @@ fn a_replaced_router_changes_the_public_address_and_the_tunnel_recovers() {
     let hb = lab.host(Nat::Home);
     let a = lab.node(&ha, "a");
     let b = lab.node(&hb, "b");
-    let ia = lab.start(&a, &[]);
-    let ib = lab.start(&b, &[]);
+    let ia = lab.start(&a, &["--log-level", "pilot=debug"]);
+    let ib = lab.start(&b, &["--log-level", "pilot=debug"]);
     let aa = ia["address"].as_str().unwrap().to_string();
     let ab = ib["address"].as_str().unwrap().to_string();
     let r = a.ctl(&[

@@ -36,9 +36,9 @@
 //! * **Our own address.** When the beacon reports an observed address that
 //!   differs from the last one (a new router), we re-register with it and
 //!   re-probe every active peer. The beacon answers only from the address
-//!   the registry has for us, so a peer silent through
-//!   [`RECOVERIES_BEFORE_RELAY`] + 1 recoveries also makes us register
-//!   again (from wherever we now are), after which the beacon answers.
+//!   the registry has for us, so a peer silent long enough to fall back to
+//!   the relay also makes us register again (from wherever we now are),
+//!   after which the beacon answers.
 //! * **LAN.** A peer whose registered `lan_addrs` share a /24 with ours is
 //!   tried on that address first (spec §5.4 step 2); its public endpoint is
 //!   probed too, and whichever answers authenticated wins, LAN preferred.
@@ -353,6 +353,7 @@ impl Engine {
             },
         );
         self.resend_pings(node, now);
+        self.streams_path_changed(node, now);
     }
 
     /// An authenticated (decrypted) frame of `bytes` from `node` arrived from
@@ -666,19 +667,15 @@ impl Engine {
         tracing::debug!("node {node} silent; re-resolving (attempt {n})");
         if n > RECOVERIES_BEFORE_RELAY && direct_dead && self.shared.beacon.is_some() {
             self.set_path(node, ep, true, "no answer directly", now);
-        }
-        if n == RECOVERIES_BEFORE_RELAY + 1
-            && direct_dead
-            && self.shared.beacon.is_some()
-            && self.shared.config.endpoint.is_none()
-        {
-            // Perhaps it is us who moved (a new router): the beacon answers
-            // discovers only from the address the registry has for us, and
-            // we learn our new address only from the beacon, so neither
-            // happens until we register again from the new address. Once per
-            // silence of a peer.
-            tracing::debug!("node {node} silent through {n} recoveries; registering again");
-            self.spawn_register();
+            if self.shared.config.endpoint.is_none() {
+                // Perhaps it is us who moved (a new router): the beacon
+                // answers discovers only from the address the registry has
+                // for us, and we learn our new address only from the
+                // beacon, so neither happens until we register again from
+                // the new address. Once per fall back to the relay.
+                tracing::debug!("node {node} silent through {n} recoveries; registering again");
+                self.spawn_register();
+            }
         }
         self.spawn_resolve(node);
         self.force_pila(node, now);

@@ -455,6 +455,25 @@ impl Engine {
         }
     }
 
+    /// The path to `node` changed: its streams retransmit what is in flight
+    /// now (see [`crate::stream::Connection::path_changed`]).
+    pub(super) fn streams_path_changed(&mut self, node: u32, now: Instant) {
+        let ids: Vec<u64> = self
+            .streams
+            .conns
+            .iter()
+            .filter(|(_, s)| s.peer == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                s.conn.path_changed(now);
+                s.conn.handle_timeout(now);
+            }
+            self.after_io(id, now);
+        }
+    }
+
     /// Dial deadlines and attach deadlines (from the housekeeping tick).
     pub(super) fn stream_housekeeping(&mut self, now: Instant) {
         self.streams.check_memory(now);

@@ -897,6 +897,17 @@ impl Connection {
     }
 
     // ------------------------------------------------------------------
+    /// The path to the peer changed (a new address, the relay, or back to
+    /// direct): data in flight is retransmitted at the next
+    /// [`handle_timeout`](Self::handle_timeout), with the backoff forgotten,
+    /// instead of after an RTO that grew while the old path was dead.
+    pub fn path_changed(&mut self, now: Instant) {
+        if self.rto_deadline.is_some() && !self.segs.is_empty() {
+            self.rtt.reset_backoff();
+            self.rto_deadline = Some(now);
+        }
+    }
+
     // Timers
     // ------------------------------------------------------------------
 
@@ -1441,6 +1452,42 @@ mod tests {
             window,
             payload,
         }
+    }
+
+    #[test]
+    fn a_path_change_retransmits_now_without_the_backoff() {
+        let t0 = Instant::now();
+        let (mut a, _b) = pair(Config::default(), t0);
+        assert_eq!(a.send(b"lost on the old path"), 20);
+        assert_eq!(drain(&mut a, t0).len(), 1);
+        // Three timeouts on a dead path: the RTO has doubled three times.
+        let mut now = t0;
+        let mut retx = 0;
+        for _ in 0..20 {
+            now = a.poll_timeout().unwrap();
+            a.handle_timeout(now);
+            retx += drain(&mut a, now).len();
+            if retx == 3 {
+                break;
+            }
+        }
+        assert_eq!(retx, 3, "retransmissions");
+        let backed_off = a.poll_timeout().unwrap() - now;
+        assert!(
+            backed_off >= a.rtt.base_rto() * 2,
+            "{backed_off:?} vs {:?}",
+            a.rtt.base_rto()
+        );
+        // The path changes: the data goes again at once.
+        let later = now + Duration::from_millis(10);
+        a.path_changed(later);
+        assert_eq!(a.poll_timeout(), Some(later));
+        a.handle_timeout(later);
+        let out = drain(&mut a, later);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, b"lost on the old path");
+        // ...and the backoff starts again from the computed RTO.
+        assert!(a.poll_timeout().unwrap() - later <= backed_off);
     }
 
     /// A connected pair (a = initiator with ISN 1000, b = responder ISN 5000).
