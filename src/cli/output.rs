@@ -24,7 +24,9 @@ pub fn print_ok<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> Stri
 pub fn hint(e: &CliError) -> String {
     if let Some(cmd) =
         e.message.split('`').skip(1).step_by(2).find(|q| {
-            q.starts_with("pilotctl ") || q.starts_with("sudo ") || q.starts_with("pilot-")
+            q.starts_with("pilotctl ")
+                || q.starts_with("sudo ")
+                || (q.starts_with("pilot-") && q.contains(' '))
         })
     {
         return cmd.to_string();
@@ -38,7 +40,7 @@ pub fn hint(e: &CliError) -> String {
         }
         C::InvalidArgument => "pilotctl <command> --help",
         C::NotFound => "pilotctl find <hostname> or pilotctl lookup <node id>; a private node's owner can give you its address",
-        C::RegistryUnavailable => "check the rendezvous address: pilotctl config show; pilotctl daemon status",
+        C::RegistryUnavailable => "start a rendezvous (pilot-rendezvous) or point at one: pilotctl daemon start --registry HOST:PORT; pilotctl daemon status shows the address in use",
         C::RegistryError => "pilotctl info (registration state); pilotctl daemon status",
         C::Timeout => "pilotctl ping <target> (is it online?); pilotctl peers (path and endpoint)",
         C::Refused => "nothing listens on that port at the peer: ask its owner (pilotctl listen / expose there)",
