@@ -4,10 +4,7 @@
 //! resolves, relays and trips the new-id quota.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -17,68 +14,14 @@ use pilot::wire::registry::{self as wire, Register};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pilot-rendezvous");
+mod common;
 
-struct Server {
-    child: Child,
-    registry: SocketAddr,
-    beacon: SocketAddr,
-    metrics: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn field(line: &str, name: &str) -> Option<SocketAddr> {
-    let i = line.find(name)? + name.len();
-    line[i..].split_whitespace().next()?.parse().ok()
-}
+use common::RendezvousProc as Server;
 
 fn start(store: &std::path::Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["--registry-addr", "127.0.0.1:0", "--beacon-addr"])
-        .args(["127.0.0.1:0", "--metrics", "127.0.0.1:0", "--store"])
-        .arg(store)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("listening") {
-                if let (Some(r), Some(b), Some(m)) = (
-                    field(&line, "registry="),
-                    field(&line, "beacon="),
-                    field(&line, "metrics="),
-                ) {
-                    let _ = tx.send((r, b, m));
-                }
-            }
-            log2.lock().unwrap().push_str(&line);
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok((registry, beacon, metrics)) => Server {
-            child,
-            registry,
-            beacon,
-            metrics,
-        },
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("server did not start: {}", log.lock().unwrap());
-        }
-    }
+    Server::spawn(|c| {
+        c.args(["--metrics", "127.0.0.1:0", "--store"]).arg(store);
+    })
 }
 
 /// One HTTP GET; returns (status line, headers, body).
@@ -251,7 +194,7 @@ async fn metrics_are_valid_text_and_move_with_the_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(&dir.path().join("r.db"));
 
-    let m0 = scrape(s.metrics).await;
+    let m0 = scrape(s.metrics.unwrap()).await;
     assert_eq!(at(&m0, "pilot_rendezvous_nodes_online"), 0.0);
     assert_eq!(at(&m0, REG_OK), 0.0);
 
@@ -275,7 +218,7 @@ async fn metrics_are_valid_text_and_move_with_the_traffic() {
     let mut len = [0u8; 4];
     raw.read_exact(&mut len).await.unwrap();
 
-    let m1 = scrape(s.metrics).await;
+    let m1 = scrape(s.metrics.unwrap()).await;
     assert_eq!(at(&m1, REG_OK), 5.0);
     assert_eq!(at(&m1, LOOKUP_OK), 2.0);
     assert_eq!(at(&m1, LOOKUP_ERR), 1.0);
@@ -336,7 +279,7 @@ async fn metrics_are_valid_text_and_move_with_the_traffic() {
 
     let mut m2 = HashMap::new();
     for _ in 0..50 {
-        m2 = scrape(s.metrics).await;
+        m2 = scrape(s.metrics.unwrap()).await;
         if at(
             &m2,
             r#"pilot_rendezvous_relay_dropped_total{reason="unknown_destination"}"#,
@@ -366,6 +309,6 @@ async fn metrics_are_valid_text_and_move_with_the_traffic() {
     assert!(at(&m2, "pilot_rendezvous_nodes_online") > 5.0);
 
     // Anything but GET /metrics is refused politely.
-    let (status, _, _) = get(s.metrics, "/").await;
+    let (status, _, _) = get(s.metrics.unwrap(), "/").await;
     assert!(status.contains(" 404 "), "{status}");
 }

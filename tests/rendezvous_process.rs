@@ -2,11 +2,8 @@
 //! ports: durability across `kill -9`, refusal of damaged or locked stores,
 //! and robustness against hostile clients.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -17,84 +14,18 @@ use rand_core::{OsRng, RngCore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pilot-rendezvous");
+const BIN: &str = common::RENDEZVOUS;
 
-struct Server {
-    child: Child,
-    registry: SocketAddr,
-    beacon: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
+mod common;
+
+use common::RendezvousProc as Server;
 
 impl Server {
-    /// Starts the binary and waits for its "listening" log line.
+    /// Starts the binary on `store` with `extra` arguments.
     fn start(store: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args([
-                "--registry-addr",
-                "127.0.0.1:0",
-                "--beacon-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--store")
-            .arg(store)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    let field = |name: &str| -> SocketAddr {
-                        let i = line.find(name).unwrap() + name.len();
-                        line[i..]
-                            .split_whitespace()
-                            .next()
-                            .unwrap()
-                            .parse()
-                            .unwrap()
-                    };
-                    let _ = tx.send((field("registry="), field("beacon=")));
-                }
-                log2.lock().unwrap().push_str(&line);
-                log2.lock().unwrap().push('\n');
-            }
-        });
-        let (registry, beacon) = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(x) => x,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("server did not start: {}", log.lock().unwrap());
-            }
-        };
-        Server {
-            child,
-            registry,
-            beacon,
-            log,
-        }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Server::spawn(|c| {
+            c.arg("--store").arg(store).args(extra);
+        })
     }
 }
 

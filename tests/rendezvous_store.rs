@@ -4,10 +4,9 @@
 //! previous format (written with the JSON store code) is imported on first
 //! start, in place or from the old default path.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,77 +16,20 @@ use pilot::rendezvous::store::json;
 use pilot::rendezvous::Registry;
 use pilot::wire::registry::{self as wire, Register, Request, SetVisibility, TrustPair};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pilot-rendezvous");
+const BIN: &str = common::RENDEZVOUS;
 
-struct Server {
-    child: Child,
-    registry: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
+mod common;
+
+use common::RendezvousProc as Server;
 
 impl Server {
-    /// Starts the binary with `args` (plus ephemeral loopback ports) and
-    /// `HOME=home`, and waits for its "listening" line.
+    /// Starts the binary with `args` and `HOME=home`.
     fn start(home: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args([
-                "--registry-addr",
-                "127.0.0.1:0",
-                "--beacon-addr",
-                "127.0.0.1:0",
-            ])
-            .args(args)
-            .env("HOME", home)
-            .env_remove("PILOT_RENDEZVOUS_STORE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    if let Some(i) = line.find("registry=") {
-                        let a = line[i + 9..].split_whitespace().next().unwrap_or("");
-                        if let Ok(a) = a.parse::<SocketAddr>() {
-                            let _ = tx.send(a);
-                        }
-                    }
-                }
-                let mut l = log2.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let registry = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("server did not start: {}", log.lock().unwrap());
-            }
-        };
-        Server {
-            child,
-            registry,
-            log,
-        }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Server::spawn(|c| {
+            c.args(args)
+                .env("HOME", home)
+                .env_remove("PILOT_RENDEZVOUS_STORE");
+        })
     }
 }
 

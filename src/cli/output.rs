@@ -22,13 +22,11 @@ pub fn print_ok<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> Stri
 /// quoted in the message itself (`run \`pilotctl handshake 5\``) when there
 /// is one, else the usual remedy for the error's class.
 pub fn hint(e: &CliError) -> String {
-    if let Some(cmd) =
-        e.message.split('`').skip(1).step_by(2).find(|q| {
-            q.starts_with("pilotctl ")
-                || q.starts_with("sudo ")
-                || (q.starts_with("pilot-") && q.contains(' '))
-        })
-    {
+    if let Some(cmd) = e.message.split('`').skip(1).step_by(2).find(|q| {
+        q.starts_with("pilotctl ")
+            || q.starts_with("sudo ")
+            || (q.starts_with("pilot-") && q.contains(' '))
+    }) {
         return cmd.to_string();
     }
     use crate::ipc::ErrorCode as C;

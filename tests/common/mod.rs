@@ -295,3 +295,90 @@ impl Drop for Node {
         self.kill9();
     }
 }
+
+/// A `pilot-rendezvous` process on ephemeral loopback ports: its addresses
+/// come from its `listening` log line, its stderr is kept in `log`, and it
+/// is killed on drop.
+pub struct RendezvousProc {
+    pub child: Child,
+    pub registry: std::net::SocketAddr,
+    pub beacon: std::net::SocketAddr,
+    /// Set when it was started with `--metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl RendezvousProc {
+    /// Starts the binary on `127.0.0.1:0` for both ports; `configure` adds
+    /// arguments and environment. Waits (up to 60 s) for `listening`.
+    pub fn spawn(configure: impl FnOnce(&mut Command)) -> RendezvousProc {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = Command::new(RENDEZVOUS);
+        cmd.args([
+            "--registry-addr",
+            "127.0.0.1:0",
+            "--beacon-addr",
+            "127.0.0.1:0",
+        ]);
+        configure(&mut cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pilot-rendezvous");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let field = |line: &str, name: &str| -> Option<std::net::SocketAddr> {
+                let i = line.find(name)? + name.len();
+                line[i..].split_whitespace().next()?.parse().ok()
+            };
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    if let (Some(r), Some(b)) = (field(&line, "registry="), field(&line, "beacon="))
+                    {
+                        let _ = tx.send((r, b, field(&line, "metrics=")));
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok((registry, beacon, metrics)) => RendezvousProc {
+                child,
+                registry,
+                beacon,
+                metrics,
+                log,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("pilot-rendezvous did not start: {}", log.lock().unwrap());
+            }
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// The process has not exited.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for RendezvousProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
