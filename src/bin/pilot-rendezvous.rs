@@ -51,7 +51,12 @@ struct Args {
     /// and `<store>-shm` live beside it. A JSON store of earlier versions
     /// at PATH is imported into SQLite at PATH (the JSON is kept as
     /// `<store>.json-imported`).
-    #[arg(long, env = "PILOT_RENDEZVOUS_STORE", value_name = "PATH")]
+    ///
+    /// A `postgres://user[:password]@host[:port]/db` URL instead runs this
+    /// instance over a shared PostgreSQL-protocol database (PostgreSQL,
+    /// CockroachDB, YugabyteDB): any number of instances may share it, and a
+    /// node may use any of them. Pass every instance the same --identity.
+    #[arg(long, env = "PILOT_RENDEZVOUS_STORE", value_name = "PATH|URL")]
     store: Option<PathBuf>,
 
     /// Keep all state in memory only (lost on exit). Conflicts with --store.
@@ -140,8 +145,18 @@ fn raise_fd_limit() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let shared_store = args
+        .store
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .filter(|s| pilot::rendezvous::store::postgres::is_url(s))
+        .map(str::to_string);
     let (store, import_from) = if args.memory {
         (None, None)
+    } else if shared_store.is_some() {
+        let (db, _) = default_store()?;
+        // No file store; the default identity lives where the file would.
+        (None, Some(db))
     } else {
         match args.store {
             Some(p) => (Some(p), None),
@@ -154,8 +169,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let identity_path = args.identity.clone().or_else(|| {
         store
             .as_ref()
+            .or(import_from.as_ref().filter(|_| shared_store.is_some()))
             .map(|s| s.with_file_name("rendezvous-identity.json"))
     });
+    let import_from = import_from.filter(|_| shared_store.is_none());
     let answer_key = match &identity_path {
         Some(p) => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -175,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         registry_addr: args.registry_addr,
         beacon_addr: args.beacon_addr,
         store,
+        shared_store,
         import_from,
         metrics_addr: args.metrics,
         new_id_quota: !args.no_new_id_quota,

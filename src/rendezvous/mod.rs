@@ -53,6 +53,9 @@ pub struct Config {
     /// Store file (SQLite; a JSON store found there is imported, see
     /// [`store`]); `None` keeps everything in memory.
     pub store: Option<PathBuf>,
+    /// A `postgres://` URL: the store is a database shared by any number
+    /// of instances ([`store::postgres`]); overrides `store`.
+    pub shared_store: Option<String>,
     /// A JSON store to import when `store` does not exist yet (the old
     /// default path), renamed to `<file>.json-imported` afterwards.
     pub import_from: Option<PathBuf>,
@@ -95,6 +98,7 @@ impl Default for Config {
             registry_addr: SocketAddr::from(([0, 0, 0, 0], 9000)),
             beacon_addr: SocketAddr::from(([0, 0, 0, 0], 9001)),
             store: None,
+            shared_store: None,
             import_from: None,
             metrics_addr: None,
             new_id_quota: true,
@@ -161,13 +165,24 @@ impl Rendezvous {
         let (stop, stop_rx) = watch::channel(false);
         let now = Instant::now();
         let metrics = Arc::new(metrics::Metrics::new());
-        let (registry, store) = match &config.store {
-            Some(path) => {
+        let mut shared_db = None;
+        let (registry, store) = match (&config.shared_store, &config.store) {
+            (Some(url), _) => {
+                let info = store::postgres::InstanceInfo {
+                    registry: config.registry_addr.to_string(),
+                    beacon: config.beacon_addr.to_string(),
+                    stale_after: config.stale_after,
+                };
+                let (pg, registry) = store::postgres::open(url, info, now).await?;
+                shared_db = Some(pg);
+                (registry, None)
+            }
+            (None, Some(path)) => {
                 let (store, registry) =
                     store::Store::open_importing(path, config.import_from.as_deref(), now)?;
                 (registry, Some(store))
             }
-            None => (Registry::new(), None),
+            (None, None) => (Registry::new(), None),
         };
         let registry = Arc::new(if config.new_id_quota {
             registry
@@ -220,8 +235,16 @@ impl Rendezvous {
         };
 
         let mut tasks = Vec::new();
-        let durability = match store {
-            Some(store) => {
+        let mut catchup = None;
+        let durability = match (store, shared_db) {
+            (_, Some(pg)) => {
+                let (d, c, task) =
+                    store::postgres::spawn(pg, registry.clone(), stop_rx.clone(), metrics.clone());
+                tasks.push(task);
+                catchup = Some(c);
+                d
+            }
+            (Some(store), None) => {
                 let (d, task) = store::spawn_persister(
                     store,
                     registry.clone(),
@@ -231,7 +254,7 @@ impl Rendezvous {
                 tasks.push(task);
                 d
             }
-            None => store::Durability::none(),
+            (None, None) => store::Durability::none(),
         };
         let shared = Arc::new(server::Shared {
             registry: registry.clone(),
@@ -247,6 +270,7 @@ impl Rendezvous {
             buffer_budget: Arc::new(Semaphore::new(server::BUFFER_BUDGET_KIB)),
             metrics: metrics.clone(),
             answer_key: config.answer_key.clone(),
+            catchup,
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<super::metrics::Metrics>,
     /// Signs answers to requests that carry a nonce ([`super::pin`]).
     pub answer_key: Option<Arc<crate::crypto::identity::Identity>>,
+    /// With a shared database: waits for what other instances wrote.
+    pub catchup: Option<super::store::postgres::Catchup>,
 }
 
 /// One open connection as the eviction policy sees it.
@@ -435,9 +437,12 @@ fn reserve(
 /// Runs one request through the registry, waiting for durability.
 async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut ConnAuth) -> Response {
     let kind = req.type_name();
-    let out = shared
-        .registry
-        .handle_on(auth, req, peer, std::time::Instant::now());
+    let out = match &shared.catchup {
+        Some(sync) => handle_shared(sync, req, peer, shared, auth).await,
+        None => shared
+            .registry
+            .handle_on(auth, req, peer, std::time::Instant::now()),
+    };
     if let Response::Error(e) = &out.response {
         if e.error.starts_with("rate limited") {
             shared.metrics.rate_limited("new_id_quota");
@@ -459,6 +464,48 @@ async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut Con
         .metrics
         .request(kind, !matches!(out.response, Response::Error(_)));
     out.response
+}
+
+/// Longest wait for a read of what other instances wrote before a request
+/// goes on with what this instance knows (ours; a read takes milliseconds).
+const CATCHUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Handles a request on an instance sharing its database with others
+/// ([`super::store::postgres`]): a request that claims a hostname first
+/// waits for a fresh read of the others' changes, so a name taken on
+/// another instance is refused here; a request that names a node or pair
+/// this instance does not know yet waits for one and is handled again.
+async fn handle_shared(
+    sync: &super::store::postgres::Catchup,
+    req: Request,
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+) -> super::state::Outcome {
+    let claims_name = match &req {
+        Request::SetHostname(r) => !r.hostname.is_empty(),
+        Request::Register(r) => r.hostname.as_deref().is_some_and(|h| !h.is_empty()),
+        _ => false,
+    };
+    if claims_name {
+        sync.wait(CATCHUP_TIMEOUT).await;
+    }
+    let retry = req.clone();
+    let out = shared
+        .registry
+        .handle_on(auth, req, peer, std::time::Instant::now());
+    let missed = match &out.response {
+        Response::Error(e) => ["not found", "signature", "denied"]
+            .iter()
+            .any(|m| e.error.contains(m)),
+        _ => false,
+    };
+    if !missed || !sync.wait(CATCHUP_TIMEOUT).await {
+        return out;
+    }
+    shared
+        .registry
+        .handle_on(auth, retry, peer, std::time::Instant::now())
 }
 
 /// Longest `poll_handshakes` hold (our `wait_ms` extension; well under

@@ -292,6 +292,21 @@ struct State {
     /// Number of live nodes (kept up to date so that metrics need not
     /// count a million nodes under the lock).
     live_count: usize,
+    /// Shared database only (`store::postgres`): nodes another instance
+    /// serves. Their liveness is that instance's business, so the reaper
+    /// here leaves them alone.
+    remote: HashSet<u32>,
+    /// Shared database only: the node ids this instance may allocate
+    /// (blocks reserved in the database), instead of `next_id`.
+    id_blocks: Option<IdBlocks>,
+}
+
+/// Node ids reserved for this instance: the block in use and a spare, so
+/// that a registration never waits for the database to hand out ids.
+#[derive(Debug, Default)]
+struct IdBlocks {
+    current: std::ops::Range<u32>,
+    spare: Option<std::ops::Range<u32>>,
 }
 
 /// The result of handling one request.
@@ -410,6 +425,15 @@ fn listen_port(listen_addr: &str) -> Option<u16> {
 }
 
 impl State {
+    /// The next id of this instance's reserved blocks (shared database).
+    fn block_id(&mut self) -> Option<u32> {
+        let b = self.id_blocks.as_mut()?;
+        if b.current.is_empty() {
+            b.current = b.spare.take()?;
+        }
+        b.current.next()
+    }
+
     fn live(&self, id: u32) -> Result<&Node, String> {
         match self.nodes.get(&id) {
             Some(n) if n.live => Ok(n),
@@ -884,6 +908,7 @@ impl Registry {
             .nodes
             .values()
             .filter(|n| n.live && now.saturating_duration_since(n.last_seen) >= stale_after)
+            .filter(|n| !st.remote.contains(&n.id))
             .map(|n| n.id)
             .collect();
         for &id in &stale {
@@ -1052,6 +1077,7 @@ impl Registry {
                 if let Some(n) = st.nodes.get_mut(&node_id) {
                     n.last_seen = now;
                 }
+                st.remote.remove(&node_id);
                 Response::HeartbeatOk(HeartbeatOk {
                     time: unix as i64,
                     key_expiry_warning: false,
@@ -1325,6 +1351,9 @@ impl Registry {
                 }
                 let id = match st.free_ids.pop() {
                     Some(id) => id,
+                    None if st.id_blocks.is_some() => st.block_id().ok_or(
+                        "registration temporarily unavailable: no node ids reserved (retry)",
+                    )?,
                     None => {
                         if st.next_id > MAX_NODES {
                             return Err("too many nodes".into());
@@ -1357,6 +1386,7 @@ impl Registry {
             }
         };
         st.set_live(id, true);
+        st.remote.remove(&id);
         let Some(n) = st.nodes.get_mut(&id) else {
             return Err("registration rejected: index inconsistency".into());
         };
@@ -1387,6 +1417,225 @@ impl Registry {
             hostname,
             hostname_error,
         }))
+    }
+}
+
+/// The shared-database side of the registry (`store::postgres`): several
+/// instances each keep the whole registry in memory and apply the rows the
+/// others wrote. Nothing here is used with SQLite or in memory.
+impl Registry {
+    /// Allocates node ids only from blocks given with
+    /// [`Registry::add_id_block`] (reserved in the shared database, so two
+    /// instances never hand out the same id); forgets the gaps between
+    /// loaded ids, which may belong to another instance's block.
+    pub fn use_id_blocks(&self) {
+        let mut st = self.lock();
+        st.id_blocks = Some(IdBlocks::default());
+        st.free_ids.clear();
+    }
+
+    /// True when the instance holds no spare block of ids.
+    pub fn needs_id_block(&self) -> bool {
+        let st = self.lock();
+        st.id_blocks
+            .as_ref()
+            .is_some_and(|b| b.spare.is_none() || b.current.is_empty())
+    }
+
+    /// Hands the registry a block of ids reserved for this instance.
+    pub fn add_id_block(&self, ids: std::ops::Range<u32>) {
+        let mut st = self.lock();
+        if let Some(b) = st.id_blocks.as_mut() {
+            if b.current.is_empty() {
+                b.current = ids;
+            } else {
+                b.spare = Some(ids);
+            }
+        }
+    }
+
+    /// Those of `ids` served by another instance.
+    pub fn remote_nodes(&self, ids: impl IntoIterator<Item = u32>) -> HashSet<u32> {
+        let st = self.lock();
+        ids.into_iter().filter(|id| st.remote.contains(id)).collect()
+    }
+
+    /// Marks `ids` as served by another instance (loaded at start).
+    pub fn mark_remote(&self, ids: impl IntoIterator<Item = u32>) {
+        self.lock().remote.extend(ids);
+    }
+
+    /// Takes `name` away from `id` here because another instance's node
+    /// holds it in the database (two instances granted it at once).
+    pub fn drop_hostname(&self, id: u32, name: &str) {
+        let mut st = self.lock();
+        if let Some(n) = st.nodes.get_mut(&id) {
+            if n.hostname.as_deref() == Some(name) {
+                n.hostname = None;
+            }
+        }
+        if st.hostnames.get(name) == Some(&id) {
+            st.hostnames.remove(name);
+        }
+    }
+
+    /// Applies rows as another instance wrote them (each the row's current
+    /// value in the database). A row changed here and not yet written is
+    /// skipped: ours is newer and about to overwrite it. `remote` names the
+    /// nodes another instance serves. Wakes the handshake long-polls of
+    /// nodes whose inboxes now hold something.
+    pub fn apply_remote(&self, ch: Changes, remote: &HashSet<u32>, now: Instant) {
+        let mut woken = Vec::new();
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let dirty = st.dirty.take();
+            let skip_node = |id: &u32| dirty.as_ref().is_some_and(|d| d.nodes.contains(id));
+            for (id, row) in ch.nodes {
+                if skip_node(&id) {
+                    continue;
+                }
+                let old = st.nodes.remove(&id);
+                if let Some(o) = &old {
+                    if st.by_key.get(o.key.as_bytes()) == Some(&id) {
+                        st.by_key.remove(o.key.as_bytes());
+                    }
+                    if let Some(h) = &o.hostname {
+                        if st.hostnames.get(h) == Some(&id) {
+                            st.hostnames.remove(h);
+                        }
+                    }
+                    if o.live {
+                        st.live_count = st.live_count.saturating_sub(1);
+                    }
+                }
+                let Some(r) = row else {
+                    st.remote.remove(&id);
+                    continue;
+                };
+                let Some(pk) = wire::decode_public_key(&r.public_key) else {
+                    continue;
+                };
+                let Ok(key) = VerifyingKey::from_bytes(&pk) else {
+                    continue;
+                };
+                let hostname = r
+                    .hostname
+                    .filter(|h| r.live && validate_hostname(h).is_ok());
+                if let Some(h) = &hostname {
+                    // The database decides who holds a name.
+                    if let Some(other) = st.hostnames.insert(h.clone(), id) {
+                        if let Some(n) = st.nodes.get_mut(&other) {
+                            n.hostname = None;
+                        }
+                    }
+                }
+                st.by_key.insert(pk, id);
+                if r.live {
+                    st.live_count += 1;
+                }
+                if remote.contains(&id) {
+                    st.remote.insert(id);
+                } else {
+                    st.remote.remove(&id);
+                }
+                let was_live = old.as_ref().is_some_and(|o| o.live);
+                st.nodes.insert(
+                    id,
+                    Node {
+                        id,
+                        key,
+                        owner: r.owner,
+                        live: r.live,
+                        last_seen: old.as_ref().filter(|_| was_live).map_or(now, |o| o.last_seen),
+                        hostname,
+                        public: r.public,
+                        real_addr: r.real_addr,
+                        lan_addrs: r.lan_addrs,
+                        version: r.version,
+                        key_created: r.key_created,
+                        proven: true,
+                        created: old.as_ref().map_or(now, |o| o.created),
+                    },
+                );
+            }
+            for ((a, b), present) in ch.trust {
+                if dirty.as_ref().is_some_and(|d| d.trust.contains(&(a, b))) {
+                    continue;
+                }
+                if present {
+                    st.trust.entry(a).or_default().insert(b);
+                    st.trust.entry(b).or_default().insert(a);
+                } else {
+                    for (x, y) in [(a, b), (b, a)] {
+                        if let Some(s) = st.trust.get_mut(&x) {
+                            s.remove(&y);
+                            if s.is_empty() {
+                                st.trust.remove(&x);
+                            }
+                        }
+                    }
+                }
+            }
+            for ((a, b), present) in ch.consents {
+                if dirty.as_ref().is_some_and(|d| d.consents.contains(&(a, b))) {
+                    continue;
+                }
+                if present {
+                    st.consents.entry(a).or_default().insert(b);
+                } else if let Some(s) = st.consents.get_mut(&a) {
+                    s.remove(&b);
+                    if s.is_empty() {
+                        st.consents.remove(&a);
+                    }
+                }
+            }
+            for (id, inbox) in ch.inboxes {
+                if dirty.as_ref().is_some_and(|d| d.inboxes.contains(&id)) {
+                    continue;
+                }
+                let requests: Vec<PendingRequest> = inbox
+                    .requests
+                    .into_iter()
+                    .take(HANDSHAKE_INBOX)
+                    .map(|r| PendingRequest {
+                        from: r.from,
+                        justification: r.justification,
+                        timestamp: r.timestamp,
+                    })
+                    .collect();
+                let responses: VecDeque<HandshakeResponseEntry> = inbox
+                    .responses
+                    .into_iter()
+                    .take(HANDSHAKE_INBOX)
+                    .map(|r| HandshakeResponseEntry {
+                        from_node_id: r.from,
+                        accept: r.accept,
+                        timestamp: r.timestamp,
+                    })
+                    .collect();
+                if !requests.is_empty() || !responses.is_empty() {
+                    woken.push(id);
+                }
+                if requests.is_empty() {
+                    st.hs_requests.remove(&id);
+                } else {
+                    st.hs_requests.insert(id, requests);
+                }
+                if responses.is_empty() {
+                    st.hs_responses.remove(&id);
+                } else {
+                    st.hs_responses.insert(id, responses);
+                }
+            }
+            st.dirty = dirty;
+        }
+        let waiters = self.lock_waiters();
+        for id in woken {
+            if let Some(n) = waiters.get(&id) {
+                n.notify_waiters();
+            }
+        }
     }
 }
 

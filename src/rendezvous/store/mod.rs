@@ -47,6 +47,7 @@
 //! SQLite gives its side files the same mode.
 
 pub mod json;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fs::{self, File, OpenOptions};
@@ -63,7 +64,7 @@ use super::state::{Changes, Registry};
 /// The first 16 bytes of every SQLite 3 database file (sqlite.org/fileformat.html).
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 /// How long the persister waits before retrying a batch that failed (ours).
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Errors opening, loading or writing the store. Each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,20 @@ pub enum StoreError {
         path: PathBuf,
         /// The cause.
         cause: rusqlite::Error,
+    },
+    /// The shared database failed (unreachable, refused, or a query failed).
+    #[error("store {target}: {cause}")]
+    Postgres {
+        /// `postgres://host:port/db` (never the password).
+        target: String,
+        /// The cause.
+        cause: tokio_postgres::Error,
+    },
+    /// The `postgres://` store URL cannot be used.
+    #[error("invalid store URL: {reason}")]
+    PostgresUrl {
+        /// What is wrong.
+        reason: String,
     },
     /// The file was written by a newer build with a newer schema.
     #[error("store file {path} has schema version {found}; this build knows up to {known} (upgrade pilot-rendezvous)")]
