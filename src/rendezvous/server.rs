@@ -471,10 +471,11 @@ async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut Con
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Handles a request on an instance sharing its database with others
-/// ([`super::store::postgres`]): a request that claims a hostname first
-/// waits for a fresh read of the others' changes, so a name taken on
-/// another instance is refused here; a request that names a node or pair
-/// this instance does not know yet waits for one and is handled again.
+/// ([`super::store::postgres`]): a registration, and a request that claims
+/// a hostname, first waits for a fresh read of the others' changes, so a
+/// key registered elsewhere keeps its id here and a name taken on another
+/// instance is refused; a request that names a node or pair this instance
+/// does not know yet waits for one and is handled again.
 async fn handle_shared(
     sync: &super::store::postgres::Catchup,
     req: Request,
@@ -482,12 +483,12 @@ async fn handle_shared(
     shared: &Shared,
     auth: &mut ConnAuth,
 ) -> super::state::Outcome {
-    let claims_name = match &req {
+    let first = match &req {
         Request::SetHostname(r) => !r.hostname.is_empty(),
-        Request::Register(r) => r.hostname.as_deref().is_some_and(|h| !h.is_empty()),
+        Request::Register(_) => true,
         _ => false,
     };
-    if claims_name {
+    if first {
         sync.wait(CATCHUP_TIMEOUT).await;
     }
     let retry = req.clone();

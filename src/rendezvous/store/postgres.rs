@@ -655,7 +655,8 @@ impl Pg {
                 continue;
             }
             let (kind, a, b): (i16, i64, i64) = (r.get(2), r.get(3), r.get(4));
-            let (Some(a), Some(b)) = (id32(a), id32(b)) else {
+            // `b` is 0 for the kinds that name one row.
+            let (Some(a), Some(b)) = (id32(a), u32::try_from(b).ok()) else {
                 continue;
             };
             match kind {

@@ -1,0 +1,340 @@
+//! Many rendezvous instances over one PostgreSQL database (issue 13 item
+//! 2), through real `pilot-rendezvous` processes and a real, throwaway
+//! PostgreSQL cluster (Debian's `postgresql` package: `initdb` and
+//! `pg_ctl` from `/usr/lib/postgresql/*/bin`, run as the `postgres` user
+//! when the test runs as root, since `initdb` refuses root). The cluster
+//! lives in a temporary directory on a free port and is stopped and
+//! removed at the end, also when a test fails. Without the binaries the
+//! tests skip with a printed reason (`scripts/test.sh` installs them).
+//!
+//! What a user relies on: a node registered with instance A is looked up,
+//! resolved, found by hostname and sent a handshake request through B (the
+//! request reaches the node waiting on A within 2 s), its answer and the
+//! trust pair cross back; a hostname taken on A is refused on B; ids
+//! allocated at once on both never collide; after `kill -9` of A its
+//! node registers with B and keeps its address and hostname.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer, SigningKey};
+use pilot::rendezvous::client::RegistryClient;
+use pilot::wire::registry::{self as wire, Register};
+
+mod common;
+
+use common::RendezvousProc as Server;
+
+/// A throwaway PostgreSQL cluster, stopped and deleted on drop.
+struct Cluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    /// Run the server binaries as this user (we are root).
+    user: Option<&'static str>,
+}
+
+impl Cluster {
+    /// Starts a cluster, or says why it cannot and returns `None`.
+    fn start() -> Option<Cluster> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path().join("bin")))
+            .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+            .max();
+        let Some(bin) = bin else {
+            eprintln!("SKIP: no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)");
+            return None;
+        };
+        let root = unsafe { libc::geteuid() } == 0;
+        let user = if root {
+            let known = Command::new("id")
+                .arg("postgres")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !known {
+                eprintln!("SKIP: running as root and there is no `postgres` user to run initdb as");
+                return None;
+            }
+            Some("postgres")
+        } else {
+            None
+        };
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(u) = user {
+            let ok = Command::new("chown")
+                .args([u, dir.path().to_str().unwrap()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "chown {u} {}", dir.path().display());
+        }
+        let c = Cluster {
+            bin,
+            dir,
+            port: common::free_tcp_port(),
+            user,
+        };
+        let data = c.data();
+        c.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "pilot",
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            c.port,
+            c.dir.path().display()
+        );
+        let log = c.dir.path().join("postgres.log");
+        c.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        Some(c)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = match self.user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let out = cmd
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{tool} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://pilot@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let data = self.data();
+        let mut cmd = match self.user {
+            Some(u) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", u, "--"]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let _ = cmd
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// An instance over the cluster's database, with `HOME=home`.
+fn instance(url: &str, home: &Path) -> Server {
+    let id = home.join("rendezvous-identity.json");
+    Server::spawn(|c| {
+        c.args(["--store", url, "--identity", id.to_str().unwrap(), "--log-level", "info,tokio_postgres=debug"])
+            .env("HOME", home)
+            .env_remove("PILOT_RENDEZVOUS_STORE");
+    })
+}
+
+fn key(i: u32) -> SigningKey {
+    let mut seed = [9u8; 32];
+    seed[..4].copy_from_slice(&i.to_le_bytes());
+    SigningKey::from_bytes(&seed)
+}
+
+/// A registration signed as the daemon signs it (src/node/registry.rs).
+fn signed_register(k: &SigningKey, hostname: Option<&str>) -> Register {
+    let mut r = Register::new(k.verifying_key().as_bytes(), "0.0.0.0:4000");
+    r.hostname = hostname.map(str::to_string);
+    r.timestamp = Some(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    );
+    let sig = k.sign(r.signed_text().as_bytes());
+    r.signature = Some(wire::b64_encode(&sig.to_bytes()));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_over_one_database_are_one_registry() {
+    let Some(pg) = Cluster::start() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let a = instance(&pg.url(), home.path());
+    let b = instance(&pg.url(), home.path());
+    let mut ca = RegistryClient::connect(a.registry).await.unwrap();
+    let mut cb = RegistryClient::connect(b.registry).await.unwrap();
+
+    // Registered with A, found through B at once.
+    let (k1, k2) = (key(1), key(2));
+    let n1 = ca
+        .register(signed_register(&k1, Some("alpha")))
+        .await
+        .unwrap();
+    assert_eq!(n1.hostname.as_deref(), Some("alpha"));
+    let l = match cb.lookup(n1.node_id).await {
+        Ok(l) => l,
+        Err(e) => panic!("{e}\nA: {}\nB: {}", a.log.lock().unwrap(), b.log.lock().unwrap()),
+    };
+    assert_eq!(l.hostname.as_deref(), Some("alpha"));
+    assert_eq!(l.public_key, wire::b64_encode(k1.verifying_key().as_bytes()));
+    let n2 = cb.register(signed_register(&k2, None)).await.unwrap();
+    assert_ne!(n1.node_id, n2.node_id);
+    ca.set_visibility(&k1, n1.node_id, true).await.unwrap();
+    let r = cb.resolve(&k2, n2.node_id, n1.node_id).await.unwrap();
+    assert_eq!(r.real_addr, n1.observed_addr);
+    let h = cb.resolve_hostname(Some(n2.node_id), "alpha").await.unwrap();
+    assert_eq!(h.node_id, n1.node_id);
+
+    // A hostname taken on A cannot be taken on B.
+    let err = cb
+        .set_hostname(&k2, n2.node_id, "alpha")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already in use"), "{err}");
+    let k3 = key(3);
+    let n3 = cb
+        .register(signed_register(&k3, Some("alpha")))
+        .await
+        .unwrap();
+    assert_eq!(n3.hostname, None);
+    assert!(n3.hostname_error.is_some_and(|e| e.contains("in use")));
+
+    // A handshake request sent through B reaches node 1 waiting on A.
+    let poll = {
+        let k1 = k1.clone();
+        let addr = a.registry;
+        let id = n1.node_id;
+        tokio::spawn(async move {
+            let mut c = RegistryClient::connect(addr).await.unwrap();
+            let started = Instant::now();
+            let got = c
+                .poll_handshakes_wait(&k1, id, Duration::from_secs(10))
+                .await
+                .unwrap();
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    cb.request_handshake(&k2, n2.node_id, n1.node_id, "hello from B")
+        .await
+        .unwrap();
+    let (got, _) = poll.await.unwrap();
+    let latency = sent.elapsed();
+    assert_eq!(got.requests.len(), 1, "{got:?}");
+    assert_eq!(got.requests[0].from_node_id, n2.node_id);
+    assert_eq!(got.requests[0].justification, "hello from B");
+    assert!(latency < Duration::from_secs(2), "took {latency:?}");
+    eprintln!("handshake request across instances: {latency:?}");
+
+    // Node 1 accepts on A; node 2 gets the answer on B, and B sees the pair.
+    ca.respond_handshake(&k1, n1.node_id, n2.node_id, true)
+        .await
+        .unwrap();
+    let mut answered = None;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && answered.is_none() {
+        let p = cb
+            .poll_handshakes_wait(&k2, n2.node_id, Duration::from_millis(500))
+            .await
+            .unwrap();
+        answered = p.responses.into_iter().next();
+    }
+    let answer = answered.expect("the answer reaches node 2 through B");
+    assert!(answer.accept);
+    assert_eq!(answer.from_node_id, n1.node_id);
+    assert!(cb.check_trust(n1.node_id, n2.node_id).await.unwrap());
+
+    // Ids allocated on both at once never collide.
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let addr = if i % 2 == 0 { a.registry } else { b.registry };
+        tasks.push(tokio::spawn(async move {
+            let mut c = RegistryClient::connect(addr).await.unwrap();
+            c.register(signed_register(&key(1000 + i), None))
+                .await
+                .unwrap()
+                .node_id
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        assert!(ids.insert(t.await.unwrap()), "an id was handed out twice");
+    }
+    assert!(!ids.contains(&n1.node_id) && !ids.contains(&n2.node_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_kill_9_of_one_instance_its_nodes_keep_their_address_and_name_on_another() {
+    let Some(pg) = Cluster::start() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let a = instance(&pg.url(), home.path());
+    let b = instance(&pg.url(), home.path());
+    let k = key(7);
+    let mut ca = RegistryClient::connect(a.registry).await.unwrap();
+    let n = ca
+        .register(signed_register(&k, Some("gamma")))
+        .await
+        .unwrap();
+    ca.heartbeat(&k, n.node_id).await.unwrap();
+    a.kill9();
+    // The node's retry: the same registration, now to B.
+    let mut cb = RegistryClient::connect(b.registry).await.unwrap();
+    let again = cb
+        .register(signed_register(&k, Some("gamma")))
+        .await
+        .unwrap();
+    assert_eq!(again.node_id, n.node_id);
+    assert_eq!(again.address, n.address);
+    assert_eq!(again.hostname.as_deref(), Some("gamma"));
+    cb.heartbeat(&k, n.node_id).await.unwrap();
+    let h = cb.resolve_hostname(Some(n.node_id), "gamma").await.unwrap();
+    assert_eq!(h.node_id, n.node_id);
+
+    // A third instance started later knows it too (from the database).
+    let c = instance(&pg.url(), home.path());
+    let mut cc = RegistryClient::connect(c.registry).await.unwrap();
+    let l = cc.lookup(n.node_id).await.unwrap();
+    assert_eq!(l.hostname.as_deref(), Some("gamma"));
+}
