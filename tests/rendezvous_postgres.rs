@@ -168,7 +168,7 @@ impl Drop for Cluster {
 fn instance(url: &str, home: &Path) -> Server {
     let id = home.join("rendezvous-identity.json");
     Server::spawn(|c| {
-        c.args(["--store", url, "--identity", id.to_str().unwrap(), "--log-level", "info,tokio_postgres=debug"])
+        c.args(["--store", url, "--identity", id.to_str().unwrap()])
             .env("HOME", home)
             .env_remove("PILOT_RENDEZVOUS_STORE");
     })
@@ -220,7 +220,10 @@ async fn two_instances_over_one_database_are_one_registry() {
     let n2 = cb.register(signed_register(&k2, None)).await.unwrap();
     assert_ne!(n1.node_id, n2.node_id);
     ca.set_visibility(&k1, n1.node_id, true).await.unwrap();
-    let r = cb.resolve(&k2, n2.node_id, n1.node_id).await.unwrap();
+    let r = match cb.resolve(&k2, n2.node_id, n1.node_id).await {
+        Ok(r) => r,
+        Err(e) => panic!("{e}\nA: {}\nB: {}", a.log.lock().unwrap(), b.log.lock().unwrap()),
+    };
     assert_eq!(r.real_addr, n1.observed_addr);
     let h = cb.resolve_hostname(Some(n2.node_id), "alpha").await.unwrap();
     assert_eq!(h.node_id, n1.node_id);

@@ -495,10 +495,11 @@ async fn handle_shared(
     let out = shared
         .registry
         .handle_on(auth, req, peer, std::time::Instant::now());
+    // The reply text is already the public one (`request failed` hides
+    // "denied" and a bad signature), so any refusal but a rate limit is
+    // worth one more try with fresher state.
     let missed = match &out.response {
-        Response::Error(e) => ["not found", "signature", "denied"]
-            .iter()
-            .any(|m| e.error.contains(m)),
+        Response::Error(e) => !first && !e.error.starts_with("rate limited"),
         _ => false,
     };
     if !missed || !sync.wait(CATCHUP_TIMEOUT).await {
