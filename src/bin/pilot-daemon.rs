@@ -12,7 +12,9 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(name = "pilot-daemon", version = pilot::VERSION)]
 struct Args {
-    /// Registry address HOST:PORT.
+    /// Registry address HOST:PORT. Several rendezvous instances over one
+    /// shared database: HOST:PORT,HOST:PORT,... (the next is used when the
+    /// current one cannot be reached).
     #[arg(long, env = "PILOT_REGISTRY", default_value = pilot::node::DEFAULT_REGISTRY)]
     registry: String,
     /// Beacon address HOST:PORT [default: the registry's host, port 9001].

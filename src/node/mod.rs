@@ -289,6 +289,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
             value: config.registry.clone(),
             reason: e.to_string(),
         })?;
+    // `A,B,...`: instances over one shared database, tried in turn.
+    let mut registry_list = registry_text.split(',').map(str::trim);
+    let registry_text = registry_list.next().unwrap_or_default().to_string();
+    let mut fallbacks = Vec::new();
+    for other in registry_list {
+        fallbacks.push(resolve_addr("registry", other).await?);
+    }
     let beacon_text = config
         .beacon
         .clone()
@@ -309,7 +316,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     let shared = Arc::new(Shared {
         trust,
         registry: RegistryHandle::new(config.registry.clone(), registry_addr, identity.clone())
-            .with_pin(registry_pin),
+            .with_pin(registry_pin)
+            .with_fallbacks(fallbacks),
         identity,
         beacon,
         started: Instant::now(),

@@ -65,6 +65,11 @@ impl RegError {
 pub struct RegistryHandle {
     text: String,
     addr: SocketAddr,
+    /// Further rendezvous instances sharing one database
+    /// (`--registry A,B`), tried in turn when the current one is
+    /// unreachable; `current` indexes `[addr] + fallbacks`.
+    fallbacks: Vec<SocketAddr>,
+    current: std::sync::atomic::AtomicUsize,
     identity: Identity,
     node_id: AtomicU32,
     conn: Mutex<Option<RegistryClient>>,
@@ -89,6 +94,8 @@ impl RegistryHandle {
         RegistryHandle {
             text,
             addr,
+            fallbacks: Vec::new(),
+            current: Default::default(),
             identity,
             node_id: AtomicU32::new(0),
             conn: Mutex::new(None),
@@ -103,6 +110,36 @@ impl RegistryHandle {
     pub fn with_pin(mut self, pin: Option<[u8; 32]>) -> RegistryHandle {
         self.pin = pin;
         self
+    }
+
+    /// Instances to fail over to, in order, when the current one cannot
+    /// be reached (instances over one shared database, issue 13).
+    pub fn with_fallbacks(mut self, addrs: Vec<SocketAddr>) -> RegistryHandle {
+        self.fallbacks = addrs;
+        self
+    }
+
+    /// Connects to the current instance, else to the next ones in turn
+    /// (the first that answers becomes current).
+    async fn connect_any(&self) -> Result<RegistryClient, ClientError> {
+        let n = 1 + self.fallbacks.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut i = 0;
+        loop {
+            let k = (start + i) % n;
+            let addr = if k == 0 { self.addr } else { self.fallbacks[k - 1] };
+            match RegistryClient::connect(addr).await {
+                Ok(c) => {
+                    if k != start {
+                        tracing::warn!(registry = %addr, "registry unreachable; using another instance");
+                        self.current.store(k, Ordering::Relaxed);
+                    }
+                    return Ok(c);
+                }
+                Err(e) if i + 1 >= n => return Err(e),
+                Err(_) => i += 1,
+            }
+        }
     }
 
     /// Our node id (0 before the first registration).
@@ -138,7 +175,8 @@ impl RegistryHandle {
             Lane::Query => self.conn.lock().await,
         };
         if conn.is_none() {
-            let c = RegistryClient::connect(self.addr)
+            let c = self
+                .connect_any()
                 .await
                 .map_err(|e| self.unavailable(connection_cause(&e)))?;
             *conn = Some(c.with_pin(self.pin));
@@ -323,7 +361,7 @@ impl RegistryHandle {
     /// A new, separate connection (for the handshake long-poll, which
     /// must not hold the shared connection).
     pub async fn connect_new(&self) -> Result<RegistryClient, RegError> {
-        RegistryClient::connect(self.addr)
+        self.connect_any()
             .await
             .map(|c| c.with_pin(self.pin))
             .map_err(|e| self.unavailable(connection_cause(&e)))

@@ -1077,7 +1077,12 @@ impl Registry {
                 if let Some(n) = st.nodes.get_mut(&node_id) {
                     n.last_seen = now;
                 }
-                st.remote.remove(&node_id);
+                if st.remote.remove(&node_id) {
+                    // It moved here from another instance (shared
+                    // database): record that this one serves it now.
+                    st.mark_node(node_id);
+                    st.dirty();
+                }
                 Response::HeartbeatOk(HeartbeatOk {
                     time: unix as i64,
                     key_expiry_warning: false,

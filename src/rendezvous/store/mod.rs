@@ -102,15 +102,21 @@ pub enum StoreError {
         cause: rusqlite::Error,
     },
     /// The shared database failed (unreachable, refused, or a query failed).
-    #[error("store {target}: {cause}")]
+    #[error("store {target}: {}", postgres::reason(.cause))]
     Postgres {
         /// `postgres://host:port/db` (never the password).
         target: String,
         /// The cause.
         cause: tokio_postgres::Error,
     },
+    /// The shared database connection is not open (it is retried).
+    #[error("store {target}: not connected")]
+    PostgresClosed {
+        /// `postgres://host:port/db`.
+        target: String,
+    },
     /// The `postgres://` store URL cannot be used.
-    #[error("invalid store URL: {reason}")]
+    #[error("invalid store URL: {reason} (expected postgres://user[:password]@host[:port]/database)")]
     PostgresUrl {
         /// What is wrong.
         reason: String,

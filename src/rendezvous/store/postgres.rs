@@ -79,6 +79,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a gap in the change log's sequence numbers is read again (a
 /// transaction still committing; ours, far above any commit time).
 pub const LATE_COMMIT: Duration = Duration::from_secs(5);
+/// Attempts at creating or migrating the schema (ours; see [`open`]).
+const MIGRATE_TRIES: u32 = 5;
 /// Most change-log entries read per query.
 const MAX_LOG_READ: i64 = 10_000;
 /// How often an instance stamps its `instances` row, sweeps dead instances'
@@ -162,6 +164,19 @@ fn target(config: &tokio_postgres::Config) -> String {
     format!("postgres://{host}:{port}/{db}")
 }
 
+/// What went wrong, in one line: the server's message for a database
+/// error (`tokio_postgres` alone says only "db error"), else the error and
+/// its cause.
+pub fn reason(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 /// True if `store` names a PostgreSQL-protocol database rather than a file.
 pub fn is_url(store: &str) -> bool {
     store.starts_with("postgres://") || store.starts_with("postgresql://")
@@ -204,8 +219,8 @@ impl Pg {
     }
 
     fn not_connected(&self) -> StoreError {
-        StoreError::PostgresUrl {
-            reason: format!("{}: not connected", self.target),
+        StoreError::PostgresClosed {
+            target: self.target.clone(),
         }
     }
 
@@ -937,15 +952,25 @@ pub async fn open(
         gaps: HashMap::new(),
         stale_after: info.stale_after,
     };
-    pg.migrate().await?;
+    // Instances starting together race to create the schema; the loser's
+    // `CREATE TABLE IF NOT EXISTS` can fail, and then finds it done.
+    let mut tries = 0;
+    loop {
+        match pg.migrate().await {
+            Ok(()) => break,
+            Err(StoreError::Postgres { .. }) if tries < MIGRATE_TRIES => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     // Where the log stands before loading: changes after this are read
     // again and applied (idempotently) by the first pull.
     let target = pg.target.clone();
     pg.connect().await?;
     let Some(c) = pg.client.as_ref() else {
-        return Err(StoreError::PostgresUrl {
-            reason: "not connected".into(),
-        });
+        return Err(pg.not_connected());
     };
     let last: Option<i64> = c
         .query_one("SELECT max(seq) FROM changes", &[])
