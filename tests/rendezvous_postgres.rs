@@ -213,19 +213,33 @@ async fn two_instances_over_one_database_are_one_registry() {
     assert_eq!(n1.hostname.as_deref(), Some("alpha"));
     let l = match cb.lookup(n1.node_id).await {
         Ok(l) => l,
-        Err(e) => panic!("{e}\nA: {}\nB: {}", a.log.lock().unwrap(), b.log.lock().unwrap()),
+        Err(e) => panic!(
+            "{e}\nA: {}\nB: {}",
+            a.log.lock().unwrap(),
+            b.log.lock().unwrap()
+        ),
     };
     assert_eq!(l.hostname.as_deref(), Some("alpha"));
-    assert_eq!(l.public_key, wire::b64_encode(k1.verifying_key().as_bytes()));
+    assert_eq!(
+        l.public_key,
+        wire::b64_encode(k1.verifying_key().as_bytes())
+    );
     let n2 = cb.register(signed_register(&k2, None)).await.unwrap();
     assert_ne!(n1.node_id, n2.node_id);
     ca.set_visibility(&k1, n1.node_id, true).await.unwrap();
     let r = match cb.resolve(&k2, n2.node_id, n1.node_id).await {
         Ok(r) => r,
-        Err(e) => panic!("{e}\nA: {}\nB: {}", a.log.lock().unwrap(), b.log.lock().unwrap()),
+        Err(e) => panic!(
+            "{e}\nA: {}\nB: {}",
+            a.log.lock().unwrap(),
+            b.log.lock().unwrap()
+        ),
     };
     assert_eq!(r.real_addr, n1.observed_addr);
-    let h = cb.resolve_hostname(Some(n2.node_id), "alpha").await.unwrap();
+    let h = cb
+        .resolve_hostname(Some(n2.node_id), "alpha")
+        .await
+        .unwrap();
     assert_eq!(h.node_id, n1.node_id);
 
     // A hostname taken on A cannot be taken on B.
@@ -340,4 +354,53 @@ async fn after_kill_9_of_one_instance_its_nodes_keep_their_address_and_name_on_a
     let mut cc = RegistryClient::connect(c.registry).await.unwrap();
     let l = cc.lookup(n.node_id).await.unwrap();
     assert_eq!(l.hostname.as_deref(), Some("gamma"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_given_two_instances_moves_to_the_second_when_the_first_dies() {
+    let Some(pg) = Cluster::start() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let a = instance(&pg.url(), home.path());
+    let b = instance(&pg.url(), home.path());
+    let node = common::Node::new("delta");
+    let registries = format!("{},{}", a.registry, b.registry);
+    // The beacon does not fail over: give the node B's.
+    let out = node.ctl(&[
+        "--json",
+        "daemon",
+        "start",
+        "--registry",
+        &registries,
+        "--beacon",
+        &b.beacon.to_string(),
+        "--heartbeat",
+        "1s",
+        "--hostname",
+        "delta",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}\n{}", node.log());
+    let before = node.json(&["info"]);
+    let id = before["node_id"].as_u64().unwrap() as u32;
+    assert_eq!(before["hostname"], "delta");
+
+    a.kill9();
+    let mut cb = RegistryClient::connect(b.registry).await.unwrap();
+    // Within a few heartbeats the node is served by B, same address, same
+    // name.
+    let moved = common::wait_until(Duration::from_secs(15), || {
+        node.log().contains("using another instance") && node.json(&["info"])["registered"] == true
+    });
+    assert!(moved, "{}", node.log());
+    let after = node.json(&["info"]);
+    assert_eq!(after["address"], before["address"]);
+    assert_eq!(after["hostname"], "delta");
+    let l = cb.lookup(id).await.unwrap();
+    assert_eq!(l.hostname.as_deref(), Some("delta"));
+    assert_eq!(
+        cb.resolve_hostname(Some(id), "delta")
+            .await
+            .unwrap()
+            .node_id,
+        id
+    );
 }

@@ -130,7 +130,10 @@ pub(super) async fn check_all(config: &Config) -> Result<(), CliError> {
     if let Some(r) = config.registry.as_deref() {
         let (addr, _pin) =
             crate::rendezvous::pin::split_registry(r).map_err(|e| invalid(e.to_string()))?;
-        resolve_host_port("registry", &addr).await?;
+        // `A,B`: instances over one shared database.
+        for one in addr.split(',').map(str::trim) {
+            resolve_host_port("registry", one).await?;
+        }
     }
     if let Some(b) = config.beacon.as_deref() {
         resolve_host_port("beacon", b).await?;

@@ -127,7 +127,11 @@ impl RegistryHandle {
         let mut i = 0;
         loop {
             let k = (start + i) % n;
-            let addr = if k == 0 { self.addr } else { self.fallbacks[k - 1] };
+            let addr = if k == 0 {
+                self.addr
+            } else {
+                self.fallbacks[k - 1]
+            };
             match RegistryClient::connect(addr).await {
                 Ok(c) => {
                     if k != start {

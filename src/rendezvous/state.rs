@@ -1462,7 +1462,9 @@ impl Registry {
     /// Those of `ids` served by another instance.
     pub fn remote_nodes(&self, ids: impl IntoIterator<Item = u32>) -> HashSet<u32> {
         let st = self.lock();
-        ids.into_iter().filter(|id| st.remote.contains(id)).collect()
+        ids.into_iter()
+            .filter(|id| st.remote.contains(id))
+            .collect()
     }
 
     /// Marks `ids` as served by another instance (loaded at start).
@@ -1552,7 +1554,10 @@ impl Registry {
                         key,
                         owner: r.owner,
                         live: r.live,
-                        last_seen: old.as_ref().filter(|_| was_live).map_or(now, |o| o.last_seen),
+                        last_seen: old
+                            .as_ref()
+                            .filter(|_| was_live)
+                            .map_or(now, |o| o.last_seen),
                         hostname,
                         public: r.public,
                         real_addr: r.real_addr,

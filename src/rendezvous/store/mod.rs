@@ -116,7 +116,9 @@ pub enum StoreError {
         target: String,
     },
     /// The `postgres://` store URL cannot be used.
-    #[error("invalid store URL: {reason} (expected postgres://user[:password]@host[:port]/database)")]
+    #[error(
+        "invalid store URL: {reason} (expected postgres://user[:password]@host[:port]/database)"
+    )]
     PostgresUrl {
         /// What is wrong.
         reason: String,

@@ -228,11 +228,7 @@ impl Pg {
     async fn connect(&mut self) -> Result<(), StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            let (client, conn) = self
-                .config
-                .connect(NoTls)
-                .await
-                .map_err(|e| self.err(e))?;
+            let (client, conn) = self.config.connect(NoTls).await.map_err(|e| self.err(e))?;
             let target = self.target.clone();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -334,7 +330,12 @@ impl Pg {
             }
             nodes.push(rec);
         }
-        let next_id = nodes.iter().map(|n| n.id).max().unwrap_or(0).saturating_add(1);
+        let next_id = nodes
+            .iter()
+            .map(|n| n.id)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
         let pairs = async |sql: &str| -> Result<Vec<[u32; 2]>, StoreError> {
             let rows = c.query(sql, &[]).await.map_err(e)?;
             Ok(rows
@@ -565,14 +566,15 @@ impl Pg {
         if !ch.inboxes.is_empty() {
             let ids: Vec<i64> = ch.inboxes.keys().map(|&id| i64::from(id)).collect();
             for table in ["handshake_requests", "handshake_responses"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE to_id = ANY($1)"), &[&ids])
-                    .await
-                    .map_err(e)?;
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE to_id = ANY($1)"),
+                    &[&ids],
+                )
+                .await
+                .map_err(e)?;
             }
-            let mut req: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<String>, Vec<i64>) =
-                Default::default();
-            let mut resp: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<bool>, Vec<i64>) =
-                Default::default();
+            let mut req: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<String>, Vec<i64>) = Default::default();
+            let mut resp: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<bool>, Vec<i64>) = Default::default();
             for (&id, inbox) in &ch.inboxes {
                 add_log(Kind::Inbox, id, 0);
                 for (seq, r) in inbox.requests.iter().enumerate() {
@@ -635,7 +637,8 @@ impl Pg {
             cause,
         };
         let now = Instant::now();
-        self.gaps.retain(|_, t| now.duration_since(*t) < LATE_COMMIT);
+        self.gaps
+            .retain(|_, t| now.duration_since(*t) < LATE_COMMIT);
         let from = self
             .gaps
             .keys()
@@ -655,8 +658,12 @@ impl Pg {
             .await
             .map_err(e)?;
         let mut newest = last;
-        let (mut nodes, mut trust, mut consents, mut inbox) =
-            (HashSet::new(), HashSet::new(), HashSet::new(), HashSet::new());
+        let (mut nodes, mut trust, mut consents, mut inbox) = (
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+        );
         let mut seen = HashSet::new();
         for r in &rows {
             let seq: i64 = r.get(0);
@@ -933,9 +940,10 @@ pub async fn open(
     now: Instant,
 ) -> Result<(Pg, Registry), StoreError> {
     let config: tokio_postgres::Config =
-        url.parse().map_err(|e: tokio_postgres::Error| StoreError::PostgresUrl {
-            reason: e.to_string(),
-        })?;
+        url.parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::PostgresUrl {
+                reason: e.to_string(),
+            })?;
     let instance = {
         use rand_core::RngCore;
         // Positive and non-zero (0 marks the sweeper's log entries).
