@@ -43,6 +43,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# PostgreSQL for tests/rendezvous_postgres.rs (a throwaway cluster made with
+# initdb/pg_ctl; the package's own cluster is not used).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing postgresql"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  else
+    echo "note: no PostgreSQL server binaries; tests/rendezvous_postgres.rs will skip"
+  fi
+fi
+
 # --- cargo tools (built once per machine, then reused) ----------------------
 cargo_tools=()
 command -v cargo-nextest >/dev/null 2>&1 || cargo_tools+=(cargo-nextest)
