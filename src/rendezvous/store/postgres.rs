@@ -347,18 +347,19 @@ impl Pg {
         let trust = pairs("SELECT a, b FROM trust ORDER BY a, b").await?;
         let consents = pairs("SELECT a, b FROM consents ORDER BY a, b").await?;
         let (handshake_requests, handshake_responses) = inboxes(c, None).await.map_err(e)?;
-        Ok((
-            Snapshot {
-                next_id,
-                nodes,
-                trust,
-                consents,
-                handshake_requests,
-                handshake_responses,
-                ..Snapshot::default()
-            },
-            remote,
-        ))
+        // The struct update keeps this compiling when tables are added
+        // (their rows then load as none until this store reads them).
+        #[allow(clippy::needless_update)]
+        let snap = Snapshot {
+            next_id,
+            nodes,
+            trust,
+            consents,
+            handshake_requests,
+            handshake_responses,
+            ..Snapshot::default()
+        };
+        Ok((snap, remote))
     }
 
     /// Reserves the next block of node ids for this instance.
@@ -530,32 +531,31 @@ impl Pg {
             ("trust", &ch.trust, Kind::Trust),
             ("consents", &ch.consents, Kind::Consent),
         ] {
-            let (mut add, mut rm): ((Vec<i64>, Vec<i64>), (Vec<i64>, Vec<i64>)) =
-                Default::default();
+            let (mut add, mut rm) = (PairCols::default(), PairCols::default());
             for (&(a, b), &present) in rows {
                 add_log(kind, a, b);
                 let v = if present { &mut add } else { &mut rm };
-                v.0.push(i64::from(a));
-                v.1.push(i64::from(b));
+                v.a.push(i64::from(a));
+                v.b.push(i64::from(b));
             }
-            if !add.0.is_empty() {
+            if !add.a.is_empty() {
                 tx.execute(
                     &format!(
                         "INSERT INTO {table} (a, b) SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[]) \
                          ON CONFLICT (a, b) DO NOTHING"
                     ),
-                    &[&add.0, &add.1],
+                    &[&add.a, &add.b],
                 )
                 .await
                 .map_err(e)?;
             }
-            if !rm.0.is_empty() {
+            if !rm.a.is_empty() {
                 tx.execute(
                     &format!(
                         "DELETE FROM {table} WHERE (a, b) IN \
                          (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[]))"
                     ),
-                    &[&rm.0, &rm.1],
+                    &[&rm.a, &rm.b],
                 )
                 .await
                 .map_err(e)?;
@@ -573,41 +573,41 @@ impl Pg {
                 .await
                 .map_err(e)?;
             }
-            let mut req: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<String>, Vec<i64>) = Default::default();
-            let mut resp: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<bool>, Vec<i64>) = Default::default();
+            let mut req = InboxCols::<String>::default();
+            let mut resp = InboxCols::<bool>::default();
             for (&id, inbox) in &ch.inboxes {
                 add_log(Kind::Inbox, id, 0);
                 for (seq, r) in inbox.requests.iter().enumerate() {
-                    req.0.push(i64::from(id));
-                    req.1.push(seq as i64);
-                    req.2.push(i64::from(r.from));
-                    req.3.push(r.justification.clone());
-                    req.4.push(r.timestamp);
+                    req.to.push(i64::from(id));
+                    req.seq.push(seq as i64);
+                    req.from.push(i64::from(r.from));
+                    req.val.push(r.justification.clone());
+                    req.ts.push(r.timestamp);
                 }
                 for (seq, r) in inbox.responses.iter().enumerate() {
-                    resp.0.push(i64::from(id));
-                    resp.1.push(seq as i64);
-                    resp.2.push(i64::from(r.from));
-                    resp.3.push(r.accept);
-                    resp.4.push(r.timestamp);
+                    resp.to.push(i64::from(id));
+                    resp.seq.push(seq as i64);
+                    resp.from.push(i64::from(r.from));
+                    resp.val.push(r.accept);
+                    resp.ts.push(r.timestamp);
                 }
             }
-            if !req.0.is_empty() {
+            if !req.to.is_empty() {
                 tx.execute(
                     "INSERT INTO handshake_requests (to_id, seq, from_id, justification, ts) \
                      SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], \
                      $5::BIGINT[])",
-                    &[&req.0, &req.1, &req.2, &req.3, &req.4],
+                    &[&req.to, &req.seq, &req.from, &req.val, &req.ts],
                 )
                 .await
                 .map_err(e)?;
             }
-            if !resp.0.is_empty() {
+            if !resp.to.is_empty() {
                 tx.execute(
                     "INSERT INTO handshake_responses (to_id, seq, from_id, accept, ts) \
                      SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], \
                      $4::BOOLEAN[], $5::BIGINT[])",
-                    &[&resp.0, &resp.1, &resp.2, &resp.3, &resp.4],
+                    &[&resp.to, &resp.seq, &resp.from, &resp.val, &resp.ts],
                 )
                 .await
                 .map_err(e)?;
@@ -830,6 +830,23 @@ impl Pg {
         .map_err(e)?;
         tx.commit().await.map_err(e)
     }
+}
+
+/// Two id columns, bound as arrays.
+#[derive(Default)]
+struct PairCols {
+    a: Vec<i64>,
+    b: Vec<i64>,
+}
+
+/// The columns of one handshake inbox table, bound as arrays.
+#[derive(Default)]
+struct InboxCols<T> {
+    to: Vec<i64>,
+    seq: Vec<i64>,
+    from: Vec<i64>,
+    val: Vec<T>,
+    ts: Vec<i64>,
 }
 
 fn id32(v: i64) -> Option<u32> {
