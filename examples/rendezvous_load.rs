@@ -15,6 +15,10 @@
 //! 3. `resolve`: signed resolves of public nodes by random requesters;
 //! 4. `heartbeat`: signed heartbeats of up to HB_NODES nodes, round robin.
 //!
+//! With several `--registry` addresses (rendezvous instances over one
+//! PostgreSQL database) the connections are spread over them, so most
+//! lookups and resolves name nodes registered with another instance.
+//!
 //! With `--server-pid` and `--store` it also reports the server's RSS and
 //! the store's size on disk. The last line is one JSON object with every
 //! figure, for scripts.
@@ -38,9 +42,11 @@ use tokio::net::TcpStream;
 /// Load generator for pilot-rendezvous.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Registry address.
-    #[arg(long)]
-    registry: SocketAddr,
+    /// Registry address. Given twice or more (instances over one shared
+    /// database), connection `i` uses address `i mod n`, the lookup probe
+    /// the last one, and each node's heartbeats go where it registered.
+    #[arg(long, required = true)]
+    registry: Vec<SocketAddr>,
     /// Nodes to register.
     #[arg(long, default_value_t = 100_000)]
     nodes: u32,
@@ -171,11 +177,13 @@ fn ms(d: Duration) -> f64 {
 
 /// Hammers the server with `frames` (cycled from a per-connection offset)
 /// over `conns` connections for `secs`; returns (ok, errors, elapsed).
+/// Connection `c` talks to `addrs[c mod n]` and cycles through
+/// `frames[c mod frames.len()]`.
 async fn timed_phase(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     conns: u32,
     secs: u64,
-    frames: Arc<Vec<Vec<u8>>>,
+    frames: Vec<Arc<Vec<Vec<u8>>>>,
 ) -> (u64, u64, Duration) {
     let ok = Arc::new(AtomicU64::new(0));
     let err = Arc::new(AtomicU64::new(0));
@@ -183,7 +191,9 @@ async fn timed_phase(
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..conns {
-        let (ok, err, stop, frames) = (ok.clone(), err.clone(), stop.clone(), frames.clone());
+        let addr = addrs[c as usize % addrs.len()];
+        let frames = frames[c as usize % frames.len()].clone();
+        let (ok, err, stop) = (ok.clone(), err.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let Ok(mut conn) = Conn::open(addr).await else {
                 err.fetch_add(1, Ordering::Relaxed);
@@ -269,21 +279,26 @@ async fn run(a: Args) -> anyhow::Result<()> {
 
     let regs = Arc::new(regs);
     let ids: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
+    // Which address each node registered with.
+    let insts: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
+    let addrs = a.registry.clone();
     let next = Arc::new(AtomicU32::new(0));
     let max_id = Arc::new(AtomicU32::new(0));
     let errors = Arc::new(Mutex::new((0u64, None::<String>)));
     let done = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..a.reg_conns {
-        let (regs, ids, next, max_id, errors) = (
+    for c in 0..a.reg_conns {
+        let (regs, ids, insts, next, max_id, errors) = (
             regs.clone(),
             ids.clone(),
+            insts.clone(),
             next.clone(),
             max_id.clone(),
             errors.clone(),
         );
-        let addr = a.registry;
+        let inst = c as usize % addrs.len();
+        let addr = addrs[inst];
         tasks.push(tokio::spawn(async move {
             let Ok(mut conn) = Conn::open(addr).await else {
                 return;
@@ -302,6 +317,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                         node_id: Some(id), ..
                     }) => {
                         ids[i as usize].store(id, Ordering::Relaxed);
+                        insts[i as usize].store(inst as u32, Ordering::Relaxed);
                         max_id.fetch_max(id, Ordering::Relaxed);
                     }
                     other => {
@@ -318,7 +334,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     // Lookups during the registrations, on one more connection.
     let probe = {
         let (max_id, done) = (max_id.clone(), done.clone());
-        let addr = a.registry;
+        let addr = addrs[addrs.len() - 1];
         tokio::spawn(async move {
             let mut lat = Vec::new();
             let Ok(mut conn) = Conn::open(addr).await else {
@@ -421,7 +437,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             frame(&Request::Lookup(Lookup { node_id: id_of(i) }))
         })
         .collect();
-    let (ok, err, el) = timed_phase(a.registry, a.conns, a.secs, Arc::new(lookups)).await;
+    let (ok, err, el) = timed_phase(&addrs, a.conns, a.secs, vec![Arc::new(lookups)]).await;
     let rate = ok as f64 / el.as_secs_f64();
     println!(
         "lookup     {rate:.0}/s ({ok} ok, {err} errors, {} conns)",
@@ -436,7 +452,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         .take(a.public_nodes as usize)
         .collect();
     {
-        let mut conn = Conn::open(a.registry).await?;
+        let mut conn = Conn::open(addrs[0]).await?;
         for &i in &publics {
             let req = client::sign(
                 Request::SetVisibility(wire::SetVisibility {
@@ -462,24 +478,33 @@ async fn run(a: Args) -> anyhow::Result<()> {
             &key(seed, requester),
         ))
     });
-    let (ok, err, el) = timed_phase(a.registry, a.conns, a.secs, Arc::new(resolves)).await;
+    let (ok, err, el) = timed_phase(&addrs, a.conns, a.secs, vec![Arc::new(resolves)]).await;
     let rate = ok as f64 / el.as_secs_f64();
     println!("resolve    {rate:.0}/s ({ok} ok, {err} errors)");
     report.insert("resolve_per_s".into(), rate.round().into());
 
     // --- 4. heartbeats ---------------------------------------------------
-    let hb: Vec<u32> = known.iter().copied().take(a.hb_nodes as usize).collect();
-    let heartbeats: Vec<Vec<u8>> = par_map(hb.len() as u32, a.threads, |j| {
-        let i = hb[j as usize];
-        frame(&client::sign(
-            Request::Heartbeat(NodeSigned {
-                node_id: id_of(i),
-                signature: None,
-            }),
-            &key(seed, i),
-        ))
-    });
-    let (ok, err, el) = timed_phase(a.registry, a.conns, a.secs, Arc::new(heartbeats)).await;
+    // Each node heartbeats the instance it registered with, as a daemon does.
+    let mut heartbeats = Vec::new();
+    for inst in 0..addrs.len() {
+        let hb: Vec<u32> = known
+            .iter()
+            .copied()
+            .take(a.hb_nodes as usize)
+            .filter(|&i| insts[i as usize].load(Ordering::Relaxed) as usize == inst)
+            .collect();
+        heartbeats.push(Arc::new(par_map(hb.len() as u32, a.threads, |j| {
+            let i = hb[j as usize];
+            frame(&client::sign(
+                Request::Heartbeat(NodeSigned {
+                    node_id: id_of(i),
+                    signature: None,
+                }),
+                &key(seed, i),
+            ))
+        })));
+    }
+    let (ok, err, el) = timed_phase(&addrs, a.conns, a.secs, heartbeats).await;
     let rate = ok as f64 / el.as_secs_f64();
     println!(
         "heartbeat  {rate:.0}/s ({ok} ok, {err} errors); {:.0} nodes at one per 60 s",
