@@ -21,13 +21,14 @@
 //!   written is left alone (its own is newer). A sequence number taken by
 //!   a transaction that commits after a later one leaves a gap, which is
 //!   read again for [`LATE_COMMIT`].
-//! * A lookup, resolve, handshake or relay-side question that misses in
-//!   memory, and every request that claims a hostname, first waits for one
-//!   read of the log that began after it arrived ([`Catchup`]): a node
-//!   registered with A is found through B at once. Reads are single-flight
-//!   (all requests waiting share the next read), so a flood of lookups of
-//!   unknown ids costs the database one small query per round, not one
-//!   per request.
+//! * A registration, and a request that claims a hostname, first waits
+//!   for one read of the log that began after it arrived ([`Catchup`]); a
+//!   request refused with what this instance knows (a node not found, a
+//!   resolve denied) waits for one and is handled again. So a node
+//!   registered with A is found through B at once, and a key registered
+//!   with A keeps its id on B. Reads are single-flight (all requests
+//!   waiting share the next read), so a flood of lookups of unknown ids
+//!   costs the database one small query per round, not one per request.
 //! * Hostnames live in their own table with the name as primary key; a
 //!   transaction claims a name with `INSERT ... ON CONFLICT DO NOTHING`, so
 //!   two instances can never both hold it. The claim checked on the way in
@@ -48,10 +49,16 @@
 //!   and keeps its id and hostname: the other instance knows its key and
 //!   name already.
 //!
-//! Not done here: relay frames for a node whose beacon is another instance
-//! are not forwarded (a node relays through the beacon it registered
-//! with); an instance cut off from the database for longer than
-//! [`LOG_KEEP`] has missed changes and should be restarted.
+//! Known limits:
+//! * relay frames for a node whose beacon is another instance are not
+//!   forwarded (a node relays through the beacon it was given);
+//! * a handshake inbox is written whole, so a request committed on B in
+//!   the ~100 ms between A's last read and A's write of the same node's
+//!   inbox (a delivery) is lost; the requester gets no answer and asks
+//!   again;
+//! * an instance cut off from the database for longer than [`LOG_KEEP`]
+//!   has missed changes and should be restarted;
+//! * no TLS to the database (`NoTls`): keep it on a private network.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +86,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a gap in the change log's sequence numbers is read again (a
 /// transaction still committing; ours, far above any commit time).
 pub const LATE_COMMIT: Duration = Duration::from_secs(5);
+/// Most sequence gaps watched at once (ours; a gap is a transaction still
+/// committing or one rolled back, normally a handful).
+const MAX_GAPS: usize = 100_000;
 /// Attempts at creating or migrating the schema (ours; see [`open`]).
 const MIGRATE_TRIES: u32 = 5;
 /// Most change-log entries read per query.
@@ -374,8 +384,13 @@ impl Pg {
             .await
             .map_err(|cause| StoreError::Postgres { target, cause })?
             .get(0);
-        let start = (k - 1).saturating_mul(i64::from(ID_BLOCK)) + 1;
-        let end = (start + i64::from(ID_BLOCK)).min(i64::from(MAX_NODES) + 1);
+        let start = k
+            .saturating_sub(1)
+            .saturating_mul(i64::from(ID_BLOCK))
+            .saturating_add(1);
+        let end = start
+            .saturating_add(i64::from(ID_BLOCK))
+            .min(i64::from(MAX_NODES) + 1);
         match (u32::try_from(start), u32::try_from(end)) {
             (Ok(s), Ok(e)) if s < e => Ok(Some(s..e)),
             _ => Ok(None),
@@ -693,7 +708,10 @@ impl Pg {
             self.gaps.remove(s);
         }
         for s in (last + 1)..newest {
-            if !seen.contains(&s) && self.gaps.len() < 100_000 {
+            if self.gaps.len() >= MAX_GAPS {
+                break;
+            }
+            if !seen.contains(&s) {
                 self.gaps.insert(s, now);
             }
         }
