@@ -40,6 +40,10 @@
 //!   sequence: an instance allocates from its own block, with a spare
 //!   fetched ahead, so ids never collide and registering never waits for
 //!   the database.
+//! * A handshake inbox is written as a difference from what this instance
+//!   last saw in the database (entries delivered are deleted, new ones
+//!   inserted), and read back after each write: a request added on B
+//!   while A delivers the same node's inbox is kept and delivered next.
 //! * Liveness stays in memory. Each node row names the instance that
 //!   serves it, and only that instance reaps it. Each instance stamps its
 //!   row in `instances` every [`STAMP_EVERY`]; the nodes of an instance
@@ -52,10 +56,6 @@
 //! Known limits:
 //! * relay frames for a node whose beacon is another instance are not
 //!   forwarded (a node relays through the beacon it was given);
-//! * a handshake inbox is written whole, so a request committed on B in
-//!   the ~100 ms between A's last read and A's write of the same node's
-//!   inbox (a delivery) is lost; the requester gets no answer and asks
-//!   again;
 //! * an instance cut off from the database for longer than [`LOG_KEEP`]
 //!   has missed changes and should be restarted;
 //! * no TLS to the database (`NoTls`): keep it on a private network.
@@ -137,13 +137,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE trust (a BIGINT NOT NULL, b BIGINT NOT NULL, PRIMARY KEY (a, b));
      CREATE TABLE consents (a BIGINT NOT NULL, b BIGINT NOT NULL, PRIMARY KEY (a, b));
      CREATE TABLE handshake_requests (
-         to_id BIGINT NOT NULL, seq BIGINT NOT NULL, from_id BIGINT NOT NULL,
+         to_id BIGINT NOT NULL, from_id BIGINT NOT NULL,
          justification TEXT NOT NULL, ts BIGINT NOT NULL,
-         PRIMARY KEY (to_id, seq));
+         PRIMARY KEY (to_id, from_id));
      CREATE TABLE handshake_responses (
-         to_id BIGINT NOT NULL, seq BIGINT NOT NULL, from_id BIGINT NOT NULL,
-         accept BOOLEAN NOT NULL, ts BIGINT NOT NULL,
-         PRIMARY KEY (to_id, seq));
+         to_id BIGINT NOT NULL, from_id BIGINT NOT NULL,
+         ts BIGINT NOT NULL, accept BOOLEAN NOT NULL,
+         PRIMARY KEY (to_id, from_id, ts, accept));
      CREATE SEQUENCE node_id_blocks;
      CREATE SEQUENCE change_seq;
      CREATE TABLE changes (
@@ -209,6 +209,13 @@ pub struct Pg {
     gaps: HashMap<i64, Instant>,
     /// Dead nodes are swept after this (the registry's stale-node timeout).
     stale_after: Duration,
+    /// The handshake inboxes as this instance last read or wrote them in
+    /// the database: a write inserts and deletes only the difference, so
+    /// an entry another instance added meanwhile is kept.
+    known_inboxes: HashMap<u32, Inboxes>,
+    /// Inboxes written since the last read: read back in the next one (an
+    /// entry another instance added while ours was being changed here).
+    reread: HashSet<u32>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -357,6 +364,7 @@ impl Pg {
         let trust = pairs("SELECT a, b FROM trust ORDER BY a, b").await?;
         let consents = pairs("SELECT a, b FROM consents ORDER BY a, b").await?;
         let (handshake_requests, handshake_responses) = inboxes(c, None).await.map_err(e)?;
+        self.known_inboxes = group_inboxes(&[], &handshake_requests, &handshake_responses);
         // The struct update keeps this compiling when tables are added
         // (their rows then load as none until this store reads them).
         #[allow(clippy::needless_update)]
@@ -577,56 +585,93 @@ impl Pg {
             }
         }
 
-        // Handshake inboxes, each written whole.
-        if !ch.inboxes.is_empty() {
-            let ids: Vec<i64> = ch.inboxes.keys().map(|&id| i64::from(id)).collect();
-            for table in ["handshake_requests", "handshake_responses"] {
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE to_id = ANY($1)"),
-                    &[&ids],
-                )
-                .await
-                .map_err(e)?;
-            }
-            let mut req = InboxCols::<String>::default();
-            let mut resp = InboxCols::<bool>::default();
-            for (&id, inbox) in &ch.inboxes {
-                add_log(Kind::Inbox, id, 0);
-                for (seq, r) in inbox.requests.iter().enumerate() {
-                    req.to.push(i64::from(id));
-                    req.seq.push(seq as i64);
-                    req.from.push(i64::from(r.from));
-                    req.val.push(r.justification.clone());
-                    req.ts.push(r.timestamp);
-                }
-                for (seq, r) in inbox.responses.iter().enumerate() {
-                    resp.to.push(i64::from(id));
-                    resp.seq.push(seq as i64);
-                    resp.from.push(i64::from(r.from));
-                    resp.val.push(r.accept);
-                    resp.ts.push(r.timestamp);
+        // Handshake inboxes: only what changed since this instance last
+        // saw them in the database.
+        let (mut req_add, mut req_del) = (InboxCols::<String>::default(), PairCols::default());
+        let mut req_del_ts = Vec::new();
+        let (mut resp_add, mut resp_del) =
+            (InboxCols::<bool>::default(), InboxCols::<bool>::default());
+        for (&id, inbox) in &ch.inboxes {
+            add_log(Kind::Inbox, id, 0);
+            let before = self.known_inboxes.get(&id);
+            let had: HashSet<(u32, i64)> = before
+                .map(|b| b.requests.iter().map(|r| (r.from, r.timestamp)).collect())
+                .unwrap_or_default();
+            let now: HashSet<(u32, i64)> = inbox
+                .requests
+                .iter()
+                .map(|r| (r.from, r.timestamp))
+                .collect();
+            let mut added_from = HashSet::new();
+            for r in &inbox.requests {
+                if !had.contains(&(r.from, r.timestamp)) && added_from.insert(r.from) {
+                    req_add.to.push(i64::from(id));
+                    req_add.from.push(i64::from(r.from));
+                    req_add.val.push(r.justification.clone());
+                    req_add.ts.push(r.timestamp);
                 }
             }
-            if !req.to.is_empty() {
-                tx.execute(
-                    "INSERT INTO handshake_requests (to_id, seq, from_id, justification, ts) \
-                     SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], \
-                     $5::BIGINT[])",
-                    &[&req.to, &req.seq, &req.from, &req.val, &req.ts],
-                )
-                .await
-                .map_err(e)?;
+            for &(from, ts) in had.difference(&now) {
+                req_del.a.push(i64::from(id));
+                req_del.b.push(i64::from(from));
+                req_del_ts.push(ts);
             }
-            if !resp.to.is_empty() {
-                tx.execute(
-                    "INSERT INTO handshake_responses (to_id, seq, from_id, accept, ts) \
-                     SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], \
-                     $4::BOOLEAN[], $5::BIGINT[])",
-                    &[&resp.to, &resp.seq, &resp.from, &resp.val, &resp.ts],
-                )
-                .await
-                .map_err(e)?;
+            let key = |r: &HandshakeResponseRecord| (r.from, r.timestamp, r.accept);
+            let had: HashSet<(u32, i64, bool)> = before
+                .map(|b| b.responses.iter().map(key).collect())
+                .unwrap_or_default();
+            let now: HashSet<(u32, i64, bool)> = inbox.responses.iter().map(key).collect();
+            for &(from, ts, accept) in now.difference(&had) {
+                resp_add.to.push(i64::from(id));
+                resp_add.from.push(i64::from(from));
+                resp_add.val.push(accept);
+                resp_add.ts.push(ts);
             }
+            for &(from, ts, accept) in had.difference(&now) {
+                resp_del.to.push(i64::from(id));
+                resp_del.from.push(i64::from(from));
+                resp_del.val.push(accept);
+                resp_del.ts.push(ts);
+            }
+        }
+        if !req_del.a.is_empty() {
+            tx.execute(
+                "DELETE FROM handshake_requests WHERE (to_id, from_id, ts) IN \
+                 (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]))",
+                &[&req_del.a, &req_del.b, &req_del_ts],
+            )
+            .await
+            .map_err(e)?;
+        }
+        if !req_add.to.is_empty() {
+            tx.execute(
+                "INSERT INTO handshake_requests (to_id, from_id, justification, ts) \
+                 SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::BIGINT[]) \
+                 ON CONFLICT (to_id, from_id) DO UPDATE SET \
+                 justification = excluded.justification, ts = excluded.ts",
+                &[&req_add.to, &req_add.from, &req_add.val, &req_add.ts],
+            )
+            .await
+            .map_err(e)?;
+        }
+        if !resp_del.to.is_empty() {
+            tx.execute(
+                "DELETE FROM handshake_responses WHERE (to_id, from_id, ts, accept) IN \
+                 (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BOOLEAN[]))",
+                &[&resp_del.to, &resp_del.from, &resp_del.ts, &resp_del.val],
+            )
+            .await
+            .map_err(e)?;
+        }
+        if !resp_add.to.is_empty() {
+            tx.execute(
+                "INSERT INTO handshake_responses (to_id, from_id, ts, accept) \
+                 SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BOOLEAN[]) \
+                 ON CONFLICT (to_id, from_id, ts, accept) DO NOTHING",
+                &[&resp_add.to, &resp_add.from, &resp_add.ts, &resp_add.val],
+            )
+            .await
+            .map_err(e)?;
         }
 
         if !log.0.is_empty() {
@@ -640,6 +685,14 @@ impl Pg {
             .map_err(e)?;
         }
         tx.commit().await.map_err(e)?;
+        for (&id, inbox) in &ch.inboxes {
+            self.reread.insert(id);
+            if inbox.requests.is_empty() && inbox.responses.is_empty() {
+                self.known_inboxes.remove(&id);
+            } else {
+                self.known_inboxes.insert(id, inbox.clone());
+            }
+        }
         Ok(lost)
     }
 
@@ -716,6 +769,7 @@ impl Pg {
             }
         }
         self.last_seq = newest;
+        inbox.extend(self.reread.drain());
         let touched = nodes.len() + trust.len() + consents.len() + inbox.len();
         if touched == 0 {
             return Ok(0);
@@ -772,14 +826,13 @@ impl Pg {
         if !inbox.is_empty() {
             let ids: Vec<u32> = inbox.iter().copied().collect();
             let (reqs, resps) = inboxes(c, Some(&ids)).await.map_err(e)?;
-            for id in ids {
-                ch.inboxes.insert(id, Inboxes::default());
-            }
-            for r in reqs {
-                ch.inboxes.entry(r.to).or_default().requests.push(r);
-            }
-            for r in resps {
-                ch.inboxes.entry(r.to).or_default().responses.push(r);
+            ch.inboxes = group_inboxes(&ids, &reqs, &resps);
+            for (&id, i) in &ch.inboxes {
+                if i.requests.is_empty() && i.responses.is_empty() {
+                    self.known_inboxes.remove(&id);
+                } else {
+                    self.known_inboxes.insert(id, i.clone());
+                }
             }
         }
         registry.apply_remote(ch, &remote, Instant::now());
@@ -861,7 +914,6 @@ struct PairCols {
 #[derive(Default)]
 struct InboxCols<T> {
     to: Vec<i64>,
-    seq: Vec<i64>,
     from: Vec<i64>,
     val: Vec<T>,
     ts: Vec<i64>,
@@ -902,6 +954,23 @@ fn node_row(r: &tokio_postgres::Row) -> Option<(NodeRecord, i64)> {
     ))
 }
 
+/// Inboxes by node: one (maybe empty) for each of `ids`, and one for every
+/// node the rows name.
+fn group_inboxes(
+    ids: &[u32],
+    reqs: &[HandshakeRequestRecord],
+    resps: &[HandshakeResponseRecord],
+) -> HashMap<u32, Inboxes> {
+    let mut out: HashMap<u32, Inboxes> = ids.iter().map(|&id| (id, Inboxes::default())).collect();
+    for r in reqs {
+        out.entry(r.to).or_default().requests.push(r.clone());
+    }
+    for r in resps {
+        out.entry(r.to).or_default().responses.push(r.clone());
+    }
+    out
+}
+
 /// The handshake inboxes of `ids` (all with `None`), oldest first.
 async fn inboxes(
     c: &Client,
@@ -917,7 +986,7 @@ async fn inboxes(
         .query(
             &format!(
                 "SELECT to_id, from_id, justification, ts FROM handshake_requests {filter} \
-                 ORDER BY to_id, seq"
+                 ORDER BY to_id, ts, from_id"
             ),
             &[&ids],
         )
@@ -936,7 +1005,7 @@ async fn inboxes(
         .query(
             &format!(
                 "SELECT to_id, from_id, accept, ts FROM handshake_responses {filter} \
-                 ORDER BY to_id, seq"
+                 ORDER BY to_id, ts, from_id"
             ),
             &[&ids],
         )
@@ -994,6 +1063,8 @@ pub async fn open(
         last_seq: 0,
         gaps: HashMap::new(),
         stale_after: info.stale_after,
+        known_inboxes: HashMap::new(),
+        reread: HashSet::new(),
     };
     // Instances starting together race to create the schema; the loser's
     // `CREATE TABLE IF NOT EXISTS` can fail, and then finds it done.
