@@ -303,6 +303,31 @@ async fn two_instances_over_one_database_are_one_registry() {
     assert_eq!(answer.from_node_id, n1.node_id);
     assert!(cb.check_trust(n1.node_id, n2.node_id).await.unwrap());
 
+    // Requests sent at once through both instances, while node 1 takes
+    // its inbox on A, all arrive, none twice.
+    let k4 = key(4);
+    let n4 = ca.register(signed_register(&k4, None)).await.unwrap();
+    let (ra, rb) = tokio::join!(
+        ca.request_handshake(&k4, n4.node_id, n1.node_id, "via A"),
+        cb.request_handshake(&k3, n3.node_id, n1.node_id, "via B"),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let mut c1 = RegistryClient::connect(a.registry).await.unwrap();
+    let mut got = Vec::new();
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until && got.len() < 2 {
+        let p = c1
+            .poll_handshakes_wait(&k1, n1.node_id, Duration::from_millis(500))
+            .await
+            .unwrap();
+        got.extend(p.requests.into_iter().map(|r| r.from_node_id));
+    }
+    got.sort_unstable();
+    let mut want = vec![n3.node_id, n4.node_id];
+    want.sort_unstable();
+    assert_eq!(got, want);
+
     // Ids allocated on both at once never collide.
     let mut tasks = Vec::new();
     for i in 0..200u32 {

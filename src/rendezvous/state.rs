@@ -1490,9 +1490,11 @@ impl Registry {
     /// value in the database). A row changed here and not yet written is
     /// skipped: ours is newer and about to overwrite it. `remote` names the
     /// nodes another instance serves. Wakes the handshake long-polls of
-    /// nodes whose inboxes now hold something.
-    pub fn apply_remote(&self, ch: Changes, remote: &HashSet<u32>, now: Instant) {
+    /// nodes whose inboxes now hold something. Returns the nodes whose
+    /// inboxes were skipped (changed here meanwhile).
+    pub fn apply_remote(&self, ch: Changes, remote: &HashSet<u32>, now: Instant) -> Vec<u32> {
         let mut woken = Vec::new();
+        let mut skipped = Vec::new();
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -1602,6 +1604,7 @@ impl Registry {
             }
             for (id, inbox) in ch.inboxes {
                 if dirty.as_ref().is_some_and(|d| d.inboxes.contains(&id)) {
+                    skipped.push(id);
                     continue;
                 }
                 let requests: Vec<PendingRequest> = inbox
@@ -1646,6 +1649,7 @@ impl Registry {
                 n.notify_waiters();
             }
         }
+        skipped
     }
 }
 

@@ -827,15 +827,24 @@ impl Pg {
             let ids: Vec<u32> = inbox.iter().copied().collect();
             let (reqs, resps) = inboxes(c, Some(&ids)).await.map_err(e)?;
             ch.inboxes = group_inboxes(&ids, &reqs, &resps);
-            for (&id, i) in &ch.inboxes {
-                if i.requests.is_empty() && i.responses.is_empty() {
-                    self.known_inboxes.remove(&id);
-                } else {
-                    self.known_inboxes.insert(id, i.clone());
-                }
+        }
+        // What this instance knows of an inbox is what its memory holds:
+        // one changed here meanwhile was not replaced, and is read again
+        // after its write.
+        let read: Vec<(u32, Inboxes)> = ch.inboxes.iter().map(|(&id, i)| (id, i.clone())).collect();
+        let skipped: HashSet<u32> = registry
+            .apply_remote(ch, &remote, Instant::now())
+            .into_iter()
+            .collect();
+        for (id, i) in read {
+            if skipped.contains(&id) {
+                self.reread.insert(id);
+            } else if i.requests.is_empty() && i.responses.is_empty() {
+                self.known_inboxes.remove(&id);
+            } else {
+                self.known_inboxes.insert(id, i);
             }
         }
-        registry.apply_remote(ch, &remote, Instant::now());
         Ok(touched)
     }
 
