@@ -11,8 +11,12 @@
 //! resolved, found by hostname and sent a handshake request through B (the
 //! request reaches the node waiting on A within 2 s), its answer and the
 //! trust pair cross back; a hostname taken on A is refused on B; ids
-//! allocated at once on both never collide; after `kill -9` of A its
-//! node registers with B and keeps its address and hostname.
+//! allocated at once on both never collide; requests sent through both
+//! while the node takes its inbox all arrive; after `kill -9` of A its
+//! node registers with B (a real daemon given `--registry A,B` moves by
+//! itself) and keeps its address and hostname; the nodes of an instance
+//! dead longer than the stale-node timeout go offline and free their
+//! names.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -428,4 +432,51 @@ async fn a_daemon_given_two_instances_moves_to_the_second_when_the_first_dies() 
             .node_id,
         id
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_nodes_of_an_instance_dead_longer_than_the_stale_timeout_go_offline() {
+    let Some(pg) = Cluster::start() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let short = |home: &Path| {
+        let id = home.join("rendezvous-identity.json");
+        let url = pg.url();
+        Server::spawn(move |c| {
+            c.args(["--store", &url, "--identity", id.to_str().unwrap()])
+                .args(["--stale-after-ms", "2000"])
+                .env("HOME", home)
+                .env_remove("PILOT_RENDEZVOUS_STORE");
+        })
+    };
+    let a = short(home.path());
+    let b = short(home.path());
+    let k = key(11);
+    let mut ca = RegistryClient::connect(a.registry).await.unwrap();
+    let n = ca
+        .register(signed_register(&k, Some("omega")))
+        .await
+        .unwrap();
+    let mut cb = RegistryClient::connect(b.registry).await.unwrap();
+    assert_eq!(
+        cb.lookup(n.node_id).await.unwrap().hostname.as_deref(),
+        Some("omega")
+    );
+    a.kill9();
+    // B stamps and sweeps every 10 s; A's stamp is stale after 2 s.
+    let until = Instant::now() + Duration::from_secs(25);
+    let mut gone = false;
+    while Instant::now() < until && !gone {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gone = cb.lookup(n.node_id).await.is_err();
+    }
+    assert!(gone, "node still online on B: {}", b.log.lock().unwrap());
+    // Its name is free again; its key keeps its id.
+    let k2 = key(12);
+    let other = cb
+        .register(signed_register(&k2, Some("omega")))
+        .await
+        .unwrap();
+    assert_eq!(other.hostname.as_deref(), Some("omega"));
+    let back = cb.register(signed_register(&k, None)).await.unwrap();
+    assert_eq!(back.node_id, n.node_id);
 }
