@@ -16,7 +16,8 @@
 //! node registers with B (a real daemon given `--registry A,B` moves by
 //! itself) and keeps its address and hostname; the nodes of an instance
 //! dead longer than the stale-node timeout go offline and free their
-//! names.
+//! names; a relay frame sent to B for a node whose beacon is A reaches it,
+//! and a forged forward is dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -479,4 +480,65 @@ async fn the_nodes_of_an_instance_dead_longer_than_the_stale_timeout_go_offline(
     assert_eq!(other.hostname.as_deref(), Some("omega"));
     let back = cb.register(signed_register(&k, None)).await.unwrap();
     assert_eq!(back.node_id, n.node_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_frame_sent_to_one_instance_reaches_a_node_on_the_other() {
+    use pilot::wire::beacon;
+    use tokio::net::UdpSocket;
+    let Some(pg) = Cluster::start() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let a = instance(&pg.url(), home.path());
+    let b = instance(&pg.url(), home.path());
+    let (k1, k2) = (key(21), key(22));
+    let mut ca = RegistryClient::connect(a.registry).await.unwrap();
+    let mut cb = RegistryClient::connect(b.registry).await.unwrap();
+    let n1 = ca
+        .register(signed_register(&k1, None))
+        .await
+        .unwrap()
+        .node_id;
+    let n2 = cb
+        .register(signed_register(&k2, None))
+        .await
+        .unwrap()
+        .node_id;
+    // Node 1's beacon is A, node 2's is B.
+    let x = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let y = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    for (sock, id, beacon_addr) in [(&x, n1, a.beacon), (&y, n2, b.beacon)] {
+        sock.send_to(&beacon::encode_discover(id), beacon_addr)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("discover reply")
+            .unwrap();
+    }
+    // Node 2 relays to node 1 through B; A delivers it.
+    let want = beacon::encode_relay_delivery(n2, b"PILS hello across instances");
+    let frame = beacon::encode_relay(n2, n1, b"PILS hello across instances");
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut delivered = None;
+    while Instant::now() < until && delivered.is_none() {
+        y.send_to(&frame, b.beacon).await.unwrap();
+        if let Ok(Ok((n, from))) =
+            tokio::time::timeout(Duration::from_millis(300), x.recv_from(&mut buf)).await
+        {
+            delivered = Some((buf[..n].to_vec(), from));
+        }
+    }
+    let (got, from) = delivered.expect("the frame reaches node 1 through A");
+    assert_eq!(got, want);
+    assert_eq!(from, a.beacon);
+    // A forwarded frame with a wrong tag, sent straight to A, is dropped.
+    let mut forged = vec![pilot::rendezvous::beacon::FORWARD];
+    forged.extend_from_slice(&[0u8; 32]);
+    forged.extend_from_slice(&n2.to_be_bytes());
+    forged.extend_from_slice(&n1.to_be_bytes());
+    forged.extend_from_slice(b"forged");
+    y.send_to(&forged, a.beacon).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(500), x.recv_from(&mut buf)).await;
+    assert!(r.is_err(), "a forged forward was delivered");
 }

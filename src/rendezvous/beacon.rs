@@ -23,6 +23,12 @@
 //!   defeat the relay source check); a full table evicts its oldest entry
 //!   instead of locking new ids out.
 //!
+//! * (issue 13) instances over one shared database forward a relay frame
+//!   whose destination they do not know to the other instances' beacons
+//!   ([`Peers`]), tagged with a key derived from the rendezvous key they
+//!   share; a forwarded frame is delivered only if its tag is right and it
+//!   came from a peer's address, and is never forwarded again.
+//!
 //! Remaining weakness: a host behind the same public IP as a node (same NAT)
 //! can still re-point that node's beacon entry (see docs/SECURITY.md).
 
@@ -45,6 +51,80 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// Expiry sweep period (spec §5.2).
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// First byte of a relay frame forwarded between instances (ours: no
+/// Pilot v1 beacon message type is this high).
+pub const FORWARD: u8 = 0xF5;
+/// Bytes of a forwarded frame's tag (HMAC-SHA256).
+const TAG_LEN: usize = 32;
+/// What the forwarding key is derived from the rendezvous key with.
+const FORWARD_LABEL: &[u8] = b"pilot rendezvous beacon forwarding v1";
+
+/// The other instances' beacons (instances over one shared database) and
+/// the key tagging the frames forwarded between them.
+pub struct Peers {
+    key: ring::hmac::Key,
+    addrs: Mutex<Vec<SocketAddr>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("addrs", &self.list())
+            .finish()
+    }
+}
+
+impl Peers {
+    /// Peers sharing the rendezvous key `secret` (every instance is given
+    /// the same `--identity`).
+    pub fn new(secret: &[u8]) -> Peers {
+        let k = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret),
+            FORWARD_LABEL,
+        );
+        Peers {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k.as_ref()),
+            addrs: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Replaces the list of peer beacons.
+    pub fn set(&self, addrs: Vec<SocketAddr>) {
+        *self.addrs.lock().unwrap_or_else(|e| e.into_inner()) = addrs;
+    }
+
+    /// The peer beacons.
+    pub fn list(&self) -> Vec<SocketAddr> {
+        self.addrs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn seal(&self, sender: u32, destination: u32, frame: &[u8]) -> Vec<u8> {
+        let mut body = Vec::with_capacity(8 + frame.len());
+        body.extend_from_slice(&sender.to_be_bytes());
+        body.extend_from_slice(&destination.to_be_bytes());
+        body.extend_from_slice(frame);
+        let tag = ring::hmac::sign(&self.key, &body);
+        let mut out = Vec::with_capacity(1 + TAG_LEN + body.len());
+        out.push(FORWARD);
+        out.extend_from_slice(tag.as_ref());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn open<'a>(&self, datagram: &'a [u8]) -> Option<(u32, u32, &'a [u8])> {
+        let rest = datagram.strip_prefix(&[FORWARD])?;
+        if rest.len() < TAG_LEN + 8 {
+            return None;
+        }
+        let (tag, body) = rest.split_at(TAG_LEN);
+        // Compared in constant time by ring.
+        ring::hmac::verify(&self.key, body, tag).ok()?;
+        let sender = u32::from_be_bytes(body[0..4].try_into().ok()?);
+        let destination = u32::from_be_bytes(body[4..8].try_into().ok()?);
+        Some((sender, destination, &body[8..]))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     addr: SocketAddr,
@@ -62,6 +142,7 @@ pub struct BeaconTable {
     /// registry-observed address of the claimed id.
     pub refused: u64,
     metrics: Option<Arc<Metrics>>,
+    peers: Option<Arc<Peers>>,
 }
 
 impl BeaconTable {
@@ -74,6 +155,48 @@ impl BeaconTable {
             authority: None,
             refused: 0,
             metrics: None,
+            peers: None,
+        }
+    }
+
+    /// Forwards relay frames for unknown destinations to `peers`, and
+    /// delivers the frames they forward.
+    pub fn with_peers(mut self, peers: Arc<Peers>) -> BeaconTable {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// A frame another instance forwarded: delivered if the tag is right,
+    /// it came from a peer and the destination is known here.
+    fn forwarded(
+        &mut self,
+        datagram: &[u8],
+        src: SocketAddr,
+        now: Instant,
+    ) -> Vec<(SocketAddr, Vec<u8>)> {
+        let Some(peers) = &self.peers else {
+            return Vec::new();
+        };
+        if !peers.list().contains(&src) {
+            self.relay_dropped("forward_not_a_peer");
+            return Vec::new();
+        }
+        let Some((sender, destination, frame)) = peers.open(datagram) else {
+            self.relay_dropped("forward_bad_tag");
+            return Vec::new();
+        };
+        if frame.len() > MAX_RELAY_PAYLOAD || sender == 0 {
+            return Vec::new();
+        }
+        match self.get(destination, now) {
+            Some(dst) => {
+                if let Some(m) = &self.metrics {
+                    m.relay_frames.inc();
+                    m.relay_bytes.inc_by(frame.len() as u64);
+                }
+                vec![(dst, beacon::encode_relay_delivery(sender, frame))]
+            }
+            None => Vec::new(),
         }
     }
 
@@ -162,6 +285,9 @@ impl BeaconTable {
         src: SocketAddr,
         now: Instant,
     ) -> Vec<(SocketAddr, Vec<u8>)> {
+        if datagram.first() == Some(&FORWARD) {
+            return self.forwarded(datagram, src, now);
+        }
         let Ok(msg) = Repr::parse_bytes(datagram) else {
             return Vec::new();
         };
@@ -207,10 +333,17 @@ impl BeaconTable {
                         }
                         vec![(dst, beacon::encode_relay_delivery(sender, frame))]
                     }
-                    None => {
-                        self.relay_dropped("unknown_destination");
-                        Vec::new()
-                    }
+                    None => match self.peers.as_ref().map(|p| (p.list(), p)) {
+                        // Maybe served by another instance: hand it on.
+                        Some((list, peers)) if !list.is_empty() => {
+                            let sealed = peers.seal(sender, destination, frame);
+                            list.into_iter().map(|p| (p, sealed.clone())).collect()
+                        }
+                        _ => {
+                            self.relay_dropped("unknown_destination");
+                            Vec::new()
+                        }
+                    },
                 }
             }
             // Replies, deliveries and gossip are not for us.

@@ -236,8 +236,17 @@ impl Rendezvous {
 
         let mut tasks = Vec::new();
         let mut catchup = None;
+        // Instances over one database forward relay frames to each other
+        // (keyed by the rendezvous key they share).
+        let peers = match (&shared_db, &config.answer_key) {
+            (Some(_), Some(key)) => {
+                Some(Arc::new(beacon::Peers::new(&key.signing_key().to_bytes())))
+            }
+            _ => None,
+        };
         let durability = match (store, shared_db) {
-            (_, Some(pg)) => {
+            (_, Some(mut pg)) => {
+                pg.set_addrs(registry_addr, beacon_addr, peers.clone());
                 let (d, c, task) =
                     store::postgres::spawn(pg, registry.clone(), stop_rx.clone(), metrics.clone());
                 tasks.push(task);
@@ -274,11 +283,13 @@ impl Rendezvous {
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 
-        let table = Arc::new(Mutex::new(
-            beacon::BeaconTable::new(config.beacon_capacity, config.beacon_ttl)
-                .with_registry(registry.clone())
-                .with_metrics(metrics.clone()),
-        ));
+        let mut table = beacon::BeaconTable::new(config.beacon_capacity, config.beacon_ttl)
+            .with_registry(registry.clone())
+            .with_metrics(metrics.clone());
+        if let Some(p) = peers {
+            table = table.with_peers(p);
+        }
+        let table = Arc::new(Mutex::new(table));
         if let Some(listener) = metrics_listener {
             let (reg, tab, m) = (registry.clone(), table.clone(), metrics.clone());
             let render: metrics::Render = Arc::new(move || {

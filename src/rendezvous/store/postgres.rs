@@ -44,6 +44,11 @@
 //!   last saw in the database (entries delivered are deleted, new ones
 //!   inserted), and read back after each write: a request added on B
 //!   while A delivers the same node's inbox is kept and delivered next.
+//! * A relay frame for a node this instance's beacon does not know is
+//!   forwarded to the other instances' beacons (listed in `instances`,
+//!   read every [`PEERS_EVERY`]), tagged with a key derived from the
+//!   shared rendezvous key; the one that knows the node delivers it
+//!   ([`crate::rendezvous::beacon::Peers`]).
 //! * Liveness stays in memory. Each node row names the instance that
 //!   serves it, and only that instance reaps it. Each instance stamps its
 //!   row in `instances` every [`STAMP_EVERY`]; the nodes of an instance
@@ -54,8 +59,9 @@
 //!   name already.
 //!
 //! Known limits:
-//! * relay frames for a node whose beacon is another instance are not
-//!   forwarded (a node relays through the beacon it was given);
+//! * relay forwarding needs each instance's beacon bound to an address
+//!   the others can reach (not `0.0.0.0`), and all instances started with
+//!   the same `--identity` (the forwarding key derives from it);
 //! * an instance cut off from the database for longer than [`LOG_KEEP`]
 //!   has missed changes and should be restarted;
 //! * no TLS to the database (`NoTls`): keep it on a private network.
@@ -96,6 +102,9 @@ const MAX_LOG_READ: i64 = 10_000;
 /// How often an instance stamps its `instances` row, sweeps dead instances'
 /// nodes and prunes the log (ours).
 pub const STAMP_EVERY: Duration = Duration::from_secs(10);
+/// How often the list of the other instances' beacons is read (ours: a
+/// new instance gets relay frames forwarded within seconds).
+pub const PEERS_EVERY: Duration = Duration::from_secs(2);
 /// How long change-log entries are kept (ours; see the module notes).
 pub const LOG_KEEP: &str = "10 minutes";
 
@@ -216,6 +225,8 @@ pub struct Pg {
     /// Inboxes written since the last read: read back in the next one (an
     /// entry another instance added while ours was being changed here).
     reread: HashSet<u32>,
+    /// The other instances' beacons, kept up to date from `instances`.
+    peers: Option<Arc<crate::rendezvous::beacon::Peers>>,
 }
 
 impl std::fmt::Debug for Pg {
@@ -233,6 +244,49 @@ impl Pg {
             target: self.target.clone(),
             cause,
         }
+    }
+
+    /// Where this instance was bound (recorded in `instances` so that the
+    /// others can forward relay frames to its beacon), and the peer list
+    /// to keep up to date.
+    pub fn set_addrs(
+        &mut self,
+        registry: std::net::SocketAddr,
+        beacon: std::net::SocketAddr,
+        peers: Option<Arc<crate::rendezvous::beacon::Peers>>,
+    ) {
+        self.registry_addr = registry.to_string();
+        self.beacon_addr = beacon.to_string();
+        self.peers = peers;
+    }
+
+    /// Reads the beacons of the other live instances into the peer list.
+    /// An instance bound to an unspecified address (`0.0.0.0`) cannot be
+    /// reached by it and is left out.
+    async fn refresh_peers(&mut self) -> Result<(), StoreError> {
+        let Some(peers) = self.peers.clone() else {
+            return Ok(());
+        };
+        let (target, instance) = (self.target.clone(), self.instance);
+        self.connect().await?;
+        let Some(c) = self.client.as_ref() else {
+            return Err(self.not_connected());
+        };
+        let rows = c
+            .query(
+                "SELECT beacon FROM instances WHERE id <> $1 \
+                 AND last_seen > now() - $2::FLOAT8 * INTERVAL '1 second' LIMIT 64",
+                &[&instance, &(3.0 * STAMP_EVERY.as_secs_f64())],
+            )
+            .await
+            .map_err(|cause| StoreError::Postgres { target, cause })?;
+        peers.set(
+            rows.iter()
+                .filter_map(|r| r.get::<_, String>(0).parse::<std::net::SocketAddr>().ok())
+                .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+                .collect(),
+        );
+        Ok(())
     }
 
     fn not_connected(&self) -> StoreError {
@@ -865,7 +919,8 @@ impl Pg {
         };
         c.execute(
             "INSERT INTO instances (id, registry, beacon, last_seen) VALUES ($1, $2, $3, now()) \
-             ON CONFLICT (id) DO UPDATE SET last_seen = now()",
+             ON CONFLICT (id) DO UPDATE SET registry = excluded.registry, \
+             beacon = excluded.beacon, last_seen = now()",
             &[&instance, &reg, &beacon],
         )
         .await
@@ -1074,6 +1129,7 @@ pub async fn open(
         stale_after: info.stale_after,
         known_inboxes: HashMap::new(),
         reread: HashSet::new(),
+        peers: None,
     };
     // Instances starting together race to create the schema; the loser's
     // `CREATE TABLE IF NOT EXISTS` can fail, and then finds it done.
@@ -1171,7 +1227,9 @@ pub fn spawn(
         let mut failed: Option<Changes> = None;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_housekeeping = Instant::now();
+        // The first round stamps the bound addresses at once.
+        let mut last_housekeeping: Option<Instant> = None;
+        let mut last_peers: Option<Instant> = None;
         loop {
             let stopping = tokio::select! {
                 _ = notify.notified() => false,
@@ -1222,9 +1280,13 @@ pub fn spawn(
                 }
                 pg.pull(&registry).await?;
                 done_tx.send_replace(asked);
-                if last_housekeeping.elapsed() >= STAMP_EVERY {
-                    last_housekeeping = Instant::now();
+                if last_housekeeping.is_none_or(|t| t.elapsed() >= STAMP_EVERY) {
+                    last_housekeeping = Some(Instant::now());
                     pg.housekeeping().await?;
+                }
+                if last_peers.is_none_or(|t| t.elapsed() >= PEERS_EVERY) {
+                    last_peers = Some(Instant::now());
+                    pg.refresh_peers().await?;
                 }
                 Ok::<(), StoreError>(())
             };
