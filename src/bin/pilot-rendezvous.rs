@@ -25,6 +25,11 @@ use pilot::rendezvous::{Config, Rendezvous};
 /// stay in memory. A damaged store stops the server with an error naming the
 /// file rather than starting empty.
 ///
+/// With `--store postgres://...` any number of instances share one
+/// PostgreSQL-protocol database: a node may register with one and be
+/// looked up, resolved, sent handshakes and relayed through another (give
+/// them all the same --identity, and beacons addresses they can reach).
+///
 /// A JSON store of earlier versions is imported on first start: if the
 /// --store file is a JSON store, it is converted in place (the JSON is kept
 /// as `<store>.json-imported`); with the default path, an old

@@ -404,6 +404,42 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_frames_need_the_key() {
+        let now = Instant::now();
+        let (x, peer): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1000".parse().unwrap(),
+            "127.0.0.1:2000".parse().unwrap(),
+        );
+        let mine = Arc::new(Peers::new(&[1; 32]));
+        mine.set(vec![peer]);
+        let mut t = BeaconTable::new(16, DEFAULT_TTL).with_peers(mine.clone());
+        t.handle(&beacon::encode_discover(42), x, now);
+        let sealed = Peers::new(&[1; 32]).seal(7, 42, b"PILSxx");
+        assert_eq!(
+            t.handle(&sealed, peer, now),
+            vec![(x, beacon::encode_relay_delivery(7, b"PILSxx"))]
+        );
+        // Not from a peer, another key, a flipped bit, a truncated frame.
+        assert!(t.handle(&sealed, x, now).is_empty());
+        let other = Peers::new(&[2; 32]).seal(7, 42, b"PILSxx");
+        assert!(t.handle(&other, peer, now).is_empty());
+        let mut bad = sealed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(t.handle(&bad, peer, now).is_empty());
+        assert!(t.handle(&sealed[..20], peer, now).is_empty());
+        // An unknown destination goes to the peers, once.
+        let relay = beacon::encode_relay(42, 99, b"PILSyy");
+        assert_eq!(
+            t.handle(&relay, x, now),
+            vec![(peer, mine.seal(42, 99, b"PILSyy"))]
+        );
+        assert!(t
+            .handle(&mine.seal(42, 99, b"PILSyy"), peer, now)
+            .is_empty());
+    }
+
+    #[test]
     fn discover_punch_relay() {
         let mut t = BeaconTable::new(10, DEFAULT_TTL);
         let now = Instant::now();
