@@ -22,8 +22,10 @@
 //!   else a sealed control ping). Probing continues after the first success:
 //!   the peer's first probes were dropped by its own NAT's filter, and it
 //!   only hears back if ours keep coming. A cold connection still without
-//!   a session after [`EARLY_RELAY`] is also tried through the relay while
-//!   the probing goes on (relay first, direct when it answers); a window
+//!   a session after twice the round trip of its registry resolve
+//!   ([`early_relay_delay`]: 5 ms to [`EARLY_RELAY`]) is also tried through
+//!   the relay while the probing goes on (relay first, direct when it
+//!   answers); a window
 //!   that ends with no session and no direct frame puts the peer on the
 //!   relay.
 //! * **Relay and back.** A relayed peer gets a punch attempt every
