@@ -94,6 +94,15 @@ in_ns() {
   if [ "$mode" = netns ]; then ip netns exec "$ns" "$@"; else "$@"; fi
 }
 
+# The same in the background, remembering the process for cleanup. (Not
+# `in_ns ... &`: that backgrounds a subshell, and killing the subshell
+# leaves the command itself running.)
+bg_in_ns() {
+  local ns="$1"; shift
+  if [ "$mode" = netns ]; then ip netns exec "$ns" "$@" & else "$@" & fi
+  pids+=($!)
+}
+
 # `pilotctl` for node $1 (alpha|beta): its own HOME and socket, shown as run.
 ctl() {
   local n="$1"; shift
@@ -176,9 +185,8 @@ fi
 # --- rendezvous and two nodes ------------------------------------------------------
 step "starting a rendezvous server (registry $registry, beacon $beacon)"
 say "\$ pilot-rendezvous --registry-addr $registry --beacon-addr $beacon --memory"
-in_ns "$rdv_ns" "$bin/pilot-rendezvous" --registry-addr "$registry" --beacon-addr "$beacon" \
-  --memory >"$work/rendezvous.log" 2>&1 &
-pids+=($!)
+bg_in_ns "$rdv_ns" "$bin/pilot-rendezvous" --registry-addr "$registry" --beacon-addr "$beacon" \
+  --memory >"$work/rendezvous.log" 2>&1
 wait_for 10 in_ns "$rdv_ns" bash -c "exec 3<>/dev/tcp/${registry%:*}/${registry#*:}" ||
   die "the rendezvous did not start: $(cat "$work/rendezvous.log")"
 
@@ -222,9 +230,8 @@ mkdir -p "$work/site"
 echo "hello from beta, through Pilot Protocol" >"$work/site/index.html"
 http_port="$(free_port)"
 say "\$ beta: python3 -m http.server $http_port --bind 127.0.0.1"
-in_ns "${node_ns[beta]}" python3 -m http.server "$http_port" --bind 127.0.0.1 --directory "$work/site" \
-  >"$work/http.log" 2>&1 &
-pids+=($!)
+bg_in_ns "${node_ns[beta]}" python3 -m http.server "$http_port" --bind 127.0.0.1 --directory "$work/site" \
+  >"$work/http.log" 2>&1
 wait_for 10 in_ns "${node_ns[beta]}" curl -sf "http://127.0.0.1:$http_port/" || die "the HTTP service did not start"
 
 step "beta exposes it on its virtual port 80"
@@ -242,10 +249,9 @@ if [ "$exposed" = 1 ]; then
     step "alpha runs the gateway: beta becomes 10.4.0.1 on alpha's machine"
     say "\$ alpha: pilot-gateway start --ports 80 ${addr[beta]}"
     # in the foreground under this script, so cleanup stops it like the rest
-    HOME="$work/alpha" in_ns "${node_ns[alpha]}" \
+    HOME="$work/alpha" bg_in_ns "${node_ns[alpha]}" \
       "$bin/pilot-gateway" --socket "$work/alpha/pilot.sock" start --foreground \
-      --device "pqgw$$" --ports 80 "${addr[beta]}" >"$work/gateway.log" 2>&1 &
-    pids+=($!)
+      --device "pqgw$$" --ports 80 "${addr[beta]}" >"$work/gateway.log" 2>&1
     url="http://10.4.0.1/"
     wait_for 15 in_ns "${node_ns[alpha]}" curl -sf --max-time 3 "$url" ||
       die "the gateway did not come up: $(tail -n 5 "$work/gateway.log")"
@@ -253,9 +259,8 @@ if [ "$exposed" = 1 ]; then
     step "alpha forwards a local TCP port to beta's port 80 (no root needed)"
     lport="$(free_port)"
     say "\$ alpha: pilotctl forward 127.0.0.1:$lport ${addr[beta]}:80"
-    HOME="$work/alpha" in_ns "${node_ns[alpha]}" "$bin/pilotctl" --socket "$work/alpha/pilot.sock" \
-      forward "127.0.0.1:$lport" "${addr[beta]}:80" >"$work/forward.log" 2>&1 &
-    pids+=($!)
+    HOME="$work/alpha" bg_in_ns "${node_ns[alpha]}" "$bin/pilotctl" --socket "$work/alpha/pilot.sock" \
+      forward "127.0.0.1:$lport" "${addr[beta]}:80" >"$work/forward.log" 2>&1
     url="http://127.0.0.1:$lport/"
     wait_for 15 in_ns "${node_ns[alpha]}" curl -sf --max-time 3 "$url" ||
       die "forward did not come up: $(tail -n 5 "$work/forward.log")"

@@ -74,9 +74,10 @@ fn run_cell(lab: &Lab, a: Nat, b: Nat) -> Cell {
     assert_eq!(
         ping.code,
         0,
-        "{label}: first ping failed: {ping:?}\na log:\n{}\nb log:\n{}",
+        "{label}: first ping failed: {ping:?}\na log:\n{}\nb log:\n{}\nrendezvous log:\n{}",
         na.log(),
-        nb.log()
+        nb.log(),
+        lab.rendezvous_log()
     );
     let ttfb_ms = ping.json()["data"]["min_us"].as_u64().unwrap() as f64 / 1000.0;
 

@@ -353,10 +353,50 @@ fn quickstart_output(args: &[&str], allow_missing: bool) -> (String, u32) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "quickstart failed:\n{text}");
-    // it cleaned up after itself
+    // it cleaned up after itself: no files, and no process it started
     let left = files_under(tmp.path());
     assert!(left.is_empty(), "left behind: {left:?}\n{text}");
+    let procs = processes_using(tmp.path());
+    for (p, _) in &procs {
+        // SAFETY: kill(2); do not leak them into the rest of the run.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    assert!(
+        procs.is_empty(),
+        "processes left running: {procs:?}\n{text}"
+    );
     (text, pid)
+}
+
+/// Processes whose command line or standard descriptors name a path under
+/// `dir` (what the quickstart starts: its rendezvous and web server log
+/// into its work directory, `forward` names a socket in it).
+fn processes_using(dir: &Path) -> Vec<(i32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let fds = (0..3)
+            .filter_map(|fd| std::fs::read_link(e.path().join(format!("fd/{fd}"))).ok())
+            .map(|l| l.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if cmdline.contains(&needle) || fds.contains(&needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
 }
 
 /// The checks every quickstart run must pass; the steps that wait for other
@@ -494,6 +534,12 @@ fn quickstart_cleans_up_on_ctrl_c() {
     }
     let left = files_under(tmp.path());
     assert!(left.is_empty(), "left behind: {left:?}");
+    let procs = processes_using(tmp.path());
+    for (p, _) in &procs {
+        // SAFETY: kill(2); do not leak them into the rest of the run.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    assert!(procs.is_empty(), "processes left running: {procs:?}");
 }
 
 fn nix_root() -> bool {

@@ -65,7 +65,12 @@ cleanup() {
   done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  for ns in "$NSM" "$NSA" "$NSB"; do ip netns del "$ns" 2>/dev/null; done
+  # what ran through `inm ... &` is a subshell's child: end everything
+  # left in the run's namespaces before removing them
+  for ns in "$NSM" "$NSA" "$NSB"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    ip netns del "$ns" 2>/dev/null
+  done
   rm -f "/var/run/wireguard/${ID}wa.sock" "/var/run/wireguard/${ID}wb.sock"
   rm -rf "$work" "$SRC"
 }

@@ -149,7 +149,12 @@ fn pump_stdio(
                 if keep {
                     received.extend_from_slice(&buf[..n]);
                 } else {
-                    write_remote(&mut stdout, &buf[..n]).map_err(|e| io_err("stdout", e))?;
+                    // Flushed at once: stdout is line-buffered, and a reply
+                    // that does not end in a newline must not wait for the
+                    // linger (a request/response peer waits for it).
+                    write_remote(&mut stdout, &buf[..n])
+                        .and_then(|()| stdout.flush())
+                        .map_err(|e| io_err("stdout", e))?;
                 }
                 last = Instant::now();
             }
@@ -222,7 +227,9 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
             if cli.json {
                 text.extend_from_slice(&buf[..n]);
             } else {
-                write_remote(&mut stdout, &buf[..n]).map_err(|e| io_err("stdout", e))?;
+                write_remote(&mut stdout, &buf[..n])
+                    .and_then(|()| std::io::Write::flush(&mut stdout))
+                    .map_err(|e| io_err("stdout", e))?;
             }
         }
         std::io::Write::flush(&mut stdout).map_err(|e| io_err("stdout", e))?;

@@ -346,7 +346,11 @@ impl Engine {
                         }
                     }
                 }
-                _ = sleep_until_opt(self.streams.next_timer()) => self.stream_timers(Instant::now()),
+                _ = sleep_until_opt(earliest(self.streams.next_timer(), self.nat.next_early_relay)) => {
+                    let now = Instant::now();
+                    self.early_relay_timer(now);
+                    self.stream_timers(now);
+                }
                 _ = tick.tick() => self.housekeeping(Instant::now()),
                 _ = shutdown.changed() => break,
             }
@@ -1189,6 +1193,14 @@ impl Engine {
 }
 
 /// Sleeps until `t`, or forever when there is no deadline.
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,

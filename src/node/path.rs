@@ -22,8 +22,10 @@
 //!   else a sealed control ping). Probing continues after the first success:
 //!   the peer's first probes were dropped by its own NAT's filter, and it
 //!   only hears back if ours keep coming. A cold connection still without
-//!   a session after [`EARLY_RELAY`] is also tried through the relay while
-//!   the probing goes on (relay first, direct when it answers); a window
+//!   a session after twice the round trip of its registry resolve
+//!   ([`early_relay_delay`]: 5 ms to [`EARLY_RELAY`]) is also tried through
+//!   the relay while the probing goes on (relay first, direct when it
+//!   answers); a window
 //!   that ends with no session and no direct frame puts the peer on the
 //!   relay.
 //! * **Relay and back.** A relayed peer gets a punch attempt every
@@ -50,6 +52,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::engine::{Cmd, Engine, PLAIN_AT};
+use super::peer::Peer;
 use super::registry::RegError;
 use crate::ipc::ErrorCode;
 use crate::wire::address::Addr;
@@ -75,9 +78,32 @@ pub const PROBE_WINDOW: Duration = Duration::from_secs(2);
 /// address-and-port-dependent filter) then connects in about this long
 /// instead of a whole [`PROBE_WINDOW`], and a pair that can be punched
 /// moves to direct when its first direct frame authenticates. RFC 8305's
-/// recommended connection attempt delay; in effect 200-300 ms with the
-/// engine's 100 ms tick.
+/// recommended connection attempt delay. This is the longest wait: after a
+/// registry resolve the wait is [`early_relay_delay`] of the resolve's
+/// round trip, on a timer of its own.
 pub const EARLY_RELAY: Duration = Duration::from_millis(250);
+/// The shortest wait before a cold connection is tried through the relay
+/// as well (ours: a few scheduling delays of a loaded machine, so that a
+/// punch that is already on its way is not overtaken on a LAN or loopback).
+pub const EARLY_RELAY_MIN: Duration = Duration::from_millis(5);
+/// Added to twice the resolve's round trip (ours: covers the beacon's and
+/// the peer's processing of the punch request and command).
+const EARLY_RELAY_MARGIN: Duration = Duration::from_millis(3);
+
+/// How long a cold connection waits for a direct answer before it is also
+/// tried through the relay, given the round trip of the registry resolve
+/// that started it. A punch that works answers after about one round trip
+/// through the rendezvous (our punch request to the beacon, its command to
+/// the peer, the peer's probe to us) plus processing, so twice the resolve's
+/// round trip and a margin covers it, between [`EARLY_RELAY_MIN`] and
+/// [`EARLY_RELAY`]. Issue 9's goal for a cold connect is 3 RTT + 10 ms, relay
+/// included: a fixed Happy Eyeballs delay of 250 ms missed it by 30 times.
+pub fn early_relay_delay(resolve_rtt: Duration) -> Duration {
+    resolve_rtt
+        .saturating_mul(2)
+        .saturating_add(EARLY_RELAY_MARGIN)
+        .clamp(EARLY_RELAY_MIN, EARLY_RELAY)
+}
 /// A direct frame this recent keeps the path direct whatever arrives
 /// through the relay (and keeps a validated endpoint from being moved back
 /// by the registry).
@@ -149,6 +175,9 @@ pub struct ProbeWindow {
     pub until: Instant,
     /// When the window opened (it may be extended since).
     pub opened: Instant,
+    /// When a cold connection in this window is tried through the relay as
+    /// well ([`EARLY_RELAY`] after opening unless a resolve set it sooner).
+    pub relay_at: Instant,
 }
 
 impl PathState {
@@ -189,6 +218,7 @@ impl PathState {
             candidates: Vec::new(),
             until: now,
             opened: now,
+            relay_at: now + EARLY_RELAY,
         });
         for a in addrs {
             if !w.candidates.contains(a) {
@@ -215,6 +245,9 @@ pub struct NatState {
     pub last_command: Option<Instant>,
     /// Our private IPv4 addresses (for the LAN shortcut).
     pub local_v4: Vec<Ipv4Addr>,
+    /// The earliest `relay_at` set by a resolve and not yet checked: the
+    /// engine wakes for it instead of waiting for its 100 ms tick.
+    pub next_early_relay: Option<Instant>,
 }
 
 impl NatState {
@@ -226,8 +259,20 @@ impl NatState {
             pending: Vec::new(),
             last_command: None,
             local_v4: local_private_v4(),
+            next_early_relay: None,
         }
     }
+}
+
+/// Whether `p` is a cold connection (no session, traffic queued, never a
+/// direct frame, not relayed) whose probe window has reached its
+/// `relay_at`.
+fn early_relay_due(p: &Peer, now: Instant) -> bool {
+    let stuck = p.session.is_none() && !p.queue.is_empty();
+    stuck
+        && !p.relay
+        && p.path.last_direct_rx.is_none()
+        && p.path.probe.as_ref().is_some_and(|w| now >= w.relay_at)
 }
 
 /// RFC 1918, link-local, unique-local: addresses that only mean something
@@ -316,6 +361,8 @@ pub struct Resolution {
     pub endpoint: SocketAddr,
     /// The peer's LAN addresses.
     pub lan: Vec<SocketAddr>,
+    /// How long the resolve took (the registry's round trip, about).
+    pub rtt: Duration,
 }
 
 impl Engine {
@@ -479,11 +526,16 @@ impl Engine {
         let shared = self.shared.clone();
         let tx = self.cmd_tx.clone();
         tokio::spawn(async move {
+            let asked = Instant::now();
             let result = shared
                 .registry
                 .resolve_full(node)
                 .await
-                .map(|(endpoint, lan)| Resolution { endpoint, lan });
+                .map(|(endpoint, lan)| Resolution {
+                    endpoint,
+                    lan,
+                    rtt: asked.elapsed(),
+                });
             let _ = tx.send(Cmd::Resolved { node, result }).await;
         });
     }
@@ -524,6 +576,12 @@ impl Engine {
             candidates.push(l);
         }
         peer.path.open_probe(&candidates, now);
+        if let Some(w) = peer.path.probe.as_mut() {
+            let at = (now + early_relay_delay(r.rtt)).min(w.relay_at);
+            w.relay_at = at;
+            let next = &mut self.nat.next_early_relay;
+            *next = Some(next.map_or(at, |n| n.min(at)));
+        }
         // The registry may move a path that is not working; a path that
         // answered recently stays (the registry cannot see NAT mappings).
         let keep = peer.endpoint.is_some() && peer.path.direct_fresh(now);
@@ -801,6 +859,48 @@ impl Engine {
         });
     }
 
+    /// A cold connection tried through the relay while the direct probing
+    /// goes on: the window stays open, and the first direct frame that
+    /// authenticates moves the path back to direct.
+    fn try_relay_early(&mut self, node: u32, now: Instant) {
+        let ep = self.peers.get(&node).and_then(|p| p.endpoint);
+        self.set_path(node, ep, true, "no direct answer yet", now);
+        if let Some(p) = self.peers.get_mut(&node) {
+            p.last_pila_sent = None;
+        }
+        self.force_pila(node, now);
+    }
+
+    /// The early-relay timer ([`NatState::next_early_relay`]) fired: tries
+    /// every cold connection that is due through the relay, and sets the
+    /// timer for the next one.
+    pub(super) fn early_relay_timer(&mut self, now: Instant) {
+        match self.nat.next_early_relay {
+            Some(t) if t <= now => self.nat.next_early_relay = None,
+            _ => return,
+        }
+        if self.shared.beacon.is_none() {
+            return;
+        }
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (&node, p) in &self.peers {
+            let Some(w) = &p.path.probe else { continue };
+            if now >= w.until {
+                continue;
+            }
+            if early_relay_due(p, now) {
+                due.push(node);
+            } else if p.session.is_none() && !p.relay && w.relay_at > now {
+                next = Some(next.map_or(w.relay_at, |n| n.min(w.relay_at)));
+            }
+        }
+        self.nat.next_early_relay = next;
+        for node in due {
+            self.try_relay_early(node, now);
+        }
+    }
+
     /// Every tick: silence, probes, relay fallback, direct retries, keepalives.
     pub(super) fn path_housekeeping(&mut self, now: Instant) {
         let beacon = self.shared.beacon.is_some();
@@ -811,6 +911,7 @@ impl Engine {
         let mut direct_try = Vec::new();
         let mut keepalive = Vec::new();
         for (&node, p) in self.peers.iter_mut() {
+            let relay_due = beacon && early_relay_due(p, now);
             let st = &mut p.path;
             if p.session.is_some() && st.silent(now) {
                 silent.push(node);
@@ -820,13 +921,7 @@ impl Engine {
                     for &c in &w.candidates {
                         probes.push((node, c));
                     }
-                    let stuck = p.session.is_none() && !p.queue.is_empty();
-                    if beacon
-                        && stuck
-                        && !p.relay
-                        && st.last_direct_rx.is_none()
-                        && now.duration_since(w.opened) >= EARLY_RELAY
-                    {
+                    if relay_due {
                         early_relay.push(node);
                     }
                 } else {
@@ -875,14 +970,7 @@ impl Engine {
             self.force_pila(node, now);
         }
         for node in early_relay {
-            // The window stays open: direct probes go on, and the first
-            // direct frame that authenticates moves the path back.
-            let ep = self.peers.get(&node).and_then(|p| p.endpoint);
-            self.set_path(node, ep, true, "no direct answer yet", now);
-            if let Some(p) = self.peers.get_mut(&node) {
-                p.last_pila_sent = None;
-            }
-            self.force_pila(node, now);
+            self.try_relay_early(node, now);
         }
         for node in direct_try {
             let Some(p) = self.peers.get_mut(&node) else {
@@ -906,6 +994,29 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_early_relay_waits_twice_the_resolve_round_trip_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(early_relay_delay(Duration::ZERO), EARLY_RELAY_MIN);
+        assert_eq!(early_relay_delay(ms(1)), EARLY_RELAY_MIN);
+        assert_eq!(early_relay_delay(ms(10)), ms(23));
+        assert_eq!(early_relay_delay(ms(100)), ms(203));
+        assert_eq!(early_relay_delay(ms(900)), EARLY_RELAY);
+        assert_eq!(early_relay_delay(Duration::MAX), EARLY_RELAY);
+    }
+
+    #[test]
+    fn a_window_tries_the_relay_after_the_default_delay_unless_set_sooner() {
+        let now = Instant::now();
+        let mut st = PathState::default();
+        st.open_probe(&[a("198.51.100.2:5")], now);
+        let w = st.probe.as_ref().unwrap();
+        assert_eq!(w.relay_at, now + EARLY_RELAY);
+        // reopening keeps the deadline
+        st.open_probe(&[a("198.51.100.3:5")], now + Duration::from_millis(50));
+        assert_eq!(st.probe.as_ref().unwrap().relay_at, now + EARLY_RELAY);
     }
 
     #[test]

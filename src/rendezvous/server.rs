@@ -434,14 +434,26 @@ fn reserve(
     Ok(())
 }
 
+/// A request that takes longer than this to handle or to make durable is
+/// logged (at warn): clients give up after 5 s (`client::DEFAULT_TIMEOUT`),
+/// so a slow store shows in the log before it shows as client timeouts.
+const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs one request through the registry, waiting for durability.
 async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut ConnAuth) -> Response {
     let kind = req.type_name();
+    let started = std::time::Instant::now();
     let out = match &shared.catchup {
+        // Waits for other instances' changes at times (its own bound).
         Some(sync) => handle_shared(sync, req, peer, shared, auth).await,
-        None => shared
-            .registry
-            .handle_on(auth, req, peer, std::time::Instant::now()),
+        None => {
+            let out = shared.registry.handle_on(auth, req, peer, started);
+            let handled = started.elapsed();
+            if handled > SLOW_REQUEST {
+                tracing::warn!(%peer, kind, ?handled, "slow request: the registry lock was held this long");
+            }
+            out
+        }
     };
     if let Response::Error(e) = &out.response {
         if e.error.starts_with("rate limited") {
@@ -458,6 +470,10 @@ async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut Con
             tracing::error!("store did not confirm a write in time; answering with an error");
             shared.metrics.request(kind, false);
             return Response::error("store unavailable");
+        }
+        let waited = started.elapsed();
+        if waited > SLOW_REQUEST {
+            tracing::warn!(%peer, kind, ?waited, "slow request: the store took this long to commit it");
         }
     }
     shared

@@ -686,7 +686,11 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// An echo stream (`pilotctl connect ADDR 7`) fed at a steady pace from a
-/// thread; `finish` closes it and returns what came back.
+/// thread; `finish` returns what came back, once all of it has (or the
+/// stream ended). The connect lingers 30 s for reply bytes after its input
+/// ends, so an outage late in the feed (a fault under test) does not end
+/// the stream before the tunnel has recovered; the reader stops as soon as
+/// every byte is back, so a healthy run does not wait for the linger.
 pub struct EchoFeed {
     child: std::process::Child,
     writer: Option<std::thread::JoinHandle<()>>,
@@ -706,7 +710,7 @@ impl EchoFeed {
             .command()
             .arg("--socket")
             .arg(&node.socket)
-            .args(["connect", addr, "7", "--linger", "3s", "--timeout", "30s"])
+            .args(["connect", addr, "7", "--linger", "30s", "--timeout", "30s"])
             .env("HOME", node.home.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -716,6 +720,7 @@ impl EchoFeed {
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let to_send = data.clone();
+        let expected = data.len();
         let writer = std::thread::spawn(move || {
             for c in to_send.chunks(chunk) {
                 if stdin.write_all(c).is_err() {
@@ -725,8 +730,14 @@ impl EchoFeed {
             }
         });
         let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let _ = stdout.read_to_end(&mut got);
+            let mut got = Vec::with_capacity(expected);
+            let mut buf = vec![0u8; 64 * 1024];
+            while got.len() < expected {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
             got
         });
         EchoFeed {
@@ -740,6 +751,7 @@ impl EchoFeed {
     pub fn finish(mut self) -> (Vec<u8>, Vec<u8>) {
         let _ = self.writer.take().unwrap().join();
         let got = self.reader.take().unwrap().join().unwrap();
+        let _ = self.child.kill();
         let _ = self.child.wait();
         (std::mem::take(&mut self.sent), got)
     }
