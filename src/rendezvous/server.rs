@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use super::state::{ConnAuth, Registry};
 use super::store::Durability;
+use crate::wire::networks::{NetRequest, NetResponse};
 use crate::wire::registry::{
     self as wire, BinaryLookupReply, BinaryMessage, FrameDecoder, FrameError, Lookup, NodeSigned,
     Request, Resolve, Response, BINARY_PREAMBLE,
@@ -486,6 +487,24 @@ async fn long_poll(
     shared: &Shared,
     auth: &mut ConnAuth,
 ) -> Response {
+    long_poll_until(req, node, wait, peer, shared, auth, |resp| {
+        !matches!(resp, Response::PollHandshakesOk(ok) if ok.requests.is_empty() && ok.responses.is_empty())
+    })
+    .await
+}
+
+/// Runs `req` until `done` holds for its answer, woken by `node`'s waiter,
+/// at most `wait` (the shared loop of the long-polls: handshakes, and
+/// `poll_networks`, which is done once its version differs from `since`).
+async fn long_poll_until(
+    req: Request,
+    node: u32,
+    wait: Duration,
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+    done: impl Fn(&Response) -> bool,
+) -> Response {
     let deadline = Instant::now() + wait;
     let notify = shared.registry.waiter(node);
     loop {
@@ -493,10 +512,8 @@ async fn long_poll(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let resp = execute(req.clone(), peer, shared, auth).await;
-        match &resp {
-            Response::PollHandshakesOk(ok) if ok.requests.is_empty() && ok.responses.is_empty() => {
-            }
-            _ => return resp,
+        if done(&resp) {
+            return resp;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return resp;
@@ -544,6 +561,16 @@ async fn handle_json(
             let wait = poll_wait(payload).unwrap_or_default();
             let node = r.node_id;
             long_poll(Request::PollHandshakes(r), node, wait, peer, shared, auth).await
+        }
+        Ok(Request::Network(NetRequest::PollNetworks(r))) if poll_wait(payload).is_some() => {
+            let wait = poll_wait(payload).unwrap_or_default();
+            let (node, since) = (r.node_id, r.since);
+            let req = Request::Network(NetRequest::PollNetworks(r));
+            long_poll_until(req, node, wait, peer, shared, auth, |resp| match resp {
+                Response::Network(NetResponse::PollNetworksOk(ok)) => ok.version != since,
+                _ => true,
+            })
+            .await
         }
         Ok(req) => execute(req, peer, shared, auth).await,
         Err(e) => {

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
+use super::networks::{InviteRecord, NetSnapshot, NetworkRecord, Networks, TagRecord};
 use crate::wire::address::Addr;
 use crate::wire::registry::{
     self as wire, CheckTrustOk, Empty, HandshakeRequestEntry, HandshakeResponseEntry, HeartbeatOk,
@@ -197,6 +198,14 @@ pub struct Changes {
     pub consents: HashMap<(u32, u32), bool>,
     /// Whole inboxes of the nodes whose inboxes changed.
     pub inboxes: HashMap<u32, Inboxes>,
+    /// Network rows (`super::networks`): `None` means deleted.
+    pub networks: HashMap<u16, Option<NetworkRecord>>,
+    /// Memberships `(network, node)`: present or not.
+    pub network_members: HashMap<(u16, u32), bool>,
+    /// Whole invitation lists of the invited nodes whose list changed.
+    pub network_invites: HashMap<u32, Vec<InviteRecord>>,
+    /// Whole tag lists of the nodes whose tags changed (empty: none).
+    pub node_tags: HashMap<u32, Vec<String>>,
 }
 
 impl Changes {
@@ -207,11 +216,22 @@ impl Changes {
         self.trust.extend(newer.trust);
         self.consents.extend(newer.consents);
         self.inboxes.extend(newer.inboxes);
+        self.networks.extend(newer.networks);
+        self.network_members.extend(newer.network_members);
+        self.network_invites.extend(newer.network_invites);
+        self.node_tags.extend(newer.node_tags);
     }
 
     /// Rows this change set writes or deletes.
     pub fn rows(&self) -> usize {
-        self.nodes.len() + self.trust.len() + self.consents.len() + self.inboxes.len()
+        self.nodes.len()
+            + self.trust.len()
+            + self.consents.len()
+            + self.inboxes.len()
+            + self.networks.len()
+            + self.network_members.len()
+            + self.network_invites.len()
+            + self.node_tags.len()
     }
 }
 
@@ -244,6 +264,18 @@ pub struct Snapshot {
     /// Handshake answers waiting for their requesters, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub handshake_responses: Vec<HandshakeResponseRecord>,
+    /// Networks (`super::networks`; not in JSON stores, which predate them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkRecord>,
+    /// Memberships `(network, node)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_members: Vec<(u16, u32)>,
+    /// Pending network invitations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_invites: Vec<InviteRecord>,
+    /// Node tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_tags: Vec<TagRecord>,
 }
 
 /// Why a snapshot cannot be loaded.
@@ -292,6 +324,8 @@ struct State {
     /// Number of live nodes (kept up to date so that metrics need not
     /// count a million nodes under the lock).
     live_count: usize,
+    /// Networks, invitations and tags (`super::networks`).
+    nets: Networks,
 }
 
 /// The result of handling one request.
@@ -434,6 +468,12 @@ impl State {
 
     fn trusted(&self, a: u32, b: u32) -> bool {
         self.trust.get(&a).is_some_and(|s| s.contains(&b))
+    }
+
+    /// A trust pair exists or the two share a non-backbone network: what
+    /// lets one resolve and reach the other (spec §6.4.4, §6.4.6, §6.4.9).
+    fn related(&self, a: u32, b: u32) -> bool {
+        self.trusted(a, b) || self.nets.share(a, b)
     }
 
     fn dirty(&mut self) -> u64 {
@@ -605,6 +645,42 @@ impl State {
     }
 }
 
+/// The node table as the network rules see it (`super::networks`).
+struct Dir<'a> {
+    nodes: &'a HashMap<u32, Node>,
+    trust: &'a HashMap<u32, HashSet<u32>>,
+    hostnames: &'a HashMap<String, u32>,
+}
+
+impl super::networks::Directory for Dir<'_> {
+    fn visibility(&self, id: u32) -> Option<bool> {
+        self.nodes.get(&id).map(|n| n.public)
+    }
+
+    fn entry(&self, id: u32) -> Option<crate::wire::networks::NodeEntry> {
+        let n = self.nodes.get(&id)?;
+        Some(super::networks::node_entry(
+            id,
+            n.hostname.clone(),
+            n.public,
+            n.live,
+            &n.real_addr,
+        ))
+    }
+
+    fn trusted(&self, a: u32, b: u32) -> bool {
+        self.trust.get(&a).is_some_and(|s| s.contains(&b))
+    }
+
+    fn hostnames_containing(&self, q: &str) -> Vec<u32> {
+        self.hostnames
+            .iter()
+            .filter(|(h, _)| h.contains(q))
+            .map(|(_, &id)| id)
+            .collect()
+    }
+}
+
 impl Registry {
     /// An empty registry (ids start at 1).
     pub fn new() -> Registry {
@@ -743,6 +819,16 @@ impl Registry {
             }
         }
         st.live_count = st.nodes.values().filter(|n| n.live).count();
+        let nodes = &st.nodes;
+        st.nets = Networks::from_snapshot(
+            NetSnapshot {
+                networks: snap.networks,
+                members: snap.network_members,
+                invites: snap.network_invites,
+                tags: snap.node_tags,
+            },
+            |id| nodes.contains_key(&id),
+        );
         Ok(Registry {
             state: std::sync::Mutex::new(st),
             waiters: Default::default(),
@@ -793,6 +879,7 @@ impl Registry {
             handshake_requests.extend(i.requests);
             handshake_responses.extend(i.responses);
         }
+        let net = st.nets.snapshot();
         Snapshot {
             next_id: st.next_id,
             nodes,
@@ -800,6 +887,10 @@ impl Registry {
             consents,
             handshake_requests,
             handshake_responses,
+            networks: net.networks,
+            network_members: net.members,
+            network_invites: net.invites,
+            node_tags: net.tags,
         }
     }
 
@@ -811,6 +902,7 @@ impl Registry {
         if st.dirty.is_none() {
             st.dirty = Some(Dirty::default());
         }
+        st.nets.track_changes();
     }
 
     /// The current generation and the rows changed since the last call
@@ -841,6 +933,7 @@ impl Registry {
             .into_iter()
             .map(|id| (id, st.inboxes(id)))
             .collect();
+        let net = st.nets.take_changes();
         (
             st.generation,
             Changes {
@@ -849,6 +942,10 @@ impl Registry {
                 trust,
                 consents,
                 inboxes,
+                networks: net.networks,
+                network_members: net.members,
+                network_invites: net.invites,
+                node_tags: net.tags,
             },
         )
     }
@@ -1013,7 +1110,16 @@ impl Registry {
             Ok(r) => r,
             Err(text) => Response::error(&text),
         };
+        let woken = st.nets.take_wake();
         drop(st);
+        if !woken.is_empty() {
+            let w = self.lock_waiters();
+            for node in woken {
+                if let Some(n) = w.get(&node) {
+                    n.notify_waiters();
+                }
+            }
+        }
         if let Some(node) = wake.filter(|_| !matches!(response, Response::Error(_))) {
             if let Some(n) = self.lock_waiters().get(&node) {
                 n.notify_waiters();
@@ -1062,12 +1168,12 @@ impl Registry {
                 Response::LookupOk(LookupOk {
                     node_id: n.id,
                     address: Addr::backbone(n.id).to_string(),
-                    networks: vec![0],
+                    networks: st.nets.networks_of(n.id),
                     public_key: wire::b64_encode(n.key.as_bytes()),
                     public: n.public,
                     polo_score: 0,
                     hostname: n.hostname.clone(),
-                    tags: None,
+                    tags: st.nets.tags_of(n.id),
                     task_exec: false,
                     real_addr: n.public.then(|| n.real_addr.clone()),
                     external_id: None,
@@ -1078,7 +1184,7 @@ impl Registry {
                 let target = st.live(r.node_id)?;
                 let allowed = target.public
                     || r.requester_id == r.node_id
-                    || st.trusted(r.requester_id, r.node_id);
+                    || st.related(r.requester_id, r.node_id);
                 if !allowed {
                     return Err(format!(
                         "resolve denied: node {} is private to node {}",
@@ -1105,7 +1211,7 @@ impl Registry {
                 let &id = st.hostnames.get(&r.hostname).ok_or_else(not_found)?;
                 let n = st.live(id).map_err(|_| not_found())?;
                 let requester = r.requester_id.unwrap_or(0);
-                if !(n.public || requester == id || st.trusted(requester, id)) {
+                if !(n.public || requester == id || st.related(requester, id)) {
                     return Err(not_found());
                 }
                 Response::ResolveHostnameOk(ResolveHostnameOk {
@@ -1227,8 +1333,27 @@ impl Registry {
                 Response::RevokeTrustOk(Empty {})
             }
             Request::CheckTrust(r) => Response::CheckTrustOk(CheckTrustOk {
-                trusted: st.trusted(r.node_id, r.peer_id),
+                trusted: st.related(r.node_id, r.peer_id),
             }),
+            Request::Network(r) => {
+                let State {
+                    nets,
+                    nodes,
+                    trust,
+                    hostnames,
+                    ..
+                } = &mut *st;
+                let dir = Dir {
+                    nodes,
+                    trust,
+                    hostnames,
+                };
+                let (resp, durable) = nets.handle(r, &dir, unix as i64)?;
+                if durable {
+                    st.dirty();
+                }
+                Response::Network(resp)
+            }
             Request::Punch(r) => {
                 if r.requester_id != r.node_a && r.requester_id != r.node_b {
                     return Err("punch: requester is not a participant".into());
@@ -1239,7 +1364,7 @@ impl Registry {
                     r.node_a
                 };
                 let peer_node = st.live(other)?;
-                if !(peer_node.public || st.trusted(r.requester_id, other)) {
+                if !(peer_node.public || st.related(r.requester_id, other)) {
                     return Err(format!("punch denied: node {other} is private"));
                 }
                 let a = st.live(r.node_a)?.real_addr.clone();
