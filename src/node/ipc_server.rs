@@ -388,6 +388,7 @@ async fn handle(req: Request, shared: &Arc<Shared>, cmds: &mpsc::Sender<Cmd>) ->
             })
             .await
         }
+        Request::Network(op) => super::networks::handle_ipc(shared.clone(), cmds.clone(), op).await,
         Request::Trust(op) => {
             let ctx = super::trust::Ctx {
                 shared: shared.clone(),

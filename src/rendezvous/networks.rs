@@ -525,8 +525,7 @@ impl Networks {
                         r.node_id
                     ));
                 }
-                if self.member_of.get(&r.node_id).map_or(0, |s| s.len()) >= MAX_NETWORKS_PER_NODE
-                {
+                if self.member_of.get(&r.node_id).map_or(0, |s| s.len()) >= MAX_NETWORKS_PER_NODE {
                     return Err(format!(
                         "too many networks for node {} (max {MAX_NETWORKS_PER_NODE}); leave one first",
                         r.node_id
@@ -835,7 +834,9 @@ impl Networks {
         }
         let query = r.query.as_deref().map(str::to_lowercase);
         if query.as_ref().is_some_and(|q| q.len() > MAX_QUERY_LEN) {
-            return Err(format!("invalid search: too long (max {MAX_QUERY_LEN} bytes)"));
+            return Err(format!(
+                "invalid search: too long (max {MAX_QUERY_LEN} bytes)"
+            ));
         }
         if let Some(net) = r.network_id {
             self.net(net)?;
@@ -878,9 +879,7 @@ impl Networks {
         } else if let Some(net) = r.network_id {
             self.nets[&net].members.iter().copied().collect()
         } else {
-            return Err(
-                "invalid search: name at least one tag, a search text or a network".into(),
-            );
+            return Err("invalid search: name at least one tag, a search text or a network".into());
         };
         // A query together with tags narrows the tag matches.
         if let (Some(q), false) = (query.as_deref(), r.tags.is_empty()) {
@@ -1044,7 +1043,10 @@ mod tests {
         .unwrap();
         assert!(n.is_member(2, closed));
         assert!(n.handle(inv(2, 4), &Dir, 0).unwrap_err().contains("owner"));
-        assert!(n.handle(inv(1, 77), &Dir, 0).unwrap_err().contains("not found"));
+        assert!(n
+            .handle(inv(1, 77), &Dir, 0)
+            .unwrap_err()
+            .contains("not found"));
         // Owner removes; non-owner cannot delete; owner can.
         let rm = |by: u32| {
             NetRequest::RemoveMember(RemoveMember {
@@ -1054,7 +1056,10 @@ mod tests {
                 signature: None,
             })
         };
-        assert!(n.handle(rm(2), &Dir, 0).unwrap_err().contains("only its owner"));
+        assert!(n
+            .handle(rm(2), &Dir, 0)
+            .unwrap_err()
+            .contains("only its owner"));
         n.take_wake();
         n.handle(rm(1), &Dir, 0).unwrap();
         assert!(!n.is_member(2, closed));
@@ -1099,7 +1104,10 @@ mod tests {
         assert_eq!(find(&mut n, 9, &["citations"], None), vec![1, 3]);
         // 2 sees itself; 4 (trusted by 2) sees 2.
         assert_eq!(find(&mut n, 2, &["citations"], None), vec![1, 2, 3]);
-        assert_eq!(find(&mut n, 4, &["citations", "agent"], None), vec![1, 2, 3]);
+        assert_eq!(
+            find(&mut n, 4, &["citations", "agent"], None),
+            vec![1, 2, 3]
+        );
         // Sharing a network makes 2 visible to 6.
         let net = create(&mut n, 2, "lab", JoinRule::Open).unwrap();
         n.handle(NetRequest::JoinNetwork(nn(6, net)), &Dir, 0)

@@ -50,9 +50,9 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     }
     let b = tag.as_bytes();
     let first_ok = b[0].is_ascii_lowercase() || b[0].is_ascii_digit();
-    let ok = b.iter().all(|c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.')
-    });
+    let ok = b
+        .iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.'));
     if !first_ok || !ok {
         let shown: String = tag.chars().take(32).collect();
         return Err(format!(
@@ -378,7 +378,9 @@ impl NetRequest {
             NetRequest::CreateNetwork(r) => {
                 (r.node_id, signed_ext::create_network(r.node_id, &r.name))
             }
-            NetRequest::JoinNetwork(r) => (r.node_id, signed::join_network(r.node_id, r.network_id)),
+            NetRequest::JoinNetwork(r) => {
+                (r.node_id, signed::join_network(r.node_id, r.network_id))
+            }
             NetRequest::LeaveNetwork(r) => {
                 (r.node_id, signed::leave_network(r.node_id, r.network_id))
             }
@@ -679,7 +681,10 @@ mod tests {
             validate_tags(&many).unwrap_err(),
             validate_network_name("Bad_Name").unwrap_err(),
         ] {
-            assert_ne!(crate::wire::registry::public_error_text(&e), "request failed");
+            assert_ne!(
+                crate::wire::registry::public_error_text(&e),
+                "request failed"
+            );
         }
     }
 

@@ -552,7 +552,12 @@ impl Db {
             .map_err(err)?;
         for (&(net, node), &present) in &ch.network_members {
             let p = params![i64::from(net), i64::from(node)];
-            if present { add.execute(p) } else { rm.execute(p) }.map_err(err)?;
+            if present {
+                add.execute(p)
+            } else {
+                rm.execute(p)
+            }
+            .map_err(err)?;
         }
         let mut clear = tx
             .prepare_cached("DELETE FROM network_invites WHERE target = ?1")
