@@ -152,7 +152,11 @@ pub async fn start(shared: Arc<Shared>, cmds: mpsc::Sender<Cmd>) {
 }
 
 fn reg_error(e: RegError) -> Response {
-    Response::error(e.code(), e.to_string())
+    let mut text = e.to_string();
+    if text.contains("network") && text.contains("not found") {
+        text.push_str("; `pilotctl network list` shows the networks");
+    }
+    Response::error(e.code(), text)
 }
 
 fn invalid(msg: impl Into<String>) -> Response {
