@@ -39,8 +39,12 @@ use crate::wire::networks::{
 /// How long one `poll_networks` is held by the registry (well under its
 /// 5-minute idle cut, spec §6.1).
 const LONG_POLL: Duration = Duration::from_secs(25);
-/// Wait after a failed poll (connection lost) before trying again.
-const RETRY: Duration = Duration::from_secs(1);
+/// Wait after a failed poll (connection lost) before trying again: starts
+/// short so a restarted rendezvous is back in the view well within the 2 s
+/// goal, doubling to [`RETRY_MAX`].
+const RETRY: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Wait when the registry does not know `poll_networks` (reference).
 const UNSUPPORTED_RETRY: Duration = Duration::from_secs(60);
 /// Largest broadcast payload: what one datagram carries (spec §8.1 keeps
@@ -103,13 +107,15 @@ impl NetState {
 pub async fn start(shared: Arc<Shared>, cmds: mpsc::Sender<Cmd>) {
     let mut client = None;
     let mut since = 0u64;
+    let mut backoff = RETRY;
     loop {
         let me = shared.registry.node_id();
         if client.is_none() {
             match shared.registry.connect_new().await {
                 Ok(c) => client = Some(c),
                 Err(_) => {
-                    tokio::time::sleep(RETRY).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
                     continue;
                 }
             }
@@ -120,6 +126,7 @@ pub async fn start(shared: Arc<Shared>, cmds: mpsc::Sender<Cmd>) {
             .await
         {
             Ok(ok) => {
+                backoff = RETRY;
                 let changed = ok.version != since || !shared.networks.lock().synced;
                 since = ok.version;
                 if changed {
@@ -138,14 +145,15 @@ pub async fn start(shared: Arc<Shared>, cmds: mpsc::Sender<Cmd>) {
                 let wait = if text == "request failed" {
                     UNSUPPORTED_RETRY
                 } else {
-                    RETRY
+                    RETRY_MAX
                 };
                 tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 tracing::debug!("poll_networks: {e}");
                 client = None;
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
     }
