@@ -192,6 +192,11 @@ fn networks_membership_discovery_streams_broadcast_and_restart() {
         !gc.contains("to-all-members"),
         "gamma (not a member) got: {gc}"
     );
+    // The broadcast address of the network does the same (spec §1.5).
+    let rnum: u16 = rid.parse().unwrap();
+    let bcast = format!("{rnum}:{rnum:04X}.FFFF.FFFF");
+    let sent = a.json(&["send", &bcast, "1000", "--data", "via-address"]);
+    assert_eq!(sent["sent"].as_array().unwrap().len(), 2, "{sent}");
     let (code, msg) = fails(&c, &["broadcast", "research", "--data", "x"]);
     assert_eq!(code, "refused");
     assert!(msg.contains("not a member"), "{msg}");

@@ -169,7 +169,7 @@ pub fn document() -> Value {
             "exit_codes": "0 success; 1 any error (see code); 2 a command line that does not parse",
             "socket": "--socket PATH or PILOT_SOCKET selects the daemon (default /tmp/pilot.sock, or config \"socket\")",
             "trust": "nodes are private by default: `pilotctl handshake <node>` and the other side's `approve` (or --trust-auto-approve) before streams, messages or pings",
-"networks": "members of a shared network resolve each other and pass each other's trust gate with no handshake: `pilotctl network create NAME [--join-rule invite]`, `network join|leave|members|invite|invites|accept|reject|remove|delete`; a network is named by id or name",
+    "networks": "members of a shared network resolve each other and pass each other's trust gate with no handshake: `pilotctl network create NAME [--join-rule invite]`, `network join|leave|members|invite|invites|accept|reject|remove|delete`; a network is named by id or name",
             "discovery": "`pilotctl set-tags TAG...` advertises capabilities; `pilotctl find --tag T [--tag T2] [--network N]` or `peers --search TEXT` lists matching nodes with address and online state (private nodes only to members and trusted peers); `pilotctl broadcast NETWORK --data D` sends one datagram to every online member",
             "first_steps": [
                 "pilotctl daemon start --registry HOST:PORT --hostname NAME",

@@ -301,6 +301,31 @@ impl Networks {
         n
     }
 
+    /// Forgets everything about `node` (its id is being reclaimed and may
+    /// go to another key): memberships, invitations, tags. Networks it owns
+    /// are kept (an owner is always a proven, signing node, so this does
+    /// not happen to owners).
+    pub fn forget(&mut self, node: u32) {
+        let nets: Vec<u16> = self
+            .member_of
+            .get(&node)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for net in nets {
+            self.remove_member(net, node);
+            self.touch(net, &[node]);
+        }
+        if self.invites.remove(&node).is_some() {
+            self.mark(|d| {
+                d.invites.insert(node);
+            });
+        }
+        if self.tags.contains_key(&node) {
+            self.put_tags(node, Vec::new());
+        }
+        self.node_version.remove(&node);
+    }
+
     /// Whether `node` is a member of `net`.
     pub fn is_member(&self, node: u32, net: u16) -> bool {
         self.member_of.get(&node).is_some_and(|s| s.contains(&net))

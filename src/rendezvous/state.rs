@@ -1003,6 +1003,7 @@ impl Registry {
                 st.by_key.remove(n.key.as_bytes());
             }
             st.mark_node(id);
+            st.nets.forget(id);
             if st.hs_requests.remove(&id).is_some() | st.hs_responses.remove(&id).is_some() {
                 st.mark_inbox(id);
             }
