@@ -4,7 +4,7 @@
 //! Setup: NODES fresh keys register over CONNS connections; each sets
 //! TAGS tags drawn from a vocabulary of VOCAB (`cap-0` .. `cap-<VOCAB-1>`,
 //! so a tag is carried by about NODES x TAGS / VOCAB nodes) with a signed
-//! `set_tags`, and every other node turns public with a signed
+//! `set_tags`, and every third node turns public with a signed
 //! `set_visibility` (so the privacy filter has work to do).
 //!
 //! Phases, each reported on its own line (latency = one request's round
@@ -203,7 +203,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let a = Arc::new(a);
 
-    // Setup: register, tag, half public.
+    // Setup: register, tag, a third public.
     let t0 = Instant::now();
     let next = Arc::new(AtomicU32::new(0));
     let ids: Arc<Mutex<Vec<(u32, SigningKey)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -238,7 +238,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if let Some(e) = error_of(c.call(&set).await?) {
                     eprintln!("set_tags {id}: {e}");
                 }
-                if i % 2 == 0 {
+                if i % 3 == 0 {
                     let vis = sign(
                         Request::SetVisibility(SetVisibility {
                             node_id: id,
@@ -264,7 +264,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let setup = t0.elapsed().as_secs_f64();
     println!(
-        "setup      {} nodes registered, {} tags each ({} distinct), half public, in {setup:.1} s",
+        "setup      {} nodes registered, {} tags each ({} distinct), a third public, in {setup:.1} s",
         a.nodes, a.tags, a.vocab
     );
     let ids: Vec<(u32, SigningKey)> = ids.lock().map(|g| g.clone()).unwrap_or_default();

@@ -4,7 +4,7 @@
 # embedded SQLite store, one machine, loopback only.
 #   setup: NODES fresh keys register, each sets TAGS tags from a vocabulary
 #          of VOCAB (1,000: a tag is carried by ~1,000 nodes) and every
-#          other node turns public (signed requests, as daemons send them);
+#          third node turns public (signed requests, as daemons send them);
 #   find1: QUERIES single-tag find_nodes back to back on one connection,
 #          each from a random registered requester: p50/p95/p99/max;
 #   find2: the same with two tags;
