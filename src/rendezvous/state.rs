@@ -1827,6 +1827,93 @@ mod tests {
     }
 
     #[test]
+    fn shared_networks_relate_nodes_and_persist() {
+        use crate::wire::networks::{CreateNetwork, JoinRule, NetRequest, NodeNetwork};
+        let r = Registry::new();
+        r.track_changes();
+        let t = Instant::now();
+        let (ka, kb) = (key(1), key(2));
+        let (a, b) = (reg(&r, &ka, t), reg(&r, &kb, t));
+        let check = || {
+            matches!(
+                r.handle(
+                    Request::CheckTrust(wire::TrustPair {
+                        node_id: a,
+                        peer_id: b,
+                        signature: None,
+                    }),
+                    peer(),
+                    t,
+                )
+                .response,
+                Response::CheckTrustOk(CheckTrustOk { trusted: true })
+            )
+        };
+        let resolve = || {
+            r.handle(
+                signed(
+                    Request::Resolve(wire::Resolve {
+                        node_id: b,
+                        requester_id: a,
+                        signature: None,
+                    }),
+                    &ka,
+                ),
+                peer(),
+                t,
+            )
+            .response
+            .type_name()
+        };
+        assert!(!check());
+        assert_eq!(resolve(), "error");
+        let create = signed(
+            Request::Network(NetRequest::CreateNetwork(CreateNetwork {
+                node_id: a,
+                name: "lab".into(),
+                join_rule: JoinRule::Open,
+                signature: None,
+            })),
+            &ka,
+        );
+        let out = r.handle(create, peer(), t);
+        assert!(out.durable_generation.is_some(), "{out:?}");
+        // A join signed by the wrong key is refused.
+        let join = |k: &SigningKey| {
+            signed(
+                Request::Network(NetRequest::JoinNetwork(NodeNetwork {
+                    node_id: b,
+                    network_id: 1,
+                    signature: None,
+                })),
+                k,
+            )
+        };
+        assert_eq!(r.handle(join(&ka), peer(), t).response.type_name(), "error");
+        assert_eq!(
+            r.handle(join(&kb), peer(), t).response.type_name(),
+            "join_network_ok"
+        );
+        assert!(check());
+        assert_eq!(resolve(), "resolve_ok");
+        match r
+            .handle(Request::Lookup(wire::Lookup { node_id: b }), peer(), t)
+            .response
+        {
+            Response::LookupOk(ok) => assert_eq!(ok.networks, vec![0, 1]),
+            other => panic!("{other:?}"),
+        }
+        let (_, ch) = r.take_changes();
+        assert_eq!(ch.networks.len(), 1);
+        assert_eq!(ch.network_members.len(), 2);
+        // A snapshot carries the networks and memberships.
+        let snap = r.snapshot();
+        assert_eq!(snap.network_members, vec![(1, a), (1, b)]);
+        let r2 = Registry::from_snapshot(snap, t).unwrap();
+        assert_eq!(r2.snapshot().networks.len(), 1);
+    }
+
+    #[test]
     fn punch_only_for_participants_and_visible_peers() {
         let r = Registry::new();
         let t = Instant::now();
