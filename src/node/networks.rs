@@ -159,10 +159,26 @@ pub async fn start(shared: Arc<Shared>, cmds: mpsc::Sender<Cmd>) {
     }
 }
 
+/// A registry refusal, with the command that usually helps quoted in it
+/// (pilotctl turns a quoted command into the error's `hint`).
 fn reg_error(e: RegError) -> Response {
     let mut text = e.to_string();
-    if text.contains("network") && text.contains("not found") {
-        text.push_str("; `pilotctl network list` shows the networks");
+    let next = if text.contains("invite-only") {
+        Some("`pilotctl network invites` lists your invitations")
+    } else if text.contains("only its owner") {
+        Some("`pilotctl network list` shows each network's owner")
+    } else if text.contains("delete it instead") {
+        Some("`pilotctl network delete <network>` removes it for every member")
+    } else if text.contains("is not a member") {
+        Some("`pilotctl network members <network>` lists the members")
+    } else if text.contains("network") && text.contains("not found") {
+        Some("`pilotctl network list` shows the networks")
+    } else {
+        None
+    };
+    if let Some(n) = next {
+        text.push_str("; ");
+        text.push_str(n);
     }
     Response::error(e.code(), text)
 }
