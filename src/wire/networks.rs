@@ -714,6 +714,10 @@ mod tests {
         assert_eq!(parse_request(&back).unwrap(), r);
         // Unknown types still fail.
         assert!(parse_request(br#"{"type":"frobnicate"}"#).is_err());
+        // A JSON array is not a request (serde would read it as a variant
+        // index and fields).
+        assert!(parse_request(b"[1,2,3]").is_err());
+        assert!(parse_request(b" [11, 2, 3]").is_err());
         // The spec's invite string (§6.3 vectors).
         let inv = NetRequest::InviteToNetwork(InviteToNetwork {
             inviter_id: 42,

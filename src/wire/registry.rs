@@ -978,6 +978,12 @@ pub fn encode_json_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 /// `type`, missing or mistyped field) is an error whose text the server
 /// replaces by `request failed`.
 pub fn parse_request(payload: &[u8]) -> Result<Request, serde_json::Error> {
+    // Only a JSON object is a request (the reference decodes into a map).
+    // Checked first because serde would read an array as a variant index
+    // followed by the fields in order (`[1,2,3]` as a request).
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(serde::de::Error::custom("a request must be a JSON object"));
+    }
     serde_json::from_slice(payload)
 }
 
