@@ -40,6 +40,12 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
             hostname: Some(hostname),
             ..
         } => find(cli, hostname).await,
+        Command::Find { tag, network, .. } if tag.is_empty() && network.is_none() => {
+            Err(CliError::new(
+                ErrorCode::InvalidArgument,
+                "find needs a hostname (`pilotctl find beta`) or a tag to discover nodes by (`pilotctl find --tag citations`)",
+            ))
+        }
         Command::Find { tag, network, .. } => {
             super::networks::discover(cli, tag, None, network.as_deref()).await
         }

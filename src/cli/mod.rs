@@ -139,7 +139,6 @@ pub enum Command {
     /// Private nodes are listed only to fellow members and trusted peers.
     Find {
         /// The hostname (omit with --tag or --network).
-        #[arg(required_unless_present_any = ["tag", "network"])]
         hostname: Option<String>,
         /// A tag every listed node must carry (repeat for more).
         #[arg(long, value_name = "TAG", conflicts_with = "hostname")]
