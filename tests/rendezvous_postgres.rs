@@ -542,3 +542,219 @@ async fn a_relay_frame_sent_to_one_instance_reaches_a_node_on_the_other() {
     let r = tokio::time::timeout(Duration::from_millis(500), x.recv_from(&mut buf)).await;
     assert!(r.is_err(), "a forged forward was delivered");
 }
+
+/// Networks, memberships and tags (issue 12) kept in the shared database:
+/// a network created through A is joined through B, its members listed
+/// through either, a member waiting on A learns of a join through B within
+/// 2 s, tags set through B are found through A, the name cannot be taken
+/// again through B, a removal crosses back, and a third instance started
+/// afterwards loads all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn networks_and_tags_cross_instances() {
+    use pilot::wire::networks::{
+        CreateNetwork, JoinRule, ListNodes, NetRequest as N, NetResponse as R, NodeNetwork, SetTags,
+    };
+    let Some(pg) = Cluster::start() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let a = instance(&pg.url(), home.path());
+    let b = instance(&pg.url(), home.path());
+    let mut ca = RegistryClient::connect(a.registry).await.unwrap();
+    let mut cb = RegistryClient::connect(b.registry).await.unwrap();
+    let (k1, k2) = (key(21), key(22));
+    let n1 = ca
+        .register(signed_register(&k1, None))
+        .await
+        .unwrap()
+        .node_id;
+    let n2 = cb
+        .register(signed_register(&k2, None))
+        .await
+        .unwrap()
+        .node_id;
+    let logs = || {
+        format!(
+            "\nA: {}\nB: {}",
+            a.log.lock().unwrap(),
+            b.log.lock().unwrap()
+        )
+    };
+
+    // Node 1 creates "research" through A.
+    let created = ca
+        .network(
+            &k1,
+            N::CreateNetwork(CreateNetwork {
+                node_id: n1,
+                name: "research".into(),
+                join_rule: JoinRule::Open,
+                signature: None,
+            }),
+        )
+        .await
+        .unwrap();
+    let R::CreateNetworkOk(ok) = created else {
+        panic!("{created:?}")
+    };
+    let net = ok.network.id;
+
+    // Node 1 waits on A for a membership change.
+    let since = ca
+        .poll_networks_wait(&k1, n1, 0, Duration::from_millis(10))
+        .await
+        .unwrap()
+        .version;
+    let poll = {
+        let (k1, addr) = (k1.clone(), a.registry);
+        tokio::spawn(async move {
+            let mut c = RegistryClient::connect(addr).await.unwrap();
+            c.poll_networks_wait(&k1, n1, since, Duration::from_secs(10))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Node 2 joins through B (B has to learn of the network first).
+    let sent = Instant::now();
+    let joined = cb
+        .network(
+            &k2,
+            N::JoinNetwork(NodeNetwork {
+                node_id: n2,
+                network_id: net,
+                signature: None,
+            }),
+        )
+        .await;
+    assert!(
+        matches!(joined, Ok(R::JoinNetworkOk(_))),
+        "{joined:?}{}",
+        logs()
+    );
+    let seen = poll.await.unwrap();
+    let latency = sent.elapsed();
+    let members = seen
+        .networks
+        .iter()
+        .find(|m| m.id == net)
+        .map(|m| m.members.clone())
+        .unwrap_or_default();
+    assert!(members.contains(&n2), "{seen:?}{}", logs());
+    assert!(latency < Duration::from_secs(2), "took {latency:?}");
+    eprintln!("membership change across instances: {latency:?}");
+
+    // The same name cannot be created again through B.
+    let again = cb
+        .network(
+            &k2,
+            N::CreateNetwork(CreateNetwork {
+                node_id: n2,
+                name: "research".into(),
+                join_rule: JoinRule::Open,
+                signature: None,
+            }),
+        )
+        .await;
+    assert!(again.is_err(), "{again:?}");
+
+    // Tags set through B are found through A (within a read of the log).
+    let tagged = cb
+        .network(
+            &k2,
+            N::SetTags(SetTags {
+                node_id: n2,
+                tags: vec!["citations".into()],
+                signature: None,
+            }),
+        )
+        .await;
+    assert!(matches!(tagged, Ok(R::SetTagsOk(_))), "{tagged:?}");
+    let mut found = Vec::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until && found.is_empty() {
+        found = find_tag(&mut ca, &k1, n1, Some(net), "citations").await;
+        if found.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(found, vec![n2], "{}", logs());
+
+    // Node 2 leaves through B; A's member list follows.
+    let left = cb
+        .network(
+            &k2,
+            N::LeaveNetwork(NodeNetwork {
+                node_id: n2,
+                network_id: net,
+                signature: None,
+            }),
+        )
+        .await;
+    assert!(matches!(left, Ok(R::LeaveNetworkOk(_))), "{left:?}");
+    let members_via = |addr| {
+        let k1 = k1.clone();
+        async move {
+            let mut c = RegistryClient::connect(addr).await.unwrap();
+            match c
+                .network(
+                    &k1,
+                    N::ListNodes(ListNodes {
+                        network_id: net,
+                        requester_id: Some(n1),
+                        signature: None,
+                    }),
+                )
+                .await
+            {
+                Ok(R::ListNodesOk(r)) => r.nodes.iter().map(|n| n.node_id).collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut via_a = members_via(a.registry).await;
+    while Instant::now() < until && via_a != vec![n1] {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        via_a = members_via(a.registry).await;
+    }
+    assert_eq!(via_a, vec![n1], "{}", logs());
+
+    // A third instance started now loads the network, its member and the tags.
+    let c = instance(&pg.url(), home.path());
+    assert_eq!(members_via(c.registry).await, vec![n1]);
+    let mut cc = RegistryClient::connect(c.registry).await.unwrap();
+    assert!(
+        find_tag(&mut cc, &k1, n1, Some(net), "citations")
+            .await
+            .is_empty(),
+        "not a member any more"
+    );
+    // Node 2's tags were loaded: node 2 finds itself through C.
+    assert_eq!(
+        find_tag(&mut cc, &k2, n2, None, "citations").await,
+        vec![n2]
+    );
+}
+
+/// Node ids with `tag` that `requester` may see (in `net`, if given).
+async fn find_tag(
+    c: &mut RegistryClient,
+    k: &SigningKey,
+    requester: u32,
+    net: Option<u16>,
+    tag: &str,
+) -> Vec<u32> {
+    use pilot::wire::networks::{FindNodes, NetRequest, NetResponse};
+    let req = NetRequest::FindNodes(FindNodes {
+        requester_id: requester,
+        tags: vec![tag.into()],
+        query: None,
+        network_id: net,
+        limit: None,
+        signature: None,
+    });
+    match c.network(k, req).await {
+        Ok(NetResponse::FindNodesOk(r)) => r.nodes.iter().map(|n| n.node_id).collect(),
+        other => panic!("find_nodes: {other:?}"),
+    }
+}

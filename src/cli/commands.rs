@@ -18,7 +18,14 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Daemon(DaemonCommand::Status) => daemon_ctl::status(cli).await,
         Command::Info => info(cli).await,
         Command::Lookup { target } => lookup(cli, target).await,
-        Command::Peers => peers(cli).await,
+        Command::Peers { search: None } => peers(cli).await,
+        Command::Peers { search: Some(q) } => {
+            super::networks::discover(cli, &[], Some(q), None).await
+        }
+        Command::Network(c) => super::networks::network(cli, c).await,
+        Command::SetTags { tags } => super::networks::set_tags(cli, tags).await,
+        Command::ClearTags => super::networks::set_tags(cli, &[]).await,
+        Command::Broadcast(a) => super::networks::broadcast(cli, a).await,
         Command::SetHostname { hostname } if hostname.is_empty() => Err(CliError::new(
             ErrorCode::InvalidArgument,
             "empty hostname: to remove this node's hostname, run `pilotctl clear-hostname`",
@@ -29,7 +36,19 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         )),
         Command::SetHostname { hostname } => set_hostname(cli, hostname).await,
         Command::ClearHostname => set_hostname(cli, "").await,
-        Command::Find { hostname } => find(cli, hostname).await,
+        Command::Find {
+            hostname: Some(hostname),
+            ..
+        } => find(cli, hostname).await,
+        Command::Find { tag, network, .. } if tag.is_empty() && network.is_none() => {
+            Err(CliError::new(
+                ErrorCode::InvalidArgument,
+                "find needs a hostname (`pilotctl find beta`) or a tag to discover nodes by (`pilotctl find --tag citations`)",
+            ))
+        }
+        Command::Find { tag, network, .. } => {
+            super::networks::discover(cli, tag, None, network.as_deref()).await
+        }
         Command::Ping(a) if a.control => ping::control_ping(cli, a).await,
         Command::Ping(a) => ping::echo_ping(cli, a).await,
         Command::Connect(a) => streams::connect(cli, a).await,

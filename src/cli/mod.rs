@@ -39,6 +39,7 @@ mod daemon_ctl;
 mod forward;
 pub mod gateway;
 mod messages;
+pub mod networks;
 pub mod output;
 mod ping;
 mod streams;
@@ -114,7 +115,15 @@ pub enum Command {
         target: String,
     },
     /// List the peers this node has tunnels with, and their paths.
-    Peers,
+    ///
+    /// With --search, ask the rendezvous instead for the nodes whose
+    /// hostname or a tag contains the text, with their addresses and
+    /// whether they are online (private nodes only if you may see them).
+    Peers {
+        /// Search the rendezvous for nodes whose hostname or tags contain this text.
+        #[arg(long, value_name = "TEXT")]
+        search: Option<String>,
+    },
     /// Register a hostname for this node (lower-case letters, digits, '-').
     SetHostname {
         /// The hostname, 1-63 characters.
@@ -122,11 +131,45 @@ pub enum Command {
     },
     /// Remove this node's hostname.
     ClearHostname,
-    /// Resolve a hostname to an address.
+    /// Resolve a hostname to an address, or discover nodes by tag.
+    ///
+    /// `pilotctl find beta` resolves a hostname; `pilotctl find --tag
+    /// citations [--tag gpu] [--network research]` lists the nodes carrying
+    /// every tag (exact match), with their addresses and online state.
+    /// Private nodes are listed only to fellow members and trusted peers.
     Find {
-        /// The hostname.
-        hostname: String,
+        /// The hostname (omit with --tag or --network).
+        hostname: Option<String>,
+        /// A tag every listed node must carry (repeat for more).
+        #[arg(long, value_name = "TAG", conflicts_with = "hostname")]
+        tag: Vec<String>,
+        /// Only members of this network (id or name).
+        #[arg(long, value_name = "NETWORK", conflicts_with = "hostname")]
+        network: Option<String>,
     },
+    /// Create, join, leave and manage networks (groups of nodes that trust
+    /// each other's members).
+    ///
+    /// Members of a shared network resolve each other and pass each other's
+    /// trust gate without a handshake.
+    #[command(subcommand)]
+    Network(networks::NetworkCommand),
+    /// Replace this node's tags (capabilities others can `find --tag`).
+    ///
+    /// Tags: 1-63 of a-z, 0-9, '-', '_', '.'; at most 16 per node.
+    SetTags {
+        /// The tags.
+        #[arg(required = true, num_args = 1..)]
+        tags: Vec<String>,
+    },
+    /// Remove all of this node's tags.
+    ClearTags,
+    /// Send one datagram to every online member of a network.
+    ///
+    /// `pilotctl broadcast research --data hello`; members read it with
+    /// `pilotctl recv 1000`. The backbone (network 0) is refused, and so is
+    /// a network you are not a member of.
+    Broadcast(networks::BroadcastArgs),
     /// Measure round-trip times to a node (echo port 7; --control for port 0).
     Ping(PingArgs),
     /// Open a stream: stdin goes to the peer, the peer's bytes to stdout.

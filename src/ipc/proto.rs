@@ -124,6 +124,99 @@ pub enum Request {
     },
     /// The exposed ports.
     ExposeList,
+    /// Networks, tags, discovery and broadcast: see [`crate::node::networks`].
+    Network(NetworkRequest),
+}
+
+/// The operations of [`Request::Network`]. A network is named by its id or
+/// its name; a node by address, bare node id or hostname.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum NetworkRequest {
+    /// Create a network (we become its owner).
+    Create {
+        /// Its name.
+        name: String,
+        /// `open` or `invite`.
+        join_rule: String,
+    },
+    /// Every network.
+    List,
+    /// Join a network.
+    Join {
+        /// Id or name.
+        network: String,
+    },
+    /// Leave a network.
+    Leave {
+        /// Id or name.
+        network: String,
+    },
+    /// The members of a network.
+    Members {
+        /// Id or name.
+        network: String,
+    },
+    /// Invite a node.
+    Invite {
+        /// Id or name.
+        network: String,
+        /// The node.
+        target: String,
+    },
+    /// Our pending invitations.
+    Invites,
+    /// Accept an invitation (join).
+    Accept {
+        /// Id or name.
+        network: String,
+    },
+    /// Decline an invitation.
+    Reject {
+        /// Id or name.
+        network: String,
+    },
+    /// Delete a network we own.
+    Delete {
+        /// Id or name.
+        network: String,
+    },
+    /// Remove a member from a network we own.
+    Remove {
+        /// Id or name.
+        network: String,
+        /// The member.
+        target: String,
+    },
+    /// Replace our tags (empty clears).
+    SetTags {
+        /// The tags.
+        tags: Vec<String>,
+    },
+    /// Discovery: nodes with every tag, and/or matching a search text.
+    Find {
+        /// Exact tags, all required.
+        #[serde(default)]
+        tags: Vec<String>,
+        /// Substring of a hostname or tag.
+        #[serde(default)]
+        query: Option<String>,
+        /// Only members of this network (id or name).
+        #[serde(default)]
+        network: Option<String>,
+        /// At most this many results.
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    /// One datagram to every online member of a network.
+    Broadcast {
+        /// Id or name.
+        network: String,
+        /// Destination port.
+        port: u16,
+        /// The payload.
+        data: String,
+    },
 }
 
 /// The trust operations of [`Request::Trust`].

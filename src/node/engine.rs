@@ -182,6 +182,9 @@ pub enum Cmd {
     /// Add (`true`) or remove a peer from the trust gate; removal resets
     /// the peer's open streams (see `streams.rs`).
     SetTrust(u32, bool),
+    /// Replace the set of fellow network members the gate admits; peers
+    /// that drop out (and are not trusted) have their streams reset.
+    SetNetworkPeers(HashSet<u32>),
     /// Receive datagrams on a port.
     RecvDatagrams {
         /// The port.
@@ -233,6 +236,9 @@ pub struct Engine {
     /// Peers admitted by the SYN/datagram gate of a private node (filled
     /// by the trust handshake).
     pub(super) trusted: HashSet<u32>,
+    /// Fellow members of our networks, also admitted by the gate (filled
+    /// by `networks.rs` from the registry's membership long-poll).
+    pub(super) network_peers: HashSet<u32>,
     /// NAT traversal and path state (path.rs).
     pub(super) nat: super::path::NatState,
 }
@@ -295,6 +301,7 @@ impl Engine {
             streams: StreamTable::new(shared_admission, shared_echo, Instant::now()),
             app_buf: vec![0u8; super::stream_table::APP_CHUNK],
             trusted: HashSet::new(),
+            network_peers: HashSet::new(),
             nat: super::path::NatState::new(probe_port),
         }
     }
@@ -999,6 +1006,20 @@ impl Engine {
                 let _ = reply.send(self.send_datagram(addr, port, &data, now));
             }
             Cmd::SetTrust(node, on) => self.set_trusted(node, on, now),
+            Cmd::SetNetworkPeers(peers) => {
+                let gone: Vec<u32> = self
+                    .network_peers
+                    .difference(&peers)
+                    .copied()
+                    .filter(|p| !self.trusted.contains(p))
+                    .collect();
+                self.network_peers = peers;
+                for p in gone {
+                    // Not trusted and no longer a fellow member: cut.
+                    self.trusted.insert(p);
+                    self.set_trusted(p, false, now);
+                }
+            }
             Cmd::RecvDatagrams { port, reply } => {
                 let (tx, mut rx) = oneshot::channel();
                 let queue = self.recv_datagrams(port, tx);

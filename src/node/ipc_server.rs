@@ -380,6 +380,15 @@ async fn handle(req: Request, shared: &Arc<Shared>, cmds: &mpsc::Sender<Cmd>) ->
                 Ok(a) => a,
                 Err(r) => return r,
             };
+            if addr.is_broadcast() {
+                // N:NNNN.FFFF.FFFF: one unicast per member (spec §1.5, §8.1).
+                let op = crate::ipc::proto::NetworkRequest::Broadcast {
+                    network: addr.network.to_string(),
+                    port,
+                    data,
+                };
+                return super::networks::handle_ipc(shared.clone(), cmds.clone(), op).await;
+            }
             ask(cmds, |reply| Cmd::SendDatagram {
                 addr,
                 port,
@@ -388,6 +397,7 @@ async fn handle(req: Request, shared: &Arc<Shared>, cmds: &mpsc::Sender<Cmd>) ->
             })
             .await
         }
+        Request::Network(op) => super::networks::handle_ipc(shared.clone(), cmds.clone(), op).await,
         Request::Trust(op) => {
             let ctx = super::trust::Ctx {
                 shared: shared.clone(),

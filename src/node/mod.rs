@@ -19,6 +19,7 @@ pub mod expose;
 pub mod files;
 pub mod ipc_server;
 pub mod keys;
+pub mod networks;
 pub mod path;
 pub mod peer;
 pub mod registry;
@@ -155,6 +156,8 @@ pub struct Shared {
     pub started: Instant,
     /// The trust store (spec §9).
     pub trust: trust::TrustState,
+    /// Our networks as the registry last told us (`networks.rs`).
+    pub networks: networks::NetState,
     status: Mutex<Status>,
 }
 
@@ -315,6 +318,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     );
     let shared = Arc::new(Shared {
         trust,
+        networks: networks::NetState::default(),
         registry: RegistryHandle::new(config.registry.clone(), registry_addr, identity.clone())
             .with_pin(registry_pin)
             .with_fallbacks(fallbacks),
@@ -357,6 +361,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         cmd_tx.clone(),
         stop_rx.clone(),
     ));
+    tokio::spawn(networks::start(shared.clone(), cmd_tx.clone()));
     svc::start_services(shared.clone(), cmd_tx.clone(), state_dir).await;
     let ipc_task = tokio::spawn(ipc_server::serve(
         ipc,

@@ -412,6 +412,15 @@ impl RegistryHandle {
             .await
     }
 
+    /// A network or discovery request (`node::networks`), signed by us.
+    pub async fn network(
+        &self,
+        req: crate::wire::networks::NetRequest,
+    ) -> Result<crate::wire::networks::NetResponse, RegError> {
+        self.with_client(async |c| c.network(self.key(), req).await)
+            .await
+    }
+
     /// `check_trust` between us and `peer`.
     pub async fn check_trust(&self, peer: u32) -> Result<bool, RegError> {
         let id = self.node_id();

@@ -887,9 +887,12 @@ impl Engine {
         }
     }
 
-    /// The SYN and datagram gate (spec §7.2 step 3, §12.16): public nodes
-    /// admit everyone; private ones only locally trusted peers.
+    /// The SYN and datagram gate (spec §7.2 step 3, §9.6, §12.16): public
+    /// nodes admit everyone; private ones locally trusted peers and fellow
+    /// members of a shared network.
     fn admits(&self, sender: u32) -> bool {
-        self.shared.config.public || self.trusted.contains(&sender)
+        self.shared.config.public
+            || self.trusted.contains(&sender)
+            || self.network_peers.contains(&sender)
     }
 }

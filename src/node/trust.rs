@@ -142,6 +142,9 @@ pub struct TrustEntry {
     pub approved_at: String,
     /// Base64 key (may be empty).
     pub public_key: String,
+    /// For `via: network`: the networks shared with the peer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<u16>,
 }
 
 /// A line of `pilotctl pending`.
@@ -791,7 +794,7 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
         }
         TrustRequest::List => {
             let g = ctx.state().lock();
-            let trusted: Vec<TrustEntry> = g
+            let mut trusted: Vec<TrustEntry> = g
                 .trusted
                 .values()
                 .map(|p| TrustEntry {
@@ -800,8 +803,27 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
                     via: via_of(p),
                     approved_at: p.approved_at.clone(),
                     public_key: p.public_key.clone(),
+                    networks: Vec::new(),
                 })
                 .collect();
+            // Fellow members of our networks pass the gate too (trust
+            // source "network", spec §9.6), for as long as they are members.
+            let me = ctx.me();
+            let mut fellows: Vec<u32> = ctx.shared.networks.peers(me).into_iter().collect();
+            fellows.sort_unstable();
+            for p in fellows {
+                if !g.trusted.contains_key(&p) {
+                    let nets = ctx.shared.networks.shared_with(p);
+                    trusted.push(TrustEntry {
+                        node_id: p,
+                        address: Addr::backbone(p).to_string(),
+                        via: "network".into(),
+                        approved_at: String::new(),
+                        public_key: String::new(),
+                        networks: nets,
+                    });
+                }
+            }
             let outstanding: Vec<serde_json::Value> = g
                 .outstanding
                 .iter()

@@ -567,4 +567,61 @@ impl RegistryClient {
         let r = self.request(&req).await?;
         expect!(r, RespondHandshakeOk, "respond_handshake")
     }
+    /// A network or discovery request (signed with `key` when the
+    /// operation is signed, see [`crate::wire::networks`]), answered by
+    /// its `*_ok` response.
+    pub async fn network(
+        &mut self,
+        key: &SigningKey,
+        req: crate::wire::networks::NetRequest,
+    ) -> Result<crate::wire::networks::NetResponse, ClientError> {
+        let expected = req.type_name();
+        let req = sign(Request::Network(req), key);
+        match self.request(&req).await? {
+            Response::Network(r) => Ok(r),
+            other => Err(ClientError::Unexpected {
+                expected,
+                got: other.type_name(),
+            }),
+        }
+    }
+
+    /// Signed `poll_networks` held by the registry up to `wait` while the
+    /// answer's version equals `since` (the `wait_ms` extension, as
+    /// [`RegistryClient::poll_handshakes_wait`]).
+    pub async fn poll_networks_wait(
+        &mut self,
+        key: &SigningKey,
+        node_id: u32,
+        since: u64,
+        wait: Duration,
+    ) -> Result<crate::wire::networks::PollNetworksOk, ClientError> {
+        use crate::wire::networks::{NetRequest, NetResponse, PollNetworks};
+        let req = sign(
+            Request::Network(NetRequest::PollNetworks(PollNetworks {
+                node_id,
+                since,
+                signature: None,
+            })),
+            key,
+        );
+        let mut v = serde_json::to_value(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("wait_ms".into(), (wait.as_millis() as u64).into());
+        }
+        if self.conn.is_none() {
+            self.reconnect().await?;
+        }
+        let saved = self.timeout;
+        self.timeout = saved + wait;
+        let r = self.request_value(&v).await;
+        self.timeout = saved;
+        match r? {
+            Response::Network(NetResponse::PollNetworksOk(ok)) => Ok(ok),
+            other => Err(ClientError::Unexpected {
+                expected: "poll_networks",
+                got: other.type_name(),
+            }),
+        }
+    }
 }

@@ -26,6 +26,7 @@
 pub mod beacon;
 pub mod client;
 pub mod metrics;
+pub mod networks;
 pub mod pin;
 mod server;
 pub mod state;

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use super::state::{ConnAuth, Registry};
 use super::store::Durability;
+use crate::wire::networks::{NetRequest, NetResponse};
 use crate::wire::registry::{
     self as wire, BinaryLookupReply, BinaryMessage, FrameDecoder, FrameError, Lookup, NodeSigned,
     Request, Resolve, Response, BINARY_PREAMBLE,
@@ -487,8 +488,9 @@ async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut Con
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Handles a request on an instance sharing its database with others
-/// ([`super::store::postgres`]): a registration, and a request that claims
-/// a hostname, first waits for a fresh read of the others' changes, so a
+/// ([`super::store::postgres`]): a registration, a request that claims
+/// a hostname, and a network change first wait for a fresh read of the
+/// others' changes, so a
 /// key registered elsewhere keeps its id here and a name taken on another
 /// instance is refused; a request that names a node or pair this instance
 /// does not know yet waits for one and is handled again.
@@ -499,9 +501,22 @@ async fn handle_shared(
     shared: &Shared,
     auth: &mut ConnAuth,
 ) -> super::state::Outcome {
+    use crate::wire::networks::NetRequest as N;
     let first = match &req {
         Request::SetHostname(r) => !r.hostname.is_empty(),
         Request::Register(_) => true,
+        // Network changes decide on names, ids, memberships and
+        // invitations other instances may have changed a moment ago.
+        Request::Network(
+            N::CreateNetwork(_)
+            | N::JoinNetwork(_)
+            | N::LeaveNetwork(_)
+            | N::DeleteNetwork(_)
+            | N::InviteToNetwork(_)
+            | N::RespondInvite(_)
+            | N::RemoveMember(_)
+            | N::SetTags(_),
+        ) => true,
         _ => false,
     };
     if first {
@@ -551,6 +566,24 @@ async fn long_poll(
     shared: &Shared,
     auth: &mut ConnAuth,
 ) -> Response {
+    long_poll_until(req, node, wait, peer, shared, auth, |resp| {
+        !matches!(resp, Response::PollHandshakesOk(ok) if ok.requests.is_empty() && ok.responses.is_empty())
+    })
+    .await
+}
+
+/// Runs `req` until `done` holds for its answer, woken by `node`'s waiter,
+/// at most `wait` (the shared loop of the long-polls: handshakes, and
+/// `poll_networks`, which is done once its version differs from `since`).
+async fn long_poll_until(
+    req: Request,
+    node: u32,
+    wait: Duration,
+    peer: SocketAddr,
+    shared: &Shared,
+    auth: &mut ConnAuth,
+    done: impl Fn(&Response) -> bool,
+) -> Response {
     let deadline = Instant::now() + wait;
     let notify = shared.registry.waiter(node);
     loop {
@@ -558,10 +591,8 @@ async fn long_poll(
         tokio::pin!(notified);
         notified.as_mut().enable();
         let resp = execute(req.clone(), peer, shared, auth).await;
-        match &resp {
-            Response::PollHandshakesOk(ok) if ok.requests.is_empty() && ok.responses.is_empty() => {
-            }
-            _ => return resp,
+        if done(&resp) {
+            return resp;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return resp;
@@ -609,6 +640,16 @@ async fn handle_json(
             let wait = poll_wait(payload).unwrap_or_default();
             let node = r.node_id;
             long_poll(Request::PollHandshakes(r), node, wait, peer, shared, auth).await
+        }
+        Ok(Request::Network(NetRequest::PollNetworks(r))) if poll_wait(payload).is_some() => {
+            let wait = poll_wait(payload).unwrap_or_default();
+            let (node, since) = (r.node_id, r.since);
+            let req = Request::Network(NetRequest::PollNetworks(r));
+            long_poll_until(req, node, wait, peer, shared, auth, |resp| match resp {
+                Response::Network(NetResponse::PollNetworksOk(ok)) => ok.version != since,
+                _ => true,
+            })
+            .await
         }
         Ok(req) => execute(req, peer, shared, auth).await,
         Err(e) => {

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 
+use super::networks::{InviteRecord, NetSnapshot, NetworkRecord, Networks, TagRecord};
 use crate::wire::address::Addr;
 use crate::wire::registry::{
     self as wire, CheckTrustOk, Empty, HandshakeRequestEntry, HandshakeResponseEntry, HeartbeatOk,
@@ -197,6 +198,14 @@ pub struct Changes {
     pub consents: HashMap<(u32, u32), bool>,
     /// Whole inboxes of the nodes whose inboxes changed.
     pub inboxes: HashMap<u32, Inboxes>,
+    /// Network rows (`super::networks`): `None` means deleted.
+    pub networks: HashMap<u16, Option<NetworkRecord>>,
+    /// Memberships `(network, node)`: present or not.
+    pub network_members: HashMap<(u16, u32), bool>,
+    /// Whole invitation lists of the invited nodes whose list changed.
+    pub network_invites: HashMap<u32, Vec<InviteRecord>>,
+    /// Whole tag lists of the nodes whose tags changed (empty: none).
+    pub node_tags: HashMap<u32, Vec<String>>,
 }
 
 impl Changes {
@@ -207,11 +216,22 @@ impl Changes {
         self.trust.extend(newer.trust);
         self.consents.extend(newer.consents);
         self.inboxes.extend(newer.inboxes);
+        self.networks.extend(newer.networks);
+        self.network_members.extend(newer.network_members);
+        self.network_invites.extend(newer.network_invites);
+        self.node_tags.extend(newer.node_tags);
     }
 
     /// Rows this change set writes or deletes.
     pub fn rows(&self) -> usize {
-        self.nodes.len() + self.trust.len() + self.consents.len() + self.inboxes.len()
+        self.nodes.len()
+            + self.trust.len()
+            + self.consents.len()
+            + self.inboxes.len()
+            + self.networks.len()
+            + self.network_members.len()
+            + self.network_invites.len()
+            + self.node_tags.len()
     }
 }
 
@@ -244,6 +264,18 @@ pub struct Snapshot {
     /// Handshake answers waiting for their requesters, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub handshake_responses: Vec<HandshakeResponseRecord>,
+    /// Networks (`super::networks`; not in JSON stores, which predate them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkRecord>,
+    /// Memberships `(network, node)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_members: Vec<(u16, u32)>,
+    /// Pending network invitations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_invites: Vec<InviteRecord>,
+    /// Node tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_tags: Vec<TagRecord>,
 }
 
 /// Why a snapshot cannot be loaded.
@@ -299,6 +331,8 @@ struct State {
     /// Shared database only: the node ids this instance may allocate
     /// (blocks reserved in the database), instead of `next_id`.
     id_blocks: Option<IdBlocks>,
+    /// Networks, invitations and tags (`super::networks`).
+    nets: Networks,
 }
 
 /// Node ids reserved for this instance: the block in use and a spare, so
@@ -458,6 +492,12 @@ impl State {
 
     fn trusted(&self, a: u32, b: u32) -> bool {
         self.trust.get(&a).is_some_and(|s| s.contains(&b))
+    }
+
+    /// A trust pair exists or the two share a non-backbone network: what
+    /// lets one resolve and reach the other (spec §6.4.4, §6.4.6, §6.4.9).
+    fn related(&self, a: u32, b: u32) -> bool {
+        self.trusted(a, b) || self.nets.share(a, b)
     }
 
     fn dirty(&mut self) -> u64 {
@@ -629,6 +669,42 @@ impl State {
     }
 }
 
+/// The node table as the network rules see it (`super::networks`).
+struct Dir<'a> {
+    nodes: &'a HashMap<u32, Node>,
+    trust: &'a HashMap<u32, HashSet<u32>>,
+    hostnames: &'a HashMap<String, u32>,
+}
+
+impl super::networks::Directory for Dir<'_> {
+    fn visibility(&self, id: u32) -> Option<bool> {
+        self.nodes.get(&id).map(|n| n.public)
+    }
+
+    fn entry(&self, id: u32) -> Option<crate::wire::networks::NodeEntry> {
+        let n = self.nodes.get(&id)?;
+        Some(super::networks::node_entry(
+            id,
+            n.hostname.clone(),
+            n.public,
+            n.live,
+            &n.real_addr,
+        ))
+    }
+
+    fn trusted(&self, a: u32, b: u32) -> bool {
+        self.trust.get(&a).is_some_and(|s| s.contains(&b))
+    }
+
+    fn hostnames_containing(&self, q: &str) -> Vec<u32> {
+        self.hostnames
+            .iter()
+            .filter(|(h, _)| h.contains(q))
+            .map(|(_, &id)| id)
+            .collect()
+    }
+}
+
 impl Registry {
     /// An empty registry (ids start at 1).
     pub fn new() -> Registry {
@@ -767,6 +843,16 @@ impl Registry {
             }
         }
         st.live_count = st.nodes.values().filter(|n| n.live).count();
+        let nodes = &st.nodes;
+        st.nets = Networks::from_snapshot(
+            NetSnapshot {
+                networks: snap.networks,
+                members: snap.network_members,
+                invites: snap.network_invites,
+                tags: snap.node_tags,
+            },
+            |id| nodes.contains_key(&id),
+        );
         Ok(Registry {
             state: std::sync::Mutex::new(st),
             waiters: Default::default(),
@@ -817,6 +903,7 @@ impl Registry {
             handshake_requests.extend(i.requests);
             handshake_responses.extend(i.responses);
         }
+        let net = st.nets.snapshot();
         Snapshot {
             next_id: st.next_id,
             nodes,
@@ -824,6 +911,10 @@ impl Registry {
             consents,
             handshake_requests,
             handshake_responses,
+            networks: net.networks,
+            network_members: net.members,
+            network_invites: net.invites,
+            node_tags: net.tags,
         }
     }
 
@@ -835,6 +926,7 @@ impl Registry {
         if st.dirty.is_none() {
             st.dirty = Some(Dirty::default());
         }
+        st.nets.track_changes();
     }
 
     /// The current generation and the rows changed since the last call
@@ -865,6 +957,7 @@ impl Registry {
             .into_iter()
             .map(|id| (id, st.inboxes(id)))
             .collect();
+        let net = st.nets.take_changes();
         (
             st.generation,
             Changes {
@@ -873,6 +966,10 @@ impl Registry {
                 trust,
                 consents,
                 inboxes,
+                networks: net.networks,
+                network_members: net.members,
+                network_invites: net.invites,
+                node_tags: net.tags,
             },
         )
     }
@@ -931,6 +1028,7 @@ impl Registry {
                 st.by_key.remove(n.key.as_bytes());
             }
             st.mark_node(id);
+            st.nets.forget(id);
             if st.hs_requests.remove(&id).is_some() | st.hs_responses.remove(&id).is_some() {
                 st.mark_inbox(id);
             }
@@ -1038,7 +1136,16 @@ impl Registry {
             Ok(r) => r,
             Err(text) => Response::error(&text),
         };
+        let woken = st.nets.take_wake();
         drop(st);
+        if !woken.is_empty() {
+            let w = self.lock_waiters();
+            for node in woken {
+                if let Some(n) = w.get(&node) {
+                    n.notify_waiters();
+                }
+            }
+        }
         if let Some(node) = wake.filter(|_| !matches!(response, Response::Error(_))) {
             if let Some(n) = self.lock_waiters().get(&node) {
                 n.notify_waiters();
@@ -1093,12 +1200,12 @@ impl Registry {
                 Response::LookupOk(LookupOk {
                     node_id: n.id,
                     address: Addr::backbone(n.id).to_string(),
-                    networks: vec![0],
+                    networks: st.nets.networks_of(n.id),
                     public_key: wire::b64_encode(n.key.as_bytes()),
                     public: n.public,
                     polo_score: 0,
                     hostname: n.hostname.clone(),
-                    tags: None,
+                    tags: st.nets.tags_of(n.id),
                     task_exec: false,
                     real_addr: n.public.then(|| n.real_addr.clone()),
                     external_id: None,
@@ -1109,7 +1216,7 @@ impl Registry {
                 let target = st.live(r.node_id)?;
                 let allowed = target.public
                     || r.requester_id == r.node_id
-                    || st.trusted(r.requester_id, r.node_id);
+                    || st.related(r.requester_id, r.node_id);
                 if !allowed {
                     return Err(format!(
                         "resolve denied: node {} is private to node {}",
@@ -1136,7 +1243,7 @@ impl Registry {
                 let &id = st.hostnames.get(&r.hostname).ok_or_else(not_found)?;
                 let n = st.live(id).map_err(|_| not_found())?;
                 let requester = r.requester_id.unwrap_or(0);
-                if !(n.public || requester == id || st.trusted(requester, id)) {
+                if !(n.public || requester == id || st.related(requester, id)) {
                     return Err(not_found());
                 }
                 Response::ResolveHostnameOk(ResolveHostnameOk {
@@ -1258,8 +1365,27 @@ impl Registry {
                 Response::RevokeTrustOk(Empty {})
             }
             Request::CheckTrust(r) => Response::CheckTrustOk(CheckTrustOk {
-                trusted: st.trusted(r.node_id, r.peer_id),
+                trusted: st.related(r.node_id, r.peer_id),
             }),
+            Request::Network(r) => {
+                let State {
+                    nets,
+                    nodes,
+                    trust,
+                    hostnames,
+                    ..
+                } = &mut *st;
+                let dir = Dir {
+                    nodes,
+                    trust,
+                    hostnames,
+                };
+                let (resp, durable) = nets.handle(r, &dir, unix as i64)?;
+                if durable {
+                    st.dirty();
+                }
+                Response::Network(resp)
+            }
             Request::Punch(r) => {
                 if r.requester_id != r.node_a && r.requester_id != r.node_b {
                     return Err("punch: requester is not a participant".into());
@@ -1270,7 +1396,7 @@ impl Registry {
                     r.node_a
                 };
                 let peer_node = st.live(other)?;
-                if !(peer_node.public || st.trusted(r.requester_id, other)) {
+                if !(peer_node.public || st.related(r.requester_id, other)) {
                     return Err(format!("punch denied: node {other} is private"));
                 }
                 let a = st.live(r.node_a)?.real_addr.clone();
@@ -1642,6 +1768,13 @@ impl Registry {
                 }
             }
             st.dirty = dirty;
+            st.nets.apply_remote(super::networks::NetChanges {
+                networks: ch.networks,
+                members: ch.network_members,
+                invites: ch.network_invites,
+                tags: ch.node_tags,
+            });
+            woken.extend(st.nets.take_wake());
         }
         let waiters = self.lock_waiters();
         for id in woken {
@@ -1961,6 +2094,93 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn shared_networks_relate_nodes_and_persist() {
+        use crate::wire::networks::{CreateNetwork, JoinRule, NetRequest, NodeNetwork};
+        let r = Registry::new();
+        r.track_changes();
+        let t = Instant::now();
+        let (ka, kb) = (key(1), key(2));
+        let (a, b) = (reg(&r, &ka, t), reg(&r, &kb, t));
+        let check = || {
+            matches!(
+                r.handle(
+                    Request::CheckTrust(wire::TrustPair {
+                        node_id: a,
+                        peer_id: b,
+                        signature: None,
+                    }),
+                    peer(),
+                    t,
+                )
+                .response,
+                Response::CheckTrustOk(CheckTrustOk { trusted: true })
+            )
+        };
+        let resolve = || {
+            r.handle(
+                signed(
+                    Request::Resolve(wire::Resolve {
+                        node_id: b,
+                        requester_id: a,
+                        signature: None,
+                    }),
+                    &ka,
+                ),
+                peer(),
+                t,
+            )
+            .response
+            .type_name()
+        };
+        assert!(!check());
+        assert_eq!(resolve(), "error");
+        let create = signed(
+            Request::Network(NetRequest::CreateNetwork(CreateNetwork {
+                node_id: a,
+                name: "lab".into(),
+                join_rule: JoinRule::Open,
+                signature: None,
+            })),
+            &ka,
+        );
+        let out = r.handle(create, peer(), t);
+        assert!(out.durable_generation.is_some(), "{out:?}");
+        // A join signed by the wrong key is refused.
+        let join = |k: &SigningKey| {
+            signed(
+                Request::Network(NetRequest::JoinNetwork(NodeNetwork {
+                    node_id: b,
+                    network_id: 1,
+                    signature: None,
+                })),
+                k,
+            )
+        };
+        assert_eq!(r.handle(join(&ka), peer(), t).response.type_name(), "error");
+        assert_eq!(
+            r.handle(join(&kb), peer(), t).response.type_name(),
+            "join_network_ok"
+        );
+        assert!(check());
+        assert_eq!(resolve(), "resolve_ok");
+        match r
+            .handle(Request::Lookup(wire::Lookup { node_id: b }), peer(), t)
+            .response
+        {
+            Response::LookupOk(ok) => assert_eq!(ok.networks, vec![0, 1]),
+            other => panic!("{other:?}"),
+        }
+        let (_, ch) = r.take_changes();
+        assert_eq!(ch.networks.len(), 1);
+        assert_eq!(ch.network_members.len(), 2);
+        // A snapshot carries the networks and memberships.
+        let snap = r.snapshot();
+        assert_eq!(snap.network_members, vec![(1, a), (1, b)]);
+        let r2 = Registry::from_snapshot(snap, t).unwrap();
+        assert_eq!(r2.snapshot().networks.len(), 1);
     }
 
     #[test]

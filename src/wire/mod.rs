@@ -11,6 +11,7 @@ pub mod beacon;
 pub mod dataexchange;
 pub mod frame;
 pub mod header;
+pub mod networks;
 pub mod registry;
 pub mod sack;
 pub mod trust;

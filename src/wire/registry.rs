@@ -569,6 +569,9 @@ pub enum Request {
     CheckTrust(TrustPair),
     /// §6.4.11
     Punch(Punch),
+    /// Networks, tags and discovery (§6.4.11; see [`super::networks`]).
+    #[serde(untagged)]
+    Network(super::networks::NetRequest),
 }
 
 impl Request {
@@ -590,6 +593,7 @@ impl Request {
             Request::RevokeTrust(_) => "revoke_trust",
             Request::CheckTrust(_) => "check_trust",
             Request::Punch(_) => "punch",
+            Request::Network(r) => r.type_name(),
         }
     }
 
@@ -613,6 +617,7 @@ impl Request {
             Request::ReportTrust(r) => (r.node_id, signed::report_trust(r.node_id, r.peer_id)),
             Request::RevokeTrust(r) => (r.node_id, signed::revoke_trust(r.node_id, r.peer_id)),
             Request::Punch(r) => (r.requester_id, signed::punch(r.node_a, r.node_b)),
+            Request::Network(r) => return r.signed_string(),
             Request::Register(_)
             | Request::Lookup(_)
             | Request::ResolveHostname(_)
@@ -635,6 +640,7 @@ impl Request {
                 r.signature.as_deref()
             }
             Request::Punch(r) => r.signature.as_deref(),
+            Request::Network(r) => r.signature(),
             Request::Register(_) | Request::Lookup(_) | Request::ResolveHostname(_) => None,
         }
     }
@@ -654,6 +660,7 @@ impl Request {
             Request::RespondHandshake(r) => r.signature = s,
             Request::ReportTrust(r) | Request::RevokeTrust(r) => r.signature = s,
             Request::Punch(r) => r.signature = s,
+            Request::Network(r) => r.set_signature(b64_encode(sig)),
             Request::CheckTrust(_)
             | Request::Register(_)
             | Request::Lookup(_)
@@ -915,6 +922,9 @@ pub enum Response {
     PunchOk(PunchOk),
     /// `error`
     Error(ErrorBody),
+    /// Networks, tags and discovery (see [`super::networks`]).
+    #[serde(untagged)]
+    Network(super::networks::NetResponse),
 }
 
 impl Response {
@@ -944,6 +954,7 @@ impl Response {
             Response::CheckTrustOk(_) => "check_trust_ok",
             Response::PunchOk(_) => "punch_ok",
             Response::Error(_) => "error",
+            Response::Network(r) => r.type_name(),
         }
     }
 }
@@ -967,6 +978,12 @@ pub fn encode_json_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 /// `type`, missing or mistyped field) is an error whose text the server
 /// replaces by `request failed`.
 pub fn parse_request(payload: &[u8]) -> Result<Request, serde_json::Error> {
+    // Only a JSON object is a request (the reference decodes into a map).
+    // Checked first because serde would read an array as a variant index
+    // followed by the fields in order (`[1,2,3]` as a request).
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(serde::de::Error::custom("a request must be a JSON object"));
+    }
     serde_json::from_slice(payload)
 }
 

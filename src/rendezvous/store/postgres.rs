@@ -49,6 +49,13 @@
 //!   read every [`PEERS_EVERY`]), tagged with a key derived from the
 //!   shared rendezvous key; the one that knows the node delivers it
 //!   ([`crate::rendezvous::beacon::Peers`]).
+//! * Networks, memberships, invitations and tags (schema 2) travel the
+//!   same way: one change-log entry per network row, membership, invitation
+//!   list or tag list, applied by the others ([`crate::rendezvous::networks::Networks::apply_remote`]),
+//!   which wakes the members' `poll_networks` long-polls there. A network
+//!   change first waits for a read of the log, like a registration; a
+//!   network name is UNIQUE in the database, so two instances creating the
+//!   same name at the same moment cannot both commit it.
 //! * Liveness stays in memory. Each node row names the instance that
 //!   serves it, and only that instance reaps it. Each instance stamps its
 //!   row in `instances` every [`STAMP_EVERY`]; the nodes of an instance
@@ -76,10 +83,12 @@ use tokio_postgres::{Client, NoTls};
 
 use super::{Durability, StoreError, RETRY_AFTER};
 use crate::rendezvous::metrics::Metrics;
+use crate::rendezvous::networks::{InviteRecord, NetworkRecord, TagRecord};
 use crate::rendezvous::state::{
     Changes, HandshakeRequestRecord, HandshakeResponseRecord, Inboxes, NodeRecord, Registry,
     Snapshot, MAX_NODES,
 };
+use crate::wire::networks::JoinRule;
 use crate::wire::registry as wire;
 
 /// Node ids reserved per block (ours: one fetch per 1,024 new nodes, and an
@@ -121,6 +130,14 @@ enum Kind {
     Consent = 3,
     /// Both handshake inboxes of node `a`.
     Inbox = 4,
+    /// `networks` row `a` (schema 2).
+    Network = 5,
+    /// `network_members` row `(a, b)`: network `a`, node `b`.
+    Member = 6,
+    /// The invitation list of node `a`.
+    Invites = 7,
+    /// The tags of node `a`.
+    Tags = 8,
 }
 
 /// The schema version this build writes (the number of `MIGRATIONS`).
@@ -164,6 +181,18 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE instances (
          id BIGINT PRIMARY KEY, registry TEXT NOT NULL, beacon TEXT NOT NULL,
          last_seen TIMESTAMPTZ NOT NULL)",
+    // 2: networks, invitations and tags (issue 12), as in the SQLite store.
+    // A network's name is unique in the database as it is in memory.
+    "CREATE TABLE networks (
+         id BIGINT PRIMARY KEY, name TEXT NOT NULL UNIQUE, owner BIGINT NOT NULL,
+         join_rule TEXT NOT NULL, created BIGINT NOT NULL);
+     CREATE TABLE network_members (
+         network_id BIGINT NOT NULL, node_id BIGINT NOT NULL,
+         PRIMARY KEY (network_id, node_id));
+     CREATE TABLE network_invites (
+         target BIGINT NOT NULL, seq BIGINT NOT NULL, network_id BIGINT NOT NULL,
+         inviter BIGINT NOT NULL, ts BIGINT NOT NULL, PRIMARY KEY (target, seq));
+     CREATE TABLE node_tags (node_id BIGINT PRIMARY KEY, tags TEXT NOT NULL)",
 ];
 
 /// `host:port/dbname` of a connection configuration: what errors and logs
@@ -419,9 +448,7 @@ impl Pg {
         let consents = pairs("SELECT a, b FROM consents ORDER BY a, b").await?;
         let (handshake_requests, handshake_responses) = inboxes(c, None).await.map_err(e)?;
         self.known_inboxes = group_inboxes(&[], &handshake_requests, &handshake_responses);
-        // The struct update keeps this compiling when tables are added
-        // (their rows then load as none until this store reads them).
-        #[allow(clippy::needless_update)]
+        let net = read_networks(c, None, None, None, None).await.map_err(e)?;
         let snap = Snapshot {
             next_id,
             nodes,
@@ -429,7 +456,20 @@ impl Pg {
             consents,
             handshake_requests,
             handshake_responses,
-            ..Snapshot::default()
+            networks: net.networks,
+            network_members: net
+                .members
+                .into_iter()
+                .filter(|m| m.1)
+                .map(|m| m.0)
+                .collect(),
+            network_invites: net.invites.into_values().flatten().collect(),
+            node_tags: net
+                .tags
+                .into_iter()
+                .filter(|t| !t.1.is_empty())
+                .map(|(node_id, tags)| TagRecord { node_id, tags })
+                .collect(),
         };
         Ok((snap, remote))
     }
@@ -728,6 +768,129 @@ impl Pg {
             .map_err(e)?;
         }
 
+        // Networks, memberships, invitations and tags (schema 2).
+        for (&id, row) in &ch.networks {
+            add_log(Kind::Network, u32::from(id), 0);
+            match row {
+                Some(n) => {
+                    // A name another network row holds (another instance
+                    // created it at the same moment) is refused by the
+                    // UNIQUE constraint: the batch fails and is retried,
+                    // and the catch-up before a create makes this rare.
+                    tx.execute(
+                        "INSERT INTO networks (id, name, owner, join_rule, created) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+                         name = excluded.name, owner = excluded.owner, \
+                         join_rule = excluded.join_rule, created = excluded.created",
+                        &[
+                            &i64::from(id),
+                            &n.name,
+                            &i64::from(n.owner),
+                            &n.join_rule.as_str(),
+                            &n.created,
+                        ],
+                    )
+                    .await
+                    .map_err(e)?;
+                }
+                None => {
+                    tx.execute("DELETE FROM networks WHERE id = $1", &[&i64::from(id)])
+                        .await
+                        .map_err(e)?;
+                }
+            }
+        }
+        let (mut add, mut rm) = (PairCols::default(), PairCols::default());
+        for (&(net, node), &present) in &ch.network_members {
+            add_log(Kind::Member, u32::from(net), node);
+            let v = if present { &mut add } else { &mut rm };
+            v.a.push(i64::from(net));
+            v.b.push(i64::from(node));
+        }
+        if !add.a.is_empty() {
+            tx.execute(
+                "INSERT INTO network_members (network_id, node_id) \
+                 SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[]) ON CONFLICT DO NOTHING",
+                &[&add.a, &add.b],
+            )
+            .await
+            .map_err(e)?;
+        }
+        if !rm.a.is_empty() {
+            tx.execute(
+                "DELETE FROM network_members WHERE (network_id, node_id) IN \
+                 (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[]))",
+                &[&rm.a, &rm.b],
+            )
+            .await
+            .map_err(e)?;
+        }
+        if !ch.network_invites.is_empty() {
+            let targets: Vec<i64> = ch.network_invites.keys().map(|&t| i64::from(t)).collect();
+            tx.execute(
+                "DELETE FROM network_invites WHERE target = ANY($1)",
+                &[&targets],
+            )
+            .await
+            .map_err(e)?;
+            #[derive(Default)]
+            struct InviteCols {
+                target: Vec<i64>,
+                seq: Vec<i64>,
+                net: Vec<i64>,
+                inviter: Vec<i64>,
+                ts: Vec<i64>,
+            }
+            let mut cols = InviteCols::default();
+            for (&target, list) in &ch.network_invites {
+                add_log(Kind::Invites, target, 0);
+                for (seq, i) in list.iter().enumerate() {
+                    cols.target.push(i64::from(target));
+                    cols.seq.push(seq as i64);
+                    cols.net.push(i64::from(i.network_id));
+                    cols.inviter.push(i64::from(i.inviter));
+                    cols.ts.push(i.timestamp);
+                }
+            }
+            if !cols.target.is_empty() {
+                tx.execute(
+                    "INSERT INTO network_invites (target, seq, network_id, inviter, ts) \
+                     SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], \
+                     $4::BIGINT[], $5::BIGINT[])",
+                    &[&cols.target, &cols.seq, &cols.net, &cols.inviter, &cols.ts],
+                )
+                .await
+                .map_err(e)?;
+            }
+        }
+        if !ch.node_tags.is_empty() {
+            let (mut put_ids, mut put_tags, mut del_ids) = (Vec::new(), Vec::new(), Vec::new());
+            for (&node, tags) in &ch.node_tags {
+                add_log(Kind::Tags, node, 0);
+                if tags.is_empty() {
+                    del_ids.push(i64::from(node));
+                } else {
+                    put_ids.push(i64::from(node));
+                    put_tags.push(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()));
+                }
+            }
+            if !del_ids.is_empty() {
+                tx.execute("DELETE FROM node_tags WHERE node_id = ANY($1)", &[&del_ids])
+                    .await
+                    .map_err(e)?;
+            }
+            if !put_ids.is_empty() {
+                tx.execute(
+                    "INSERT INTO node_tags (node_id, tags) \
+                     SELECT * FROM unnest($1::BIGINT[], $2::TEXT[]) \
+                     ON CONFLICT (node_id) DO UPDATE SET tags = excluded.tags",
+                    &[&put_ids, &put_tags],
+                )
+                .await
+                .map_err(e)?;
+            }
+        }
+
         if !log.0.is_empty() {
             tx.execute(
                 "INSERT INTO changes (instance, kind, a, b) \
@@ -786,6 +949,12 @@ impl Pg {
             HashSet::new(),
             HashSet::new(),
         );
+        let (mut nets, mut members, mut invites, mut tags) = (
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+            HashSet::new(),
+        );
         let mut seen = HashSet::new();
         for r in &rows {
             let seq: i64 = r.get(0);
@@ -803,11 +972,16 @@ impl Pg {
             let (Some(a), Some(b)) = (id32(a), u32::try_from(b).ok()) else {
                 continue;
             };
+            let net = u16::try_from(a).ok();
             match kind {
                 k if k == Kind::Node as i16 => nodes.insert(a),
                 k if k == Kind::Trust as i16 => trust.insert((a, b)),
                 k if k == Kind::Consent as i16 => consents.insert((a, b)),
                 k if k == Kind::Inbox as i16 => inbox.insert(a),
+                k if k == Kind::Network as i16 => net.is_some_and(|n| nets.insert(n)),
+                k if k == Kind::Member as i16 => net.is_some_and(|n| members.insert((n, b))),
+                k if k == Kind::Invites as i16 => invites.insert(a),
+                k if k == Kind::Tags as i16 => tags.insert(a),
                 _ => false,
             };
         }
@@ -824,7 +998,14 @@ impl Pg {
         }
         self.last_seq = newest;
         inbox.extend(self.reread.drain());
-        let touched = nodes.len() + trust.len() + consents.len() + inbox.len();
+        let touched = nodes.len()
+            + trust.len()
+            + consents.len()
+            + inbox.len()
+            + nets.len()
+            + members.len()
+            + invites.len()
+            + tags.len();
         if touched == 0 {
             return Ok(0);
         }
@@ -881,6 +1062,18 @@ impl Pg {
             let ids: Vec<u32> = inbox.iter().copied().collect();
             let (reqs, resps) = inboxes(c, Some(&ids)).await.map_err(e)?;
             ch.inboxes = group_inboxes(&ids, &reqs, &resps);
+        }
+        if nets.len() + members.len() + invites.len() + tags.len() > 0 {
+            let net = read_networks(c, Some(&nets), Some(&members), Some(&invites), Some(&tags))
+                .await
+                .map_err(e)?;
+            ch.networks = net.networks.into_iter().map(|r| (r.id, Some(r))).collect();
+            for id in &nets {
+                ch.networks.entry(*id).or_insert(None);
+            }
+            ch.network_members = net.members.into_iter().collect();
+            ch.network_invites = net.invites;
+            ch.node_tags = net.tags.into_iter().collect();
         }
         // What this instance knows of an inbox is what its memory holds:
         // one changed here meanwhile was not replaced, and is read again
@@ -981,6 +1174,162 @@ struct InboxCols<T> {
     from: Vec<i64>,
     val: Vec<T>,
     ts: Vec<i64>,
+}
+
+/// Rows of the schema-2 tables as read: networks (only those present),
+/// memberships with whether they are present, whole invitation lists and
+/// whole tag lists (empty: none) per node.
+#[derive(Default)]
+struct NetRows {
+    networks: Vec<NetworkRecord>,
+    members: Vec<((u16, u32), bool)>,
+    invites: HashMap<u32, Vec<InviteRecord>>,
+    tags: Vec<(u32, Vec<String>)>,
+}
+
+/// Reads the schema-2 rows: all of them (every filter `None`, at load), or
+/// the current value of the rows named (after a read of the change log).
+async fn read_networks(
+    c: &Client,
+    nets: Option<&HashSet<u16>>,
+    members: Option<&HashSet<(u16, u32)>>,
+    invites: Option<&HashSet<u32>>,
+    tags: Option<&HashSet<u32>>,
+) -> Result<NetRows, tokio_postgres::Error> {
+    let mut out = NetRows::default();
+    let ids16 = |s: &HashSet<u16>| s.iter().map(|&v| i64::from(v)).collect::<Vec<i64>>();
+    let ids32 = |s: &HashSet<u32>| s.iter().map(|&v| i64::from(v)).collect::<Vec<i64>>();
+    let net_rows = match nets {
+        None => {
+            c.query(
+                "SELECT id, name, owner, join_rule, created FROM networks ORDER BY id",
+                &[],
+            )
+            .await?
+        }
+        Some(s) if !s.is_empty() => {
+            c.query(
+                "SELECT id, name, owner, join_rule, created FROM networks WHERE id = ANY($1)",
+                &[&ids16(s)],
+            )
+            .await?
+        }
+        Some(_) => Vec::new(),
+    };
+    for r in &net_rows {
+        let (Ok(id), Some(owner)) = (u16::try_from(r.get::<_, i64>(0)), id32(r.get(2))) else {
+            continue;
+        };
+        let Some(join_rule) = JoinRule::parse(r.get::<_, &str>(3)) else {
+            continue;
+        };
+        out.networks.push(NetworkRecord {
+            id,
+            name: r.get(1),
+            owner,
+            join_rule,
+            created: r.get(4),
+        });
+    }
+    let pair =
+        |r: &tokio_postgres::Row| Some((u16::try_from(r.get::<_, i64>(0)).ok()?, id32(r.get(1))?));
+    match members {
+        None => {
+            for r in c
+                .query(
+                    "SELECT network_id, node_id FROM network_members ORDER BY network_id, node_id",
+                    &[],
+                )
+                .await?
+            {
+                if let Some(p) = pair(&r) {
+                    out.members.push((p, true));
+                }
+            }
+        }
+        Some(want) if !want.is_empty() => {
+            let a: Vec<i64> = want.iter().map(|p| i64::from(p.0)).collect();
+            let b: Vec<i64> = want.iter().map(|p| i64::from(p.1)).collect();
+            let present: HashSet<(u16, u32)> = c
+                .query(
+                    "SELECT network_id, node_id FROM network_members \
+                     WHERE network_id = ANY($1) AND node_id = ANY($2)",
+                    &[&a, &b],
+                )
+                .await?
+                .iter()
+                .filter_map(pair)
+                .collect();
+            out.members = want.iter().map(|p| (*p, present.contains(p))).collect();
+        }
+        Some(_) => {}
+    }
+    let invite_rows = match invites {
+        None => {
+            c.query(
+                "SELECT target, network_id, inviter, ts FROM network_invites ORDER BY target, seq",
+                &[],
+            )
+            .await?
+        }
+        Some(s) if !s.is_empty() => {
+            for &t in s {
+                out.invites.insert(t, Vec::new());
+            }
+            c.query(
+                "SELECT target, network_id, inviter, ts FROM network_invites \
+                 WHERE target = ANY($1) ORDER BY target, seq",
+                &[&ids32(s)],
+            )
+            .await?
+        }
+        Some(_) => Vec::new(),
+    };
+    for r in &invite_rows {
+        let (Some(target), Ok(network_id), Some(inviter)) = (
+            id32(r.get(0)),
+            u16::try_from(r.get::<_, i64>(1)),
+            id32(r.get(2)),
+        ) else {
+            continue;
+        };
+        out.invites.entry(target).or_default().push(InviteRecord {
+            network_id,
+            target,
+            inviter,
+            timestamp: r.get(3),
+        });
+    }
+    let tag_rows = match tags {
+        None => {
+            c.query("SELECT node_id, tags FROM node_tags ORDER BY node_id", &[])
+                .await?
+        }
+        Some(s) if !s.is_empty() => {
+            let rows = c
+                .query(
+                    "SELECT node_id, tags FROM node_tags WHERE node_id = ANY($1)",
+                    &[&ids32(s)],
+                )
+                .await?;
+            let found: HashSet<u32> = rows.iter().filter_map(|r| id32(r.get(0))).collect();
+            out.tags.extend(
+                s.iter()
+                    .filter(|n| !found.contains(n))
+                    .map(|&n| (n, Vec::new())),
+            );
+            rows
+        }
+        Some(_) => Vec::new(),
+    };
+    for r in &tag_rows {
+        let Some(node) = id32(r.get(0)) else { continue };
+        let Ok(list) = serde_json::from_str::<Vec<String>>(r.get(1)) else {
+            continue;
+        };
+        out.tags.push((node, list));
+    }
+    Ok(out)
 }
 
 fn id32(v: i64) -> Option<u32> {

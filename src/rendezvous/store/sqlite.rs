@@ -12,6 +12,10 @@
 //! | `consents` | one-sided signed consents `(a, b)`: `a` trusts `b` |
 //! | `handshake_requests` | pending requests per inbox, `seq` = position (oldest first) |
 //! | `handshake_responses` | answers waiting for their requester, `seq` = position |
+//! | `networks` | (version 2) one row per network: name, owner, join rule (`open`/`invite`), creation time |
+//! | `network_members` | (version 2) memberships `(network_id, node_id)` |
+//! | `network_invites` | (version 2) pending invitations per invited node, `seq` = position |
+//! | `node_tags` | (version 2) each tagged node's tags (JSON array text) |
 //!
 //! Uniqueness of keys and hostnames is the registry's job (it checks both
 //! again on load): a batch applies rows in any order, and a hostname freed
@@ -30,9 +34,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags};
 
 use super::StoreError;
+use crate::rendezvous::networks::{InviteRecord, NetSnapshot, NetworkRecord, TagRecord};
 use crate::rendezvous::state::{
     Changes, HandshakeRequestRecord, HandshakeResponseRecord, NodeRecord, Snapshot,
 };
+use crate::wire::networks::JoinRule;
 use crate::wire::registry as wire;
 
 /// The schema version this build writes (the number of `MIGRATIONS`).
@@ -64,6 +70,22 @@ const MIGRATIONS: &[&str] = &[
          to_id INTEGER NOT NULL, seq INTEGER NOT NULL, from_id INTEGER NOT NULL,
          accept INTEGER NOT NULL, ts INTEGER NOT NULL,
          PRIMARY KEY (to_id, seq)) WITHOUT ROWID;",
+    // 2: networks, invitations and tags (issue 12).
+    "CREATE TABLE networks (
+         id INTEGER PRIMARY KEY,
+         name TEXT NOT NULL,
+         owner INTEGER NOT NULL,
+         join_rule TEXT NOT NULL,
+         created INTEGER NOT NULL
+     );
+     CREATE TABLE network_members (
+         network_id INTEGER NOT NULL, node_id INTEGER NOT NULL,
+         PRIMARY KEY (network_id, node_id)) WITHOUT ROWID;
+     CREATE TABLE network_invites (
+         target INTEGER NOT NULL, seq INTEGER NOT NULL, network_id INTEGER NOT NULL,
+         inviter INTEGER NOT NULL, ts INTEGER NOT NULL,
+         PRIMARY KEY (target, seq)) WITHOUT ROWID;
+     CREATE TABLE node_tags (node_id INTEGER PRIMARY KEY, tags TEXT NOT NULL);",
 ];
 
 /// An open SQLite store file.
@@ -288,6 +310,7 @@ impl Db {
         drop(rows);
         drop(stmt);
 
+        let net = self.load_networks()?;
         Ok(Snapshot {
             next_id,
             nodes,
@@ -295,7 +318,80 @@ impl Db {
             consents,
             handshake_requests,
             handshake_responses,
+            networks: net.networks,
+            network_members: net.members,
+            network_invites: net.invites,
+            node_tags: net.tags,
         })
+    }
+
+    /// The rows of schema version 2 (networks, invitations, tags).
+    fn load_networks(&self) -> Result<NetSnapshot, StoreError> {
+        let path = &self.path;
+        let err = |e| error(path, e);
+        let mut out = NetSnapshot::default();
+        let id16 = |v: i64| u16::try_from(v).map_err(|_| corrupt(path, format!("network id {v}")));
+        let id32 = |v: i64| u32::try_from(v).map_err(|_| corrupt(path, format!("node id {v}")));
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, name, owner, join_rule, created FROM networks ORDER BY id")
+            .map_err(err)?;
+        let mut rows = stmt.query([]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let rule: String = r.get(3).map_err(err)?;
+            let id = id16(r.get(0).map_err(err)?)?;
+            out.networks.push(NetworkRecord {
+                id,
+                name: r.get(1).map_err(err)?,
+                owner: id32(r.get(2).map_err(err)?)?,
+                join_rule: JoinRule::parse(&rule)
+                    .ok_or_else(|| corrupt(path, format!("network {id}: join rule {rule:?}")))?,
+                created: r.get(4).map_err(err)?,
+            });
+        }
+        drop(rows);
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT network_id, node_id FROM network_members ORDER BY network_id, node_id")
+            .map_err(err)?;
+        let mut rows = stmt.query([]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            out.members
+                .push((id16(r.get(0).map_err(err)?)?, id32(r.get(1).map_err(err)?)?));
+        }
+        drop(rows);
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT target, network_id, inviter, ts FROM network_invites ORDER BY target, seq",
+            )
+            .map_err(err)?;
+        let mut rows = stmt.query([]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            out.invites.push(InviteRecord {
+                target: id32(r.get(0).map_err(err)?)?,
+                network_id: id16(r.get(1).map_err(err)?)?,
+                inviter: id32(r.get(2).map_err(err)?)?,
+                timestamp: r.get(3).map_err(err)?,
+            });
+        }
+        drop(rows);
+        drop(stmt);
+        let mut stmt = self
+            .conn
+            .prepare("SELECT node_id, tags FROM node_tags ORDER BY node_id")
+            .map_err(err)?;
+        let mut rows = stmt.query([]).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let node_id = id32(r.get(0).map_err(err)?)?;
+            let text: String = r.get(1).map_err(err)?;
+            let tags = serde_json::from_str(&text)
+                .map_err(|e| corrupt(path, format!("node {node_id}: tags: {e}")))?;
+            out.tags.push(TagRecord { node_id, tags });
+        }
+        Ok(out)
     }
 
     /// Writes one batch of changed rows in one transaction; returns once it
@@ -412,8 +508,97 @@ impl Db {
                         .map_err(err)?;
                 }
             }
+            Self::commit_networks(&tx, ch, &path)?;
         }
         tx.commit().map_err(err)
+    }
+
+    /// The schema-2 rows of one batch (inside its transaction).
+    fn commit_networks(
+        tx: &rusqlite::Transaction<'_>,
+        ch: &Changes,
+        path: &Path,
+    ) -> Result<(), StoreError> {
+        let err = |e| error(path, e);
+        let mut put = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO networks (id, name, owner, join_rule, created) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(err)?;
+        let mut del = tx
+            .prepare_cached("DELETE FROM networks WHERE id = ?1")
+            .map_err(err)?;
+        for (&id, row) in &ch.networks {
+            match row {
+                Some(n) => put.execute(params![
+                    i64::from(id),
+                    n.name,
+                    i64::from(n.owner),
+                    n.join_rule.as_str(),
+                    n.created
+                ]),
+                None => del.execute(params![i64::from(id)]),
+            }
+            .map_err(err)?;
+        }
+        let mut add = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO network_members (network_id, node_id) VALUES (?1, ?2)",
+            )
+            .map_err(err)?;
+        let mut rm = tx
+            .prepare_cached("DELETE FROM network_members WHERE network_id = ?1 AND node_id = ?2")
+            .map_err(err)?;
+        for (&(net, node), &present) in &ch.network_members {
+            let p = params![i64::from(net), i64::from(node)];
+            if present {
+                add.execute(p)
+            } else {
+                rm.execute(p)
+            }
+            .map_err(err)?;
+        }
+        let mut clear = tx
+            .prepare_cached("DELETE FROM network_invites WHERE target = ?1")
+            .map_err(err)?;
+        let mut inv = tx
+            .prepare_cached(
+                "INSERT INTO network_invites (target, seq, network_id, inviter, ts) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(err)?;
+        for (&target, list) in &ch.network_invites {
+            clear.execute(params![i64::from(target)]).map_err(err)?;
+            for (seq, i) in list.iter().enumerate() {
+                inv.execute(params![
+                    i64::from(target),
+                    seq as i64,
+                    i64::from(i.network_id),
+                    i64::from(i.inviter),
+                    i.timestamp
+                ])
+                .map_err(err)?;
+            }
+        }
+        let mut put_tags = tx
+            .prepare_cached("INSERT OR REPLACE INTO node_tags (node_id, tags) VALUES (?1, ?2)")
+            .map_err(err)?;
+        let mut del_tags = tx
+            .prepare_cached("DELETE FROM node_tags WHERE node_id = ?1")
+            .map_err(err)?;
+        for (&node, tags) in &ch.node_tags {
+            if tags.is_empty() {
+                del_tags.execute(params![i64::from(node)])
+            } else {
+                put_tags.execute(params![
+                    i64::from(node),
+                    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+                ])
+            }
+            .map_err(err)?;
+        }
+        Ok(())
     }
 
     /// Writes a whole snapshot into this (empty) database in one
