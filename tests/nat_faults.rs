@@ -122,12 +122,13 @@ fn a_replaced_router_changes_the_public_address_and_the_tunnel_recovers() {
         b.log()
     );
     eprintln!("tunnel recovered {took:?} after the router change");
-    let (sent, got) = feed.finish();
+    let (sent, got, errors) = feed.finish_with_errors();
     assert_eq!(
         got.len(),
         sent.len(),
-        "stream lost bytes\na log:\n{}",
-        a.log()
+        "stream lost bytes; pilotctl connect said: {errors}\na log:\n{}\nb log:\n{}",
+        a.log(),
+        b.log()
     );
     assert!(got == sent);
     assert!(

@@ -167,6 +167,10 @@ pub struct Connection {
     nagle_expired: bool,
     heard_since_rto: bool,
     silent_rtos: u32,
+    /// Transmissions that do not count towards the §7.7 limit: those made
+    /// before the last path change (see [`Connection::path_changed`]);
+    /// cleared when the peer acknowledges new data.
+    tx_floor: u8,
 
     // --- receive side ---
     rcv: RecvBuffer,
@@ -258,6 +262,7 @@ impl Connection {
             nagle_expired: false,
             heard_since_rto: true,
             silent_rtos: 0,
+            tx_floor: 0,
             rcv,
             unacked_segs: 0,
             adv_window: 0,
@@ -716,6 +721,7 @@ impl Connection {
             self.rack_update(x, t, now);
         }
         self.snd_una = ack;
+        self.tx_floor = 0;
         let keep_from = self.segs.front().map_or(ack, |s| s.start);
         self.sbuf.consume((keep_from - self.sbuf_off) as usize);
         self.sbuf_off = keep_from;
@@ -905,6 +911,14 @@ impl Connection {
         if self.rto_deadline.is_some() && !self.segs.is_empty() {
             self.rtt.reset_backoff();
             self.rto_deadline = Some(now);
+            // What was lost on the old path says nothing about the new
+            // one: the §7.7 limit counts transmissions from here, and the
+            // silence before does not count either. (Without this, the
+            // retransmission at the very moment a moved peer was found
+            // again found the limit reached and reset the stream.)
+            self.tx_floor = self.segs.iter().map(|s| s.tx_count).max().unwrap_or(0);
+            self.heard_since_rto = true;
+            self.silent_rtos = 0;
         }
     }
 
@@ -1083,7 +1097,9 @@ impl Connection {
             self.silent_rtos += 1;
         }
         self.heard_since_rto = false;
-        if front.tx_count >= self.cfg.max_transmissions && self.silent_rtos >= 2 {
+        if front.tx_count.saturating_sub(self.tx_floor) >= self.cfg.max_transmissions
+            && self.silent_rtos >= 2
+        {
             // §7.7: the segment was sent the maximum number of times and the
             // timer expired again with the peer silent (not a single packet
             // during the last two timeouts: a live peer that refuses data
@@ -1868,6 +1884,52 @@ mod tests {
         }
         assert_eq!(sends, 8);
         assert!(rst);
+        assert_eq!(events(&mut a), vec![Event::TimedOut]);
+    }
+
+    #[test]
+    fn a_path_change_gives_the_transmission_limit_a_fresh_start() {
+        let t0 = Instant::now();
+        let (mut a, _b) = pair(Config::default(), t0);
+        a.send(b"lost on the old path");
+        assert_eq!(drain(&mut a, t0).len(), 1);
+        // Seven retransmissions on a dead path: eight transmissions, the
+        // §7.7 limit, and the peer silent throughout.
+        let mut now = t0;
+        let mut sends = 1;
+        while sends < 8 {
+            now = a.poll_timeout().unwrap();
+            a.handle_timeout(now);
+            sends += drain(&mut a, now)
+                .iter()
+                .filter(|o| o.0.payload_len > 0)
+                .count();
+        }
+        // The peer is found again on a new path: the data goes at once, and
+        // the stream is not reset for what the old path lost.
+        now += Duration::from_millis(5);
+        a.path_changed(now);
+        a.handle_timeout(now);
+        let out = drain(&mut a, now);
+        assert!(out.iter().all(|o| o.0.flags != Flags::RST), "{out:?}");
+        assert_eq!(out.iter().filter(|o| o.0.payload_len > 0).count(), 1);
+        assert!(events(&mut a).is_empty());
+        // A new path that stays silent still ends the stream, after eight
+        // more transmissions.
+        let mut more = 0;
+        let mut rst = false;
+        while let Some(t) = a.poll_timeout() {
+            a.handle_timeout(t);
+            for o in drain(&mut a, t) {
+                if o.0.flags == Flags::RST {
+                    rst = true;
+                } else if o.0.payload_len > 0 {
+                    more += 1;
+                }
+            }
+        }
+        assert!(rst);
+        assert_eq!(more, 7, "transmissions after the change's own");
         assert_eq!(events(&mut a), vec![Event::TimedOut]);
     }
 

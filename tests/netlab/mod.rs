@@ -695,6 +695,7 @@ pub struct EchoFeed {
     child: std::process::Child,
     writer: Option<std::thread::JoinHandle<()>>,
     reader: Option<std::thread::JoinHandle<Vec<u8>>>,
+    errors: Option<std::thread::JoinHandle<String>>,
     sent: Vec<u8>,
 }
 
@@ -714,9 +715,15 @@ impl EchoFeed {
             .env("HOME", node.home.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let to_send = data.clone();
@@ -744,16 +751,25 @@ impl EchoFeed {
             child,
             writer: Some(writer),
             reader: Some(reader),
+            errors: Some(errors),
             sent: data,
         }
     }
 
-    pub fn finish(mut self) -> (Vec<u8>, Vec<u8>) {
+    pub fn finish(self) -> (Vec<u8>, Vec<u8>) {
+        let (sent, got, _) = self.finish_with_errors();
+        (sent, got)
+    }
+
+    /// [`EchoFeed::finish`], with what `pilotctl connect` wrote on stderr
+    /// (why it ended, when it ended early).
+    pub fn finish_with_errors(mut self) -> (Vec<u8>, Vec<u8>, String) {
         let _ = self.writer.take().unwrap().join();
         let got = self.reader.take().unwrap().join().unwrap();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        (std::mem::take(&mut self.sent), got)
+        let errors = self.errors.take().unwrap().join().unwrap_or_default();
+        (std::mem::take(&mut self.sent), got, errors)
     }
 }
 
