@@ -402,14 +402,8 @@ impl Networks {
         for net in touched {
             self.touch(net, &[]);
         }
-        let extra: Vec<u32> = nodes.into_iter().collect();
-        if !extra.is_empty() {
-            self.counter += 1;
-            let v = self.counter;
-            for m in extra {
-                self.node_version.insert(m, v);
-                self.wake.push(m);
-            }
+        if !nodes.is_empty() {
+            self.bump(nodes);
         }
     }
 
@@ -483,14 +477,19 @@ impl Networks {
 
     /// Every member of `net` (and `extra`) gets a new version and a wake-up.
     fn touch(&mut self, net: u16, extra: &[u32]) {
-        self.counter += 1;
-        let v = self.counter;
         let members: Vec<u32> = self
             .nets
             .get(&net)
             .map(|n| n.members.iter().copied().collect())
             .unwrap_or_default();
-        for m in members.into_iter().chain(extra.iter().copied()) {
+        self.bump(members.into_iter().chain(extra.iter().copied()));
+    }
+
+    /// `nodes` get one new version and a wake-up.
+    fn bump(&mut self, nodes: impl IntoIterator<Item = u32>) {
+        self.counter += 1;
+        let v = self.counter;
+        for m in nodes {
             self.node_version.insert(m, v);
             self.wake.push(m);
         }
