@@ -173,4 +173,7 @@ fn nat_matrix_4x4() {
     }
     println!("{grid}");
     eprintln!("{grid}");
+    // Plugging 48 hosts in must not have moved the rendezvous's link-layer
+    // address (it once did, and cells failed with a registry timeout).
+    assert_eq!(lab.public_bridge_address(), netlab::BRIDGE_MAC);
 }

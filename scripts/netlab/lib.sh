@@ -151,7 +151,9 @@ nl_add_ns() {
 nl_public() {
   local pub="$1-pub"
   nl_add_ns "$pub"
-  ip -n "$pub" link add br0 type bridge
+  # A fixed address: an unset one follows the lowest port address and
+  # changes as hosts are plugged in, which breaks the hosts' ARP entries.
+  ip -n "$pub" link add br0 address 02:00:5e:10:00:01 type bridge
   ip -n "$pub" addr add "$NL_RDV_IP/24" dev br0
   ip -n "$pub" link set br0 up
 }

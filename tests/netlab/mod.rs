@@ -43,6 +43,9 @@ pub const RDV_IP: &str = "198.51.100.1";
 pub const REGISTRY: &str = "198.51.100.1:9000";
 /// See [`REGISTRY`].
 pub const BEACON: &str = "198.51.100.1:9001";
+/// The address of the lab's bridges (locally administered, fixed so that
+/// it never follows the ports; see `Lab::new`).
+pub const BRIDGE_MAC: &str = "02:00:5e:10:00:01";
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
@@ -227,7 +230,15 @@ impl Lab {
             next_index: AtomicU32::new(0),
         };
         lab.add_ns(&public);
-        must(&["ip", "-n", &public, "link", "add", "br0", "type", "bridge"]);
+        // A bridge whose address is not set takes the lowest address of its
+        // ports, so it would change whenever a host plugged in later has a
+        // lower one; hosts that cached the old one in ARP then cannot reach
+        // the rendezvous for up to a reachable-time (the cause of a flaky
+        // "cannot reach the registry: timed out" in the matrix). A fixed
+        // address never changes.
+        must(&[
+            "ip", "-n", &public, "link", "add", "br0", "address", BRIDGE_MAC, "type", "bridge",
+        ]);
         must(&[
             "ip",
             "-n",
@@ -241,6 +252,14 @@ impl Lab {
         must(&["ip", "-n", &public, "link", "set", "br0", "up"]);
         lab.start_rendezvous();
         Some(lab)
+    }
+
+    /// The link-layer address of the public bridge now (it must stay
+    /// [`BRIDGE_MAC`] however many hosts were plugged in).
+    pub fn public_bridge_address(&self) -> String {
+        let out = must(&["ip", "-n", &self.public, "-j", "link", "show", "br0"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j link show");
+        v[0]["address"].as_str().unwrap_or_default().to_string()
     }
 
     fn add_ns(&self, ns: &str) {
@@ -435,7 +454,10 @@ impl Lab {
         ]);
         // The router's LAN becomes a bridge of lan0 and the new port.
         if run(&["ip", "-n", &router, "link", "show", "brl"]).is_err() {
-            must(&["ip", "-n", &router, "link", "add", "brl", "type", "bridge"]);
+            // Fixed address, as for the public bridge (see `Lab::new`).
+            must(&[
+                "ip", "-n", &router, "link", "add", "brl", "address", BRIDGE_MAC, "type", "bridge",
+            ]);
             must(&["ip", "-n", &router, "addr", "flush", "dev", "lan0"]);
             must(&["ip", "-n", &router, "link", "set", "lan0", "master", "brl"]);
             let gw = format!("10.{}.0.1/24", host.index);
