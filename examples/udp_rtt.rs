@@ -2,18 +2,23 @@
 //! `scripts/bench/stream.sh` compares the overlay's control ping with.
 //!
 //! A server thread echoes datagrams; the client sends `COUNT` 8-byte pings
-//! one at a time and prints `{"p50_us":..,"p99_us":..,"count":..}`.
+//! one at a time, `INTERVAL_US` microseconds apart (default 0: back to
+//! back), and prints `{"p50_us":..,"p99_us":..,"count":..}`.
 //!
-//! Usage: `cargo run --release --example udp_rtt [COUNT]`
+//! The interval matters: pings a millisecond apart let both threads go to
+//! sleep between them, so each one pays two wake-ups that back-to-back
+//! pings do not. `stream.sh` runs this with the same interval as the
+//! overlay ping it compares against, and back to back as well.
+//!
+//! Usage: `cargo run --release --example udp_rtt [COUNT [INTERVAL_US]]`
 
 use std::net::UdpSocket;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn main() -> std::io::Result<()> {
-    let count: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let arg = |i: usize| std::env::args().nth(i).and_then(|s| s.parse::<u64>().ok());
+    let count = arg(1).unwrap_or(1000) as usize;
+    let interval = Duration::from_micros(arg(2).unwrap_or(0));
     let server = UdpSocket::bind("127.0.0.1:0")?;
     let addr = server.local_addr()?;
     std::thread::spawn(move || {
@@ -33,6 +38,9 @@ fn main() -> std::io::Result<()> {
         client.recv(&mut buf)?;
         if i >= 50 {
             rtts.push(t.elapsed().as_nanos() as u64);
+        }
+        if !interval.is_zero() {
+            std::thread::sleep(interval);
         }
     }
     rtts.sort_unstable();

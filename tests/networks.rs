@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -63,31 +64,37 @@ fn fails(n: &Node, args: &[&str]) -> (String, String) {
 }
 
 /// `pilotctl recv PORT` in the background: one datagram or a timeout.
-fn recv(n: &Node, port: u16) -> Child {
-    n.command()
+/// A `pilotctl recv` of one datagram on `port`, returned once it is
+/// registered with the daemon (its "waiting for datagrams" line): a fixed
+/// sleep before sending was not always enough on a loaded machine, and a
+/// datagram with no receiver yet is dropped, as it should be.
+fn recv(n: &Node, port: u16) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut child = n
+        .command()
         .arg("--socket")
         .arg(&n.socket)
-        .args([
-            "--json",
-            "recv",
-            &port.to_string(),
-            "--count",
-            "1",
-            "--timeout",
-            "5s",
-        ])
+        .args(["recv", &port.to_string(), "--count", "1", "--timeout", "5s"])
         .env("HOME", n.home.path())
         .env_remove("PILOT_SOCKET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("waiting for datagrams") {}
+    assert!(line.contains("waiting for datagrams"), "recv: {line}");
+    (child, err)
 }
 
-fn received(c: Child) -> String {
+/// What a `recv` printed: its output, then (for a failure message) its
+/// errors after a `stderr:` line.
+fn received((c, mut err): (Child, BufReader<std::process::ChildStderr>)) -> String {
+    let mut errors = String::new();
+    let _ = err.read_to_string(&mut errors);
     let out = c.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    format!("{}\nstderr: {errors}", String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]
@@ -182,12 +189,18 @@ fn networks_membership_discovery_streams_broadcast_and_restart() {
             .any(|t| t["node_id"].as_u64() == Some(id))
     });
     let (rb, rc, rd) = (recv(&b, 1000), recv(&c, 1000), recv(&d, 1000));
-    std::thread::sleep(Duration::from_millis(500));
     let sent = a.json(&["broadcast", "research", "--data", "to-all-members"]);
     assert_eq!(sent["sent"].as_array().unwrap().len(), 2, "{sent}");
     let (gb, gc, gd) = (received(rb), received(rc), received(rd));
     assert!(gb.contains("to-all-members"), "beta got: {gb}");
-    assert!(gd.contains("to-all-members"), "delta got: {gd}");
+    assert!(
+        gd.contains("to-all-members"),
+        "delta got: {gd}\nalpha log:\n{}\ndelta log:\n{}\nalpha: {}\ndelta: {}",
+        a.log(),
+        d.log(),
+        a.json(&["info"]),
+        d.json(&["info"])
+    );
     assert!(
         !gc.contains("to-all-members"),
         "gamma (not a member) got: {gc}"

@@ -3,18 +3,23 @@
 #   1. SIZE_MB (default 1 GiB, random bytes from a file in /dev/shm) through
 #      one overlay stream between two daemons on loopback
 #      (pilotctl connect < file, pilotctl listen > /dev/null, release build),
-#   2. iperf3 over loopback with the same amount of data,
-#   3. overlay control-ping RTT vs raw UDP echo RTT (p50, p99),
+#   2. iperf3 over loopback with the same amount of data; 1 and 2 alternate
+#      RUNS times (default 5) and the medians are compared (issue 14: the
+#      overlay at >= 40 % of iperf3 in the median of five runs),
+#   3. overlay control-ping RTT vs raw UDP echo RTT (p50, p99), both paced
+#      1 ms apart (each ping wakes sleeping threads) and back to back (hot),
+#      and the echo-port ping (stream + IPC) for reference,
 #   4. daemon RSS idle and with STREAMS (default 10,000) open streams.
 # Prints a table; the goals are in BENCHMARKS.md. Loopback only.
 #
-# Usage: scripts/bench/stream.sh            (env: SIZE_MB, STREAMS, PINGS)
+# Usage: scripts/bench/stream.sh            (env: SIZE_MB, RUNS, STREAMS, PINGS)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 SIZE_MB=${SIZE_MB:-1024}
 STREAMS=${STREAMS:-10000}
 PINGS=${PINGS:-1000}
+RUNS=${RUNS:-5}
 
 for tool in iperf3 python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool is needed (apt-get install $tool)" >&2; exit 1; }
@@ -62,37 +67,46 @@ sleep 0.5
 IDLE_A=$(rss_kib "$A_PID")
 IDLE_B=$(rss_kib "$B_PID")
 
-echo "== overlay: ${SIZE_MB} MiB through one stream"
-ctl b listen 1000 >/dev/null 2>"$work/listen.err" &
-lp=$!
-for _ in $(seq 50); do grep -q listening "$work/listen.err" 2>/dev/null && break; sleep 0.1; done
 # The source is a file in memory (not timed), so no extra pipe hop is measured.
 src_dir=/dev/shm
 [ -w "$src_dir" ] || src_dir=$work
-head -c "${SIZE_MB}M" /dev/urandom >"$src_dir/pilot-bench-src.$$"
-t0=$(now)
-ctl a connect "$B_ADDR" 1000 --linger 100ms <"$src_dir/pilot-bench-src.$$" >/dev/null
-wait "$lp"
-t1=$(now)
-rm -f "$src_dir/pilot-bench-src.$$"
-OVERLAY=$(python3 -c "print(round($SIZE_MB*1048576/($t1-$t0)/1e6, 1))")
-grep -q "after $((SIZE_MB * 1048576)) bytes" "$work/listen.err" || { echo "error: listener did not get every byte:"; cat "$work/listen.err"; exit 1; }
-
-echo "== iperf3 over loopback: ${SIZE_MB} MiB"
+src=$src_dir/pilot-bench-src.$$
+head -c "${SIZE_MB}M" /dev/urandom >"$src"
 IP=$(free_port)
-iperf3 -s -1 -p "$IP" >/dev/null 2>&1 &
+iperf3 -s -p "$IP" >/dev/null 2>&1 &
 pids+=($!)
 sleep 0.5
-IPERF=$(iperf3 -c 127.0.0.1 -p "$IP" -n "${SIZE_MB}M" -J | json 'round(d["end"]["sum_received"]["bits_per_second"]/8/1e6, 1)')
+OVERLAYS=()
+IPERFS=()
+for run in $(seq "$RUNS"); do
+  echo "== run $run/$RUNS: overlay, ${SIZE_MB} MiB through one stream"
+  ctl b listen 1000 >/dev/null 2>"$work/listen.err" &
+  lp=$!
+  for _ in $(seq 50); do grep -q listening "$work/listen.err" 2>/dev/null && break; sleep 0.1; done
+  t0=$(now)
+  ctl a connect "$B_ADDR" 1000 --linger 100ms <"$src" >/dev/null
+  wait "$lp"
+  t1=$(now)
+  grep -q "after $((SIZE_MB * 1048576)) bytes" "$work/listen.err" || { echo "error: listener did not get every byte:"; cat "$work/listen.err"; exit 1; }
+  OVERLAYS+=("$(python3 -c "print(round($SIZE_MB*1048576/($t1-$t0)/1e6, 1))")")
+  echo "== run $run/$RUNS: iperf3 over loopback, ${SIZE_MB} MiB"
+  IPERFS+=("$(iperf3 -c 127.0.0.1 -p "$IP" -n "${SIZE_MB}M" -J | json 'round(d["end"]["sum_received"]["bits_per_second"]/8/1e6, 1)')")
+  echo "   overlay ${OVERLAYS[-1]} MB/s, iperf3 ${IPERFS[-1]} MB/s"
+done
+rm -f "$src"
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+OVERLAY=$(median "${OVERLAYS[@]}")
+IPERF=$(median "${IPERFS[@]}")
 
-echo "== RTT: overlay control ping vs raw UDP echo ($PINGS each)"
-ctl a --json ping "$B_ADDR" --control --count "$PINGS" --interval 1ms >"$work/ping.json"
-read -r OV50 OV99 < <(json 'sorted(r["rtt_us"] for r in d["data"]["replies"])' <"$work/ping.json" |
-  python3 -c "import sys,ast; v=ast.literal_eval(sys.stdin.read()); print(v[len(v)//2], v[int((len(v)-1)*0.99)])")
-ctl a --json ping "$B_ADDR" --count 200 --interval 1ms >"$work/echo.json"
-read -r EC50 EC99 < <(json 'sorted(r["rtt_us"] for r in d["data"]["replies"])' <"$work/echo.json" |
-  python3 -c "import sys,ast; v=ast.literal_eval(sys.stdin.read()); print(v[len(v)//2], v[int((len(v)-1)*0.99)])")
-read -r RAW50 RAW99 < <("$EX/udp_rtt" "$PINGS" | json 'd["p50_us"], d["p99_us"]' | tr -d '(),')
+# p50 and p99 of the rtt_us of a `ping --json` reply list on stdin.
+pct() { json 'sorted(r["rtt_us"] for r in d["data"]["replies"])' |
+  python3 -c "import sys,ast; v=ast.literal_eval(sys.stdin.read()); print(v[len(v)//2], v[int((len(v)-1)*0.99)])"; }
+echo "== RTT: overlay control ping vs raw UDP echo ($PINGS each, 1 ms apart and back to back)"
+read -r OV50 OV99 < <(ctl a --json ping "$B_ADDR" --control --count "$PINGS" --interval 1ms | pct)
+read -r RAW50 RAW99 < <("$EX/udp_rtt" "$PINGS" 1000 | json 'd["p50_us"], d["p99_us"]' | tr -d '(),')
+read -r OVH50 OVH99 < <(ctl a --json ping "$B_ADDR" --control --count "$PINGS" --interval 0 | pct)
+read -r RAWH50 RAWH99 < <("$EX/udp_rtt" "$PINGS" 0 | json 'd["p50_us"], d["p99_us"]' | tr -d '(),')
+read -r EC50 EC99 < <(ctl a --json ping "$B_ADDR" --count 200 --interval 1ms | pct)
 
 echo "== memory: $STREAMS open streams"
 mkfifo "$work/hold.in"
@@ -106,21 +120,25 @@ FULL_B=$(rss_kib "$B_PID")
 exec 9>&-
 wait "$hp" || true
 
-python3 - "$OVERLAY" "$IPERF" "$OV50" "$OV99" "$RAW50" "$RAW99" "$EC50" "$EC99" "$IDLE_A" "$IDLE_B" "$FULL_A" "$FULL_B" "${HELD:-0}" "$SIZE_MB" <<'PY'
+python3 - "$OVERLAY" "$IPERF" "$OV50" "$OV99" "$RAW50" "$RAW99" "$EC50" "$EC99" "$IDLE_A" "$IDLE_B" "$FULL_A" "$FULL_B" "${HELD:-0}" "$SIZE_MB" \
+  "$OVH50" "$OVH99" "$RAWH50" "$RAWH99" "${OVERLAYS[*]}" "${IPERFS[*]}" "$RUNS" <<'PY'
 import sys
-ov, ip, o50, o99, r50, r99, e50, e99, ia, ib, fa, fb, held, size = sys.argv[1:]
+ov, ip, o50, o99, r50, r99, e50, e99, ia, ib, fa, fb, held, size, oh50, oh99, rh50, rh99, ovs, ips, runs = sys.argv[1:]
 ov, ip, o50, o99, r50, r99, e50, e99 = map(float, (ov, ip, o50, o99, r50, r99, e50, e99))
+oh50, oh99, rh50, rh99 = map(float, (oh50, oh99, rh50, rh99))
 ia, ib, fa, fb, held = map(int, (ia, ib, fa, fb, held))
 pct = 100 * ov / ip
 per = lambda full, idle: (full - idle) / max(held, 1)
 print()
 print(f"| measure | value | goal |")
 print(f"|---|---|---|")
-print(f"| overlay stream, {size} MiB one way | {ov:.1f} MB/s | >= 25% of iperf3 |")
-print(f"| iperf3 loopback, same size | {ip:.1f} MB/s | |")
-print(f"| overlay / iperf3 | {pct:.1f}% | {'met' if pct >= 25 else 'MISSED'} |")
-print(f"| overlay control ping p50 / p99 | {o50:.0f} / {o99:.0f} us | p50 <= raw p50 + 50 us: {'met' if o50 <= r50 + 50 else 'MISSED'} |")
-print(f"| raw UDP echo p50 / p99 | {r50:.0f} / {r99:.0f} us | |")
+print(f"| overlay stream, {size} MiB one way, median of {runs} | {ov:.1f} MB/s ({ovs}) | >= 40% of iperf3 |")
+print(f"| iperf3 loopback, same size, median of {runs} | {ip:.1f} MB/s ({ips}) | |")
+print(f"| overlay / iperf3 | {pct:.1f}% | {'met' if pct >= 40 else 'MISSED'} |")
+print(f"| overlay control ping p50 / p99, 1 ms apart | {o50:.0f} / {o99:.0f} us | p50 <= raw p50 + 50 us: {'met' if o50 <= r50 + 50 else 'MISSED'} |")
+print(f"| raw UDP echo p50 / p99, 1 ms apart | {r50:.0f} / {r99:.0f} us | |")
+print(f"| overlay control ping p50 / p99, back to back | {oh50:.0f} / {oh99:.0f} us | p50 <= raw p50 + 50 us: {'met' if oh50 <= rh50 + 50 else 'MISSED'} |")
+print(f"| raw UDP echo p50 / p99, back to back | {rh50:.0f} / {rh99:.0f} us | |")
 print(f"| overlay echo-port ping p50 / p99 (stream + IPC) | {e50:.0f} / {e99:.0f} us | |")
 print(f"| daemon RSS idle (a / b) | {ia/1024:.1f} / {ib/1024:.1f} MB | <= 15 MB: {'met' if max(ia, ib) <= 15*1024 else 'MISSED'} |")
 print(f"| daemon RSS with {held} streams (a / b) | {fa/1024:.1f} / {fb/1024:.1f} MB | |")

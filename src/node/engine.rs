@@ -72,6 +72,15 @@ const PILA_SOURCES: usize = 4096;
 /// Registry key lookups in flight at once for PILAs of unknown senders
 /// (issue 10 item 3: excess PILAs are dropped, never queued).
 const MAX_KEY_LOOKUPS: usize = 8;
+/// Sealed frames kept per sender while its PILA waits for the registry's
+/// key: a peer that learnt our key first (from our PILA sent on a punch
+/// command) seals its first packets before we can open them, and a
+/// datagram sent then was lost (a broadcast to a new member arrived 1 time
+/// in 10 under load). Bounded in count and bytes, and only while a lookup
+/// is in flight ([`MAX_KEY_LOOKUPS`] senders at most: 8 x 64 KiB).
+const EARLY_FRAMES: usize = 16;
+/// See [`EARLY_FRAMES`].
+const EARLY_BYTES: usize = 64 * 1024;
 /// How long a failed key lookup is remembered (negative cache).
 const NEGATIVE_KEY_TTL: Duration = Duration::from_secs(30);
 /// Negative-cache entries kept.
@@ -207,6 +216,10 @@ struct WaitingPila {
     pila: AuthKeyRepr,
     from: SocketAddr,
     via_relay: bool,
+    /// Sealed frames that arrived meanwhile: (source, frame, relay sender),
+    /// opened once the key is confirmed ([`EARLY_FRAMES`]).
+    early: Vec<(SocketAddr, Vec<u8>, Option<u32>)>,
+    early_bytes: usize,
 }
 
 /// The event loop's state.
@@ -505,14 +518,22 @@ impl Engine {
             self.stats.dropped_rate_limited += 1;
             return;
         }
-        self.waiting_pila.insert(
-            node,
-            WaitingPila {
-                pila,
-                from,
-                via_relay: relay_sender.is_some(),
-            },
-        );
+        let via_relay = relay_sender.is_some();
+        match self.waiting_pila.get_mut(&node) {
+            Some(w) => (w.pila, w.from, w.via_relay) = (pila, from, via_relay),
+            None => {
+                self.waiting_pila.insert(
+                    node,
+                    WaitingPila {
+                        pila,
+                        from,
+                        via_relay,
+                        early: Vec::new(),
+                        early_bytes: 0,
+                    },
+                );
+            }
+        }
         if !in_flight {
             self.key_lookups.insert(node);
             let shared = self.shared.clone();
@@ -541,6 +562,9 @@ impl Engine {
                 {
                     self.peers.entry(node).or_default().ed25519 = Some(k);
                     self.install_pila(w.pila, w.from, w.via_relay, now);
+                    for (from, mut frame, relay_sender) in w.early {
+                        self.handle_sealed(node, from, &mut frame, relay_sender, now);
+                    }
                 } else {
                     self.stats.dropped_auth += 1;
                 }
@@ -651,17 +675,30 @@ impl Engine {
             return;
         }
         let node_id = self.node_id;
-        let Some(peer) = self.peers.get_mut(&sender) else {
+        let has_session = self.peers.get(&sender).is_some_and(|p| p.session.is_some());
+        if !has_session {
+            // Its PILA is waiting for the registry: keep the frame (bounded)
+            // until the key is confirmed; else tell the sender our key.
+            if let Some(w) = self.waiting_pila.get_mut(&sender) {
+                if w.early.len() < EARLY_FRAMES && w.early_bytes + data.len() <= EARLY_BYTES {
+                    w.early_bytes += data.len();
+                    w.early.push((from, data.to_vec(), relay_sender));
+                }
+                return;
+            }
             self.answer_stale(sender, from, relay_sender.is_some(), now);
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&sender) else {
             return;
         };
         let Some(session) = peer.session.as_mut() else {
-            self.answer_stale(sender, from, relay_sender.is_some(), now);
             return;
         };
         let plain = match session.open_in_place(data, now) {
             Ok(p) => p,
-            Err(_) => {
+            Err(e) => {
+                tracing::debug!(node = sender, %from, error = %e, "sealed frame dropped");
                 self.stats.dropped_crypto += 1;
                 self.answer_stale(sender, from, relay_sender.is_some(), now);
                 return;

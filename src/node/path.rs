@@ -633,15 +633,23 @@ impl Engine {
         self.nat
             .pending
             .retain(|(_, t)| now.duration_since(*t) < PUNCH_PENDING);
-        let mut nodes: Vec<u32> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| {
-                p.endpoint.is_some_and(|e| e.ip() == ep.ip())
-                    || p.path.registered.is_some_and(|e| e.ip() == ep.ip())
-            })
-            .map(|(&n, _)| n)
-            .collect();
+        // A peer known at exactly that endpoint is the one; only when none
+        // is (a symmetric NAT gives the peer a new port) do all peers at
+        // that IP get a probe. Many peers share an IP (loopback, one NAT):
+        // probing them all sent frames sealed for one peer to another,
+        // which could only drop them.
+        let at = |exact: bool| -> Vec<u32> {
+            let hit = |e: SocketAddr| if exact { e == ep } else { e.ip() == ep.ip() };
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.endpoint.is_some_and(hit) || p.path.registered.is_some_and(hit))
+                .map(|(&n, _)| n)
+                .collect()
+        };
+        let mut nodes = at(true);
+        if nodes.is_empty() {
+            nodes = at(false);
+        }
         if nodes.is_empty() {
             nodes = self.nat.pending.iter().map(|(n, _)| *n).collect();
         }

@@ -281,6 +281,9 @@ impl Rendezvous {
             metrics: metrics.clone(),
             answer_key: config.answer_key.clone(),
             catchup,
+            verify_gate: Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 
