@@ -394,7 +394,9 @@ async fn a_daemon_given_two_instances_moves_to_the_second_when_the_first_dies() 
     let b = instance(&pg.url(), home.path());
     let node = common::Node::new("delta");
     let registries = format!("{},{}", a.registry, b.registry);
-    // The beacon does not fail over: give the node B's.
+    // One beacon per instance, in the same order: it fails over with the
+    // registry.
+    let beacons = format!("{},{}", a.beacon, b.beacon);
     let out = node.ctl(&[
         "--json",
         "daemon",
@@ -402,7 +404,7 @@ async fn a_daemon_given_two_instances_moves_to_the_second_when_the_first_dies() 
         "--registry",
         &registries,
         "--beacon",
-        &b.beacon.to_string(),
+        &beacons,
         "--heartbeat",
         "1s",
         "--hostname",
@@ -412,6 +414,7 @@ async fn a_daemon_given_two_instances_moves_to_the_second_when_the_first_dies() 
     let before = node.json(&["info"]);
     let id = before["node_id"].as_u64().unwrap() as u32;
     assert_eq!(before["hostname"], "delta");
+    assert_eq!(before["beacon"], a.beacon.to_string());
 
     a.kill9();
     let mut cb = RegistryClient::connect(b.registry).await.unwrap();
@@ -432,6 +435,44 @@ async fn a_daemon_given_two_instances_moves_to_the_second_when_the_first_dies() 
             .unwrap()
             .node_id,
         id
+    );
+    // The beacon followed: B's beacon knows the node's endpoint (it
+    // announced itself there) and the node takes relay deliveries from it.
+    let moved = common::wait_until(Duration::from_secs(5), || {
+        node.json(&["info"])["beacon"] == b.beacon.to_string()
+    });
+    assert!(moved, "{}", node.json(&["info"]));
+    assert!(
+        node.log().contains("using its instance's beacon"),
+        "{}",
+        node.log()
+    );
+    use pilot::wire::beacon;
+    let k = key(31);
+    let sender = cb
+        .register(signed_register(&k, None))
+        .await
+        .unwrap()
+        .node_id;
+    let y = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    y.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    y.send_to(&beacon::encode_discover(sender), b.beacon)
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    y.recv_from(&mut buf).expect("discover reply");
+    let stats = |n: &common::Node| n.json(&["info"])["stats"].clone();
+    let s0 = stats(&node);
+    // Not a tunnel frame: the node counts it as malformed, which shows it
+    // arrived through B's beacon and was not refused for its source.
+    let frame = beacon::encode_relay(sender, id, b"not a tunnel frame");
+    let arrived = common::wait_until(Duration::from_secs(5), || {
+        let _ = y.send_to(&frame, b.beacon);
+        stats(&node)["dropped_malformed"].as_u64() > s0["dropped_malformed"].as_u64()
+    });
+    assert!(arrived, "{}", stats(&node));
+    assert_eq!(
+        stats(&node)["dropped_beacon_source"],
+        s0["dropped_beacon_source"]
     );
 }
 

@@ -17,7 +17,7 @@ struct Args {
     /// current one cannot be reached).
     #[arg(long, env = "PILOT_REGISTRY", default_value = pilot::node::DEFAULT_REGISTRY)]
     registry: String,
-    /// Beacon address HOST:PORT [default: the registry's host, port 9001].
+    /// Beacon address HOST:PORT, or one per registry instance in the same order (A,B: it fails over with the registry) [default: each registry's host, port 9001].
     #[arg(long)]
     beacon: Option<String>,
     /// Local UDP address for tunnels (port 0 picks a free one).

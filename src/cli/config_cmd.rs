@@ -124,19 +124,45 @@ pub(super) fn check_log_level(value: &str) -> Result<(), CliError> {
         })
 }
 
+/// Checks a `--registry` value: `HOST:PORT[,HOST:PORT...][#ed25519:KEY]`
+/// (instances over one shared database, tried in turn), each must resolve.
+async fn check_registry(r: &str) -> Result<(), CliError> {
+    let (addr, _pin) =
+        crate::rendezvous::pin::split_registry(r).map_err(|e| invalid(e.to_string()))?;
+    for one in addr.split(',').map(str::trim) {
+        resolve_host_port("registry", one).await?;
+    }
+    Ok(())
+}
+
+/// Checks a `--beacon` value: one `HOST:PORT`, or one per registry
+/// instance in the same order (`A,B`: the beacon fails over with the
+/// registry); each must resolve.
+async fn check_beacons(b: &str, registry: Option<&str>) -> Result<(), CliError> {
+    let list: Vec<&str> = b.split(',').map(str::trim).collect();
+    if let Some(r) = registry {
+        let instances = r.split('#').next().unwrap_or_default().split(',').count();
+        if list.len() != 1 && list.len() != instances {
+            return Err(invalid(format!(
+                "--beacon lists {} addresses for {instances} registry instances: give one, or one per --registry instance in the same order",
+                list.len()
+            )));
+        }
+    }
+    for one in list {
+        resolve_host_port("beacon", one).await?;
+    }
+    Ok(())
+}
+
 /// Checks every setting a start will use (flags already merged in); the
 /// registry and beacon must resolve.
 pub(super) async fn check_all(config: &Config) -> Result<(), CliError> {
     if let Some(r) = config.registry.as_deref() {
-        let (addr, _pin) =
-            crate::rendezvous::pin::split_registry(r).map_err(|e| invalid(e.to_string()))?;
-        // `A,B`: instances over one shared database.
-        for one in addr.split(',').map(str::trim) {
-            resolve_host_port("registry", one).await?;
-        }
+        check_registry(r).await?;
     }
     if let Some(b) = config.beacon.as_deref() {
-        resolve_host_port("beacon", b).await?;
+        check_beacons(b, config.registry.as_deref()).await?;
     }
     if let Some(h) = config.hostname.as_deref().filter(|h| !h.is_empty()) {
         check_hostname(h)?;
@@ -237,8 +263,8 @@ pub(super) async fn run(cli: &Cli, args: &ConfigArgs) -> Result<(), CliError> {
                 });
             } else {
                 match key.as_str() {
-                    "registry" => resolve_host_port("registry", &value).await?,
-                    "beacon" => resolve_host_port("beacon", &value).await?,
+                    "registry" => check_registry(&value).await?,
+                    "beacon" => check_beacons(&value, None).await?,
                     "hostname" => check_hostname(&value)?,
                     "listen" => check_listen(&value)?,
                     "log-level" | "log_level" => check_log_level(&value)?,

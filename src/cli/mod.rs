@@ -509,7 +509,7 @@ pub struct StartArgs {
     /// Registry address HOST:PORT [config "registry"; env PILOT_REGISTRY; default 127.0.0.1:9000].
     #[arg(long, value_name = "HOST:PORT")]
     pub registry: Option<String>,
-    /// Beacon address HOST:PORT [config "beacon"; default: the registry's host, port 9001].
+    /// Beacon address HOST:PORT, or one per registry instance in the same order (A,B: it fails over with the registry) [config "beacon"; default: each registry's host, port 9001].
     #[arg(long, value_name = "HOST:PORT")]
     pub beacon: Option<String>,
     /// Hostname to register for this node.

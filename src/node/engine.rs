@@ -225,6 +225,10 @@ struct WaitingPila {
 /// The event loop's state.
 pub struct Engine {
     pub(super) shared: Arc<Shared>,
+    /// The beacon in use: that of the registry instance the registry
+    /// connection is on ([`Shared::beacons`], `beacon_index`).
+    pub(super) beacon: Option<SocketAddr>,
+    beacon_index: usize,
     socket: Arc<UdpSocket>,
     pub(super) node_id: u32,
     xkeys: KeyPair,
@@ -265,6 +269,7 @@ impl Engine {
         cmd_tx: mpsc::Sender<Cmd>,
     ) -> Engine {
         let xkeys = KeyPair::generate(&mut OsRng);
+        let beacon = shared.beacons.first().copied();
         let sig = sign_auth(&shared.identity, node_id, &xkeys.public());
         let pila = AuthKeyRepr {
             sender: node_id,
@@ -316,6 +321,8 @@ impl Engine {
             trusted: HashSet::new(),
             network_peers: HashSet::new(),
             nat: super::path::NatState::new(probe_port),
+            beacon,
+            beacon_index: 0,
         }
     }
 
@@ -401,8 +408,28 @@ impl Engine {
         self.stats.datagrams_out += 1;
     }
 
+    /// After the registry connection failed over to another instance
+    /// (`--registry A,B`), uses that instance's beacon too and announces
+    /// ourselves there: the dead instance's beacon can no longer relay or
+    /// punch for us.
+    fn follow_registry_instance(&mut self) {
+        let k = self.shared.registry.current();
+        if k == self.beacon_index {
+            return;
+        }
+        self.beacon_index = k;
+        let Some(&b) = self.shared.beacons.get(k).or(self.shared.beacons.first()) else {
+            return;
+        };
+        if self.beacon != Some(b) {
+            tracing::info!(beacon = %b, "the registry failed over; using its instance's beacon");
+            self.beacon = Some(b);
+            self.send_discover();
+        }
+    }
+
     fn send_discover(&mut self) {
-        if let Some(b) = self.shared.beacon {
+        if let Some(b) = self.beacon {
             let msg = beacon::encode_discover(self.node_id);
             self.send_raw(&msg, b);
         }
@@ -444,7 +471,9 @@ impl Engine {
     }
 
     fn handle_beacon(&mut self, from: SocketAddr, data: &mut [u8], now: Instant) {
-        if Some(from) != self.shared.beacon {
+        // Any configured beacon: a relay delivery from the previous
+        // instance may still arrive just after a failover.
+        if !self.shared.beacons.contains(&from) {
             self.stats.dropped_beacon_source += 1;
             return;
         }
@@ -764,7 +793,7 @@ impl Engine {
         }
         self.stale_answers.insert(node, now);
         let frame = self.pila_frame.clone();
-        match (via_relay, self.shared.beacon) {
+        match (via_relay, self.beacon) {
             (true, Some(beacon)) => {
                 let wrapped = beacon::encode_relay(self.node_id, node, &frame);
                 self.send_raw(&wrapped, beacon);
@@ -906,7 +935,7 @@ impl Engine {
         len: usize,
     ) {
         if relay {
-            let Some(beacon) = self.shared.beacon else {
+            let Some(beacon) = self.beacon else {
                 return;
             };
             let start = at - RELAY_HEADER_LEN;
@@ -1081,7 +1110,6 @@ impl Engine {
             socket: self.shared.config.socket.display().to_string(),
             registry: self.shared.config.registry.clone(),
             beacon: self
-                .shared
                 .beacon
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -1207,6 +1235,7 @@ impl Engine {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        self.follow_registry_instance();
         self.stream_housekeeping(now);
         self.path_housekeeping(now);
         let expired: Vec<(u32, u16)> = self

@@ -148,8 +148,10 @@ pub struct Shared {
     pub identity: Identity,
     /// Start-up configuration.
     pub config: DaemonConfig,
-    /// The beacon's resolved address.
-    pub beacon: Option<SocketAddr>,
+    /// The beacons' resolved addresses, one per registry instance
+    /// (`--registry A,B`): the engine uses the one of the instance the
+    /// registry connection is on, so both fail over together.
+    pub beacons: Vec<SocketAddr>,
     /// The registry connection.
     pub registry: RegistryHandle,
     /// When the daemon started.
@@ -293,17 +295,40 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
             reason: e.to_string(),
         })?;
     // `A,B,...`: instances over one shared database, tried in turn.
+    let registry_texts: Vec<String> = registry_text
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
     let mut registry_list = registry_text.split(',').map(str::trim);
     let registry_text = registry_list.next().unwrap_or_default().to_string();
     let mut fallbacks = Vec::new();
     for other in registry_list {
         fallbacks.push(resolve_addr("registry", other).await?);
     }
-    let beacon_text = config
-        .beacon
-        .clone()
-        .unwrap_or_else(|| default_beacon(&registry_text));
-    let beacon = Some(resolve_addr("beacon", &beacon_text).await?);
+    // One beacon per registry instance: `--beacon A,B` in the same order,
+    // one `--beacon` for all, or by default each registry host at :9001.
+    let beacon_texts: Vec<String> = match &config.beacon {
+        Some(b) => {
+            let list: Vec<String> = b.split(',').map(|s| s.trim().to_string()).collect();
+            if list.len() != 1 && list.len() != registry_texts.len() {
+                return Err(NodeError::Address {
+                    what: "beacon",
+                    value: b.clone(),
+                    reason: format!(
+                        "{} beacons for {} registry instances (give one, or one per --registry instance in the same order)",
+                        list.len(),
+                        registry_texts.len()
+                    ),
+                });
+            }
+            list
+        }
+        None => registry_texts.iter().map(|r| default_beacon(r)).collect(),
+    };
+    let mut beacons = Vec::new();
+    for b in &beacon_texts {
+        beacons.push(resolve_addr("beacon", b).await?);
+    }
     let registry_addr = resolve_addr("registry", &registry_text).await?;
     let ipc = ipc_server::bind(&config.socket).await?;
 
@@ -323,7 +348,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
             .with_pin(registry_pin)
             .with_fallbacks(fallbacks),
         identity,
-        beacon,
+        beacons,
         started: Instant::now(),
         status: Mutex::new(Status {
             endpoint: registration_endpoint(&config, local),

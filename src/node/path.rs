@@ -601,7 +601,7 @@ impl Engine {
 
     /// Sends a punch request for `node` to the beacon and remembers it.
     fn request_punch(&mut self, node: u32, now: Instant) {
-        let Some(b) = self.shared.beacon else {
+        let Some(b) = self.beacon else {
             return;
         };
         let msg = beacon::encode_punch_request(self.node_id, node);
@@ -731,7 +731,7 @@ impl Engine {
         let direct_dead = !peer.relay && !peer.path.direct_fresh(now);
         let ep = peer.endpoint;
         tracing::debug!("node {node} silent; re-resolving (attempt {n})");
-        if n > RECOVERIES_BEFORE_RELAY && direct_dead && self.shared.beacon.is_some() {
+        if n > RECOVERIES_BEFORE_RELAY && direct_dead && self.beacon.is_some() {
             self.set_path(node, ep, true, "no answer directly", now);
             if self.shared.config.endpoint.is_none() {
                 // Perhaps it is us who moved (a new router): the beacon
@@ -887,7 +887,7 @@ impl Engine {
             Some(t) if t <= now => self.nat.next_early_relay = None,
             _ => return,
         }
-        if self.shared.beacon.is_none() {
+        if self.beacon.is_none() {
             return;
         }
         let mut due = Vec::new();
@@ -911,7 +911,7 @@ impl Engine {
 
     /// Every tick: silence, probes, relay fallback, direct retries, keepalives.
     pub(super) fn path_housekeeping(&mut self, now: Instant) {
-        let beacon = self.shared.beacon.is_some();
+        let beacon = self.beacon.is_some();
         let mut silent = Vec::new();
         let mut probes = Vec::new();
         let mut to_relay = Vec::new();

@@ -146,6 +146,12 @@ impl RegistryHandle {
         }
     }
 
+    /// Which instance the connections use now: 0 for the first of
+    /// `--registry A,B,...`, k for the k-th fallback.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % (1 + self.fallbacks.len())
+    }
+
     /// Our node id (0 before the first registration).
     pub fn node_id(&self) -> u32 {
         self.node_id.load(Ordering::Relaxed)

@@ -278,7 +278,7 @@ impl Engine {
         if resend_pila {
             self.force_pila(peer, now);
         }
-        if relay_switch && self.shared.beacon.is_some() {
+        if relay_switch && self.beacon.is_some() {
             if let Some(p) = self.peers.get_mut(&peer) {
                 if p.session.is_none() && !p.relay {
                     tracing::info!("node {peer} unreachable directly; trying the relay");
