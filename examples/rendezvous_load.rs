@@ -331,20 +331,26 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
         }));
     }
-    // Lookups during the registrations, on one more connection.
+    // Lookups during the registrations, on one more connection, from a
+    // thread of its own with a blocking socket: a lookup client is another
+    // process, and a task among the 512 registering ones measured the
+    // generator's own queueing as well as the server's.
     let probe = {
         let (max_id, done) = (max_id.clone(), done.clone());
         let addr = addrs[addrs.len() - 1];
-        tokio::spawn(async move {
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
             let mut lat = Vec::new();
-            let Ok(mut conn) = Conn::open(addr).await else {
+            let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
                 return lat;
             };
+            let _ = conn.set_nodelay(true);
+            let mut buf = Vec::with_capacity(1024);
             let mut x: u32 = 0x9e37_79b9;
             while !done.load(Ordering::Relaxed) {
                 let hi = max_id.load(Ordering::Relaxed);
                 if hi == 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
                 x ^= x << 13;
@@ -354,7 +360,12 @@ async fn run(a: Args) -> anyhow::Result<()> {
                     node_id: 1 + x % hi,
                 }));
                 let s = Instant::now();
-                if conn.call(&f).await.is_err() {
+                let mut len = [0u8; 4];
+                if conn.write_all(&f).is_err() || conn.read_exact(&mut len).is_err() {
+                    break;
+                }
+                buf.resize(u32::from_be_bytes(len) as usize, 0);
+                if conn.read_exact(&mut buf).is_err() {
                     break;
                 }
                 lat.push(s.elapsed());
@@ -367,7 +378,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     }
     let reg_time = t0.elapsed();
     done.store(true, Ordering::Relaxed);
-    let mut lat = probe.await.unwrap_or_default();
+    let mut lat = probe.join().unwrap_or_default();
     lat.sort_unstable();
     let (reg_errors, first_error) = errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let registered = ids

@@ -1514,6 +1514,7 @@ pub async fn open(
         path: target.clone().into(),
         reason: e.0,
     })?;
+    super::release_freed_memory();
     registry.track_changes();
     registry.use_id_blocks();
     registry.mark_remote(remote);
