@@ -488,6 +488,40 @@ pub fn spawn_persister(
     (durability, task)
 }
 
+/// Returns the heap the loaded snapshot used to the OS. The snapshot (every
+/// row as owned strings) is freed once the registry is built from it, but
+/// glibc keeps freed memory mapped: a rendezvous restarted with 1,000,000
+/// nodes sat at 1,117 MiB instead of the 952 MiB it holds while serving
+/// them (issue 13: under 1 GB for a million nodes). No-op elsewhere.
+pub(crate) fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it touches no live
+    // allocation and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Niceness of the thread that commits store batches.
+const WRITER_NICE: i32 = 10;
+
+/// Runs the calling (store writer) thread at [`WRITER_NICE`]: a commit may
+/// wait, since group commit folds whatever arrives meanwhile into the next
+/// batch, but a lookup should not wait for a commit's CPU time slice. With
+/// the server on one core, lookups during a 1,000,000-node registration
+/// burst had a p99 of 7.3 ms at equal priority (issue 13: under 5 ms). CFS
+/// still gives a nice-10 thread a share, so commits never starve. Linux
+/// only (per-thread niceness); a failure changes nothing.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread's own id; no memory is
+    // passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, WRITER_NICE);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,39 +614,5 @@ mod tests {
         let (_store, reg) = Store::open(&path, Instant::now()).unwrap();
         assert_eq!(reg.snapshot(), snap);
         assert!(!with_suffix(&path, ".json-imported.1").exists());
-    }
-}
-
-/// Returns the heap the loaded snapshot used to the OS. The snapshot (every
-/// row as owned strings) is freed once the registry is built from it, but
-/// glibc keeps freed memory mapped: a rendezvous restarted with 1,000,000
-/// nodes sat at 1,117 MiB instead of the 952 MiB it holds while serving
-/// them (issue 13: under 1 GB for a million nodes). No-op elsewhere.
-pub(crate) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it touches no live
-    // allocation and has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Niceness of the thread that commits store batches.
-const WRITER_NICE: i32 = 10;
-
-/// Runs the calling (store writer) thread at [`WRITER_NICE`]: a commit may
-/// wait, since group commit folds whatever arrives meanwhile into the next
-/// batch, but a lookup should not wait for a commit's CPU time slice. With
-/// the server on one core, lookups during a 1,000,000-node registration
-/// burst had a p99 of 7.3 ms at equal priority (issue 13: under 5 ms). CFS
-/// still gives a nice-10 thread a share, so commits never starve. Linux
-/// only (per-thread niceness); a failure changes nothing.
-fn background_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on the calling thread's own id; no memory is
-    // passed.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, WRITER_NICE);
     }
 }
