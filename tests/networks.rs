@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,23 +69,17 @@ fn fails(n: &Node, args: &[&str]) -> (String, String) {
 /// sleep before sending was not always enough on a loaded machine, and a
 /// datagram with no receiver yet is dropped, as it should be.
 fn recv(n: &Node, port: u16) -> (Child, BufReader<std::process::ChildStderr>) {
-    let mut child = n
-        .command()
-        .arg("--socket")
-        .arg(&n.socket)
-        .args(["recv", &port.to_string(), "--count", "1", "--timeout", "5s"])
-        .env("HOME", n.home.path())
-        .env_remove("PILOT_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("waiting for datagrams") {}
-    assert!(line.contains("waiting for datagrams"), "recv: {line}");
-    (child, err)
+    common::spawn_ready(
+        n.command()
+            .arg("--socket")
+            .arg(&n.socket)
+            .args(["recv", &port.to_string(), "--count", "1", "--timeout", "5s"])
+            .env("HOME", n.home.path())
+            .env_remove("PILOT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+        "waiting for datagrams",
+    )
 }
 
 /// What a `recv` printed: its output, then (for a failure message) its

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -40,18 +40,10 @@ fn spawn_listener(
     args: &[&str],
     stdout: Stdio,
 ) -> (std::process::Child, BufReader<std::process::ChildStderr>) {
-    let mut child = pilotctl(node)
-        .arg("listen")
-        .args(args)
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("listening on port"), "{line}");
-    (child, err)
+    common::spawn_ready(
+        pilotctl(node).arg("listen").args(args).stdout(stdout),
+        "listening on port",
+    )
 }
 
 fn two_nodes(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, String) {
@@ -338,16 +330,12 @@ fn a_first_datagram_to_a_new_peer_arrives() {
     let rdv = Rendezvous::start();
     let b = Node::new("receiver");
     let ab = addr_of(&b.start(&rdv, &["--public"]));
-    let mut rx = pilotctl(&b)
-        .args(["recv", "5001", "--count", "8", "--timeout", "10s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(rx.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("waiting for datagrams"), "{line}");
+    let (rx, mut err) = common::spawn_ready(
+        pilotctl(&b)
+            .args(["recv", "5001", "--count", "8", "--timeout", "10s"])
+            .stdout(Stdio::piped()),
+        "waiting for datagrams",
+    );
     let senders: Vec<Node> = (0..8)
         .map(|i| {
             let n = Node::new(&format!("sender{i}"));

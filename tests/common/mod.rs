@@ -12,6 +12,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// Spawns `cmd` with stderr piped and returns once its first stderr line
+/// contains `ready` (a listener or receiver that says it is registered
+/// with the daemon); panics with that line otherwise. The stderr reader
+/// goes back with the child: long-running commands keep reporting there.
+pub fn spawn_ready(
+    cmd: &mut Command,
+    ready: &str,
+) -> (Child, std::io::BufReader<std::process::ChildStderr>) {
+    use std::io::BufRead;
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains(ready), "expected {ready:?}, got: {line}");
+    (child, err)
+}
+
 pub const PILOTCTL: &str = env!("CARGO_BIN_EXE_pilotctl");
 pub const RENDEZVOUS: &str = env!("CARGO_BIN_EXE_pilot-rendezvous");
 
