@@ -56,6 +56,11 @@ struct Args {
     /// Concurrent connections registering (many daemons at once).
     #[arg(long, default_value_t = 512)]
     reg_conns: u32,
+    /// Registrations per second in the burst, spread evenly (open loop);
+    /// 0: each connection sends its next one as soon as the last is
+    /// answered (closed loop: as fast as the server goes).
+    #[arg(long, default_value_t = 0.0)]
+    reg_rate: f64,
     /// Seconds per read/heartbeat phase.
     #[arg(long, default_value_t = 5)]
     secs: u64,
@@ -251,6 +256,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     report.insert("nodes".into(), n.into());
     report.insert("conns".into(), a.conns.into());
     report.insert("reg_conns".into(), a.reg_conns.into());
+    report.insert("reg_rate".into(), a.reg_rate.into());
 
     // --- 1. registrations (with lookups alongside) ----------------------
     let t = Instant::now();
@@ -299,6 +305,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         );
         let inst = c as usize % addrs.len();
         let addr = addrs[inst];
+        let rate = a.reg_rate;
         tasks.push(tokio::spawn(async move {
             let Ok(mut conn) = Conn::open(addr).await else {
                 return;
@@ -308,6 +315,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 let Some(f) = regs.get(i as usize) else {
                     return;
                 };
+                if rate > 0.0 {
+                    let due = t0 + Duration::from_secs_f64(f64::from(i) / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let reply = match conn.call(f).await {
                     Ok(r) => serde_json::from_slice::<RegisterReply>(r).ok(),
                     Err(_) => return,
