@@ -127,9 +127,9 @@ pub(super) fn check_log_level(value: &str) -> Result<(), CliError> {
 /// Checks a `--registry` value: `HOST:PORT[,HOST:PORT...][#ed25519:KEY]`
 /// (instances over one shared database, tried in turn), each must resolve.
 async fn check_registry(r: &str) -> Result<(), CliError> {
-    let (addr, _pin) =
-        crate::rendezvous::pin::split_registry(r).map_err(|e| invalid(e.to_string()))?;
-    for one in addr.split(',').map(str::trim) {
+    let (instances, _pin) =
+        crate::rendezvous::pin::registry_instances(r).map_err(|e| invalid(e.to_string()))?;
+    for one in &instances {
         resolve_host_port("registry", one).await?;
     }
     Ok(())
@@ -141,13 +141,9 @@ async fn check_registry(r: &str) -> Result<(), CliError> {
 async fn check_beacons(b: &str, registry: Option<&str>) -> Result<(), CliError> {
     let list: Vec<&str> = b.split(',').map(str::trim).collect();
     if let Some(r) = registry {
-        let instances = r.split('#').next().unwrap_or_default().split(',').count();
-        if list.len() != 1 && list.len() != instances {
-            return Err(invalid(format!(
-                "--beacon lists {} addresses for {instances} registry instances: give one, or one per --registry instance in the same order",
-                list.len()
-            )));
-        }
+        let (instances, _pin) =
+            crate::rendezvous::pin::registry_instances(r).map_err(|e| invalid(e.to_string()))?;
+        crate::rendezvous::pin::check_beacon_count(list.len(), instances.len()).map_err(invalid)?;
     }
     for one in list {
         resolve_host_port("beacon", one).await?;

@@ -287,22 +287,19 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         addr: config.listen.clone(),
         source,
     })?;
-    // `HOST:PORT#ed25519:<key>` pins the rendezvous' answer key.
-    let (registry_text, registry_pin) = crate::rendezvous::pin::split_registry(&config.registry)
-        .map_err(|e| NodeError::Address {
-            what: "registry",
-            value: config.registry.clone(),
-            reason: e.to_string(),
+    // `HOST:PORT#ed25519:<key>` pins the rendezvous' answer key; `A,B,...`
+    // are instances over one shared database, tried in turn.
+    let (registry_texts, registry_pin) =
+        crate::rendezvous::pin::registry_instances(&config.registry).map_err(|e| {
+            NodeError::Address {
+                what: "registry",
+                value: config.registry.clone(),
+                reason: e.to_string(),
+            }
         })?;
-    // `A,B,...`: instances over one shared database, tried in turn.
-    let registry_texts: Vec<String> = registry_text
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .collect();
-    let mut registry_list = registry_text.split(',').map(str::trim);
-    let registry_text = registry_list.next().unwrap_or_default().to_string();
+    let registry_text = registry_texts.first().cloned().unwrap_or_default();
     let mut fallbacks = Vec::new();
-    for other in registry_list {
+    for other in registry_texts.iter().skip(1) {
         fallbacks.push(resolve_addr("registry", other).await?);
     }
     // One beacon per registry instance: `--beacon A,B` in the same order,
@@ -310,17 +307,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     let beacon_texts: Vec<String> = match &config.beacon {
         Some(b) => {
             let list: Vec<String> = b.split(',').map(|s| s.trim().to_string()).collect();
-            if list.len() != 1 && list.len() != registry_texts.len() {
-                return Err(NodeError::Address {
+            crate::rendezvous::pin::check_beacon_count(list.len(), registry_texts.len()).map_err(
+                |reason| NodeError::Address {
                     what: "beacon",
                     value: b.clone(),
-                    reason: format!(
-                        "{} beacons for {} registry instances (give one, or one per --registry instance in the same order)",
-                        list.len(),
-                        registry_texts.len()
-                    ),
-                });
-            }
+                    reason,
+                },
+            )?;
             list
         }
         None => registry_texts.iter().map(|r| default_beacon(r)).collect(),

@@ -79,6 +79,29 @@ pub fn split_registry(s: &str) -> Result<(String, Option<[u8; 32]>), PinError> {
     }
 }
 
+/// The instances of a `--registry` value (`HOST:PORT[,HOST:PORT...]`,
+/// instances over one shared database, in the order they are tried) and its
+/// pin, if there is one.
+pub fn registry_instances(s: &str) -> Result<(Vec<String>, Option<[u8; 32]>), PinError> {
+    let (addrs, pin) = split_registry(s)?;
+    Ok((
+        addrs.split(',').map(|a| a.trim().to_string()).collect(),
+        pin,
+    ))
+}
+
+/// The rule for `--beacon` beside `instances` registry instances: one
+/// beacon for all, or one per instance in the same order (it then fails
+/// over with the registry). The error is the sentence shown to the user.
+pub fn check_beacon_count(beacons: usize, instances: usize) -> Result<(), String> {
+    if beacons == 1 || beacons == instances {
+        return Ok(());
+    }
+    Err(format!(
+        "{beacons} beacon addresses for {instances} registry instances: give one, or one per --registry instance in the same order"
+    ))
+}
+
 fn message(nonce: &str, answer: &Value) -> String {
     format!("{CONTEXT}\n{nonce}\n{answer}")
 }
@@ -131,6 +154,21 @@ pub fn verify_answer(pin: &[u8; 32], nonce: &str, payload: &[u8]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_instances_and_beacon_counts() {
+        let (list, pin) = registry_instances("a:9000, b:9000").unwrap();
+        assert_eq!(list, vec!["a:9000".to_string(), "b:9000".to_string()]);
+        assert!(pin.is_none());
+        assert!(registry_instances("a:9000,b:9000#ed25519:bad").is_err());
+        assert!(check_beacon_count(1, 3).is_ok());
+        assert!(check_beacon_count(3, 3).is_ok());
+        let e = check_beacon_count(2, 3).unwrap_err();
+        assert!(
+            e.contains("2 beacon addresses for 3 registry instances"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn signed_answers_verify_only_for_their_nonce_and_key() {

@@ -91,8 +91,9 @@ use crate::rendezvous::state::{
 use crate::wire::networks::JoinRule;
 use crate::wire::registry as wire;
 
-/// Node ids reserved per block (ours: one fetch per 1,024 new nodes, and an
-/// instance restart leaves at most two blocks unused of the 1,000,000 ids).
+/// Node ids reserved per block (ours: one fetch per 1,024 new nodes; an
+/// instance restart leaves at most two blocks unused, which is why
+/// `MAX_NODES` is above the million the registry must hold).
 pub const ID_BLOCK: u32 = 1024;
 /// How often an instance reads the others' changes when no request asks
 /// sooner (ours: a handshake request reaches a node on another instance in
