@@ -167,6 +167,16 @@ impl Congestion {
         self.cwnd = (INITIAL_CWND_SEGMENTS * self.mss).min(self.max);
     }
 
+    /// The segment size changed (the path was probed for larger segments,
+    /// or fell back): growth steps and floors follow it; the window in bytes
+    /// stays, capped at the new `max`.
+    pub fn set_mss(&mut self, mss: usize, max: usize) {
+        self.mss = mss.max(1);
+        self.max = max.max(2 * self.mss);
+        self.cwnd = self.cwnd.min(self.max);
+        self.ssthresh = self.ssthresh.max(2 * self.mss);
+    }
+
     /// Restart window after idle (RFC 5681 §4.1).
     pub fn restart_after_idle(&mut self) {
         self.cwnd = self

@@ -137,6 +137,9 @@ pub struct Connection {
     sbuf_off: u64,
     snd_una: u64,
     snd_nxt: u64,
+    /// The highest `snd_nxt` before a [`Connection::set_mss`] went back to
+    /// `snd_una`: ACKs up to it are valid (the peer got that data).
+    snd_high: u64,
     segs: VecDeque<SentSeg>,
     seg_id_front: u64,
     log: VecDeque<LogEntry>,
@@ -237,6 +240,7 @@ impl Connection {
             sbuf_off: 0,
             snd_una: 0,
             snd_nxt: 0,
+            snd_high: 0,
             segs: VecDeque::new(),
             seg_id_front: 0,
             log: VecDeque::new(),
@@ -662,12 +666,16 @@ impl Connection {
     }
 
     fn handle_ack(&mut self, seg: &Segment, is_data: bool, now: Instant) {
-        let snd_max = self.snd_nxt + self.fin_off.is_some() as u64;
+        let snd_max = self.snd_nxt.max(self.snd_high) + self.fin_off.is_some() as u64;
         let Some(ack) = unwrap_near(self.snd_base, self.snd_una, seg.ack) else {
             return;
         };
         if ack > snd_max {
             return;
+        }
+        if ack > self.snd_nxt && self.fin_off.is_none() {
+            // Data sent before a re-cut (set_mss) arrived after all.
+            self.snd_nxt = ack;
         }
         if ack > self.snd_una {
             self.on_new_ack(ack.min(self.snd_nxt), now);
@@ -903,6 +911,49 @@ impl Connection {
     }
 
     // ------------------------------------------------------------------
+    /// Payload bytes per segment we send now.
+    pub fn mss(&self) -> usize {
+        self.cfg.mss
+    }
+
+    /// Sends segments of up to `mss` payload bytes from now on: larger once
+    /// the daemon has proven the path carries them (node/pmtu.rs), the
+    /// default again when the path changes. Segments in flight that are
+    /// larger than a smaller new size are not retransmitted as they are
+    /// (they might not fit the new path): sending goes back to the first
+    /// unacknowledged byte and cuts the data again. Receivers accept
+    /// re-cut data (ours trims what it has; the reference's window counts
+    /// segments, not sizes). After our FIN is out the segments stay as they
+    /// are (the FIN's sequence number sits behind them).
+    pub fn set_mss(&mut self, mss: usize) {
+        let mss = mss.clamp(1, u16::MAX as usize);
+        if mss == self.cfg.mss {
+            return;
+        }
+        self.cfg.mss = mss;
+        self.cfg.max_cwnd = self.cfg.max_cwnd.max(2 * mss);
+        self.cc.set_mss(mss, self.cfg.max_cwnd);
+        let too_big = self.segs.iter().any(|s| s.len as usize > mss);
+        if too_big && self.fin_off.is_none() {
+            self.seg_id_front += self.segs.len() as u64;
+            self.segs.clear();
+            self.log.clear();
+            self.retx.clear();
+            self.sacked.clear();
+            self.pipe = 0;
+            self.snd_high = self.snd_high.max(self.snd_nxt);
+            self.snd_nxt = self.snd_una;
+            self.sbuf.consume((self.snd_una - self.sbuf_off) as usize);
+            self.sbuf_off = self.snd_una;
+            self.rto_deadline = None;
+            self.reorder_deadline = None;
+            self.recovery_point = None;
+            self.dupacks = 0;
+            self.extra_credit = 0;
+            self.rack = None;
+        }
+    }
+
     /// The path to the peer changed (a new address, the relay, or back to
     /// direct): data in flight is retransmitted at the next
     /// [`handle_timeout`](Self::handle_timeout), with the backoff forgotten,
@@ -1432,7 +1483,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::{rst_for, Config, Event, Segment, State, Transmit};
+    use crate::stream::{rst_for, Config, Event, Segment, State, Transmit, DEFAULT_MSS};
 
     type Out = (Transmit, Vec<u8>);
 
@@ -1504,6 +1555,90 @@ mod tests {
         assert_eq!(out[0].1, b"lost on the old path");
         // ...and the backoff starts again from the computed RTO.
         assert!(a.poll_timeout().unwrap() - later <= backed_off);
+    }
+
+    fn read_all(c: &mut Connection) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = c.recv(&mut buf);
+            if n == 0 {
+                return out;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[test]
+    fn a_larger_segment_size_applies_to_the_next_segments() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(Config::default(), t0);
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 249) as u8).collect();
+        assert_eq!(a.send(&data[..50_000]), 50_000);
+        let first = drain(&mut a, t0);
+        assert!(first.iter().all(|o| o.1.len() <= DEFAULT_MSS));
+        for o in &first {
+            b.handle_segment(&seg(o), t0);
+        }
+        a.set_mss(16_000);
+        assert_eq!(a.mss(), 16_000);
+        assert_eq!(a.send(&data[50_000..]), 150_000);
+        let now = pump(&mut a, &mut b, t0, t0 + Duration::from_secs(5));
+        let got = read_all(&mut b);
+        assert_eq!(got.len(), data.len(), "bytes delivered");
+        assert!(got == data, "the data arrived changed");
+        assert!(a.stats().segments_sent < 50_000 / DEFAULT_MSS as u64 + 2 + 150_000 / 16_000 + 2);
+        assert_eq!(a.stats().retransmissions, 0, "{now:?}");
+    }
+
+    #[test]
+    fn a_smaller_segment_size_cuts_data_in_flight_again() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(Config::default(), t0);
+        a.set_mss(30_000);
+        let data: Vec<u8> = (0..120_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        assert_eq!(a.send(&data), 120_000);
+        let out = drain(&mut a, t0);
+        assert!(out.iter().any(|o| o.1.len() > DEFAULT_MSS));
+        // The first segment arrives; the rest is lost on the old path.
+        b.handle_segment(&seg(&out[0]), t0);
+        for o in drain(&mut b, t0) {
+            a.handle_segment(&seg(&o), t0);
+        }
+        a.set_mss(DEFAULT_MSS);
+        a.path_changed(t0);
+        let mut now = t0;
+        let mut seen_big = false;
+        let until = t0 + Duration::from_secs(10);
+        // Deliver everything from here on, checking every segment's size.
+        loop {
+            let mut moved = false;
+            for o in drain(&mut a, now) {
+                seen_big |= o.1.len() > DEFAULT_MSS;
+                b.handle_segment(&seg(&o), now);
+                moved = true;
+            }
+            for o in drain(&mut b, now) {
+                a.handle_segment(&seg(&o), now);
+                moved = true;
+            }
+            a.check_invariants();
+            if moved {
+                continue;
+            }
+            match a.poll_timeout().into_iter().chain(b.poll_timeout()).min() {
+                Some(t) if t <= until => {
+                    now = now.max(t);
+                    a.handle_timeout(now);
+                    b.handle_timeout(now);
+                }
+                _ => break,
+            }
+        }
+        assert!(!seen_big, "a segment larger than the new size was sent");
+        let got = read_all(&mut b);
+        assert_eq!(got.len(), data.len(), "bytes delivered");
+        assert!(got == data, "the data arrived changed");
     }
 
     /// A connected pair (a = initiator with ISN 1000, b = responder ISN 5000).
