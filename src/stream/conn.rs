@@ -916,9 +916,10 @@ impl Connection {
         self.cfg.mss
     }
 
-    /// Sends segments of up to `mss` payload bytes from now on: larger once
-    /// the daemon has proven the path carries them (node/pmtu.rs), the
-    /// default again when the path changes. Segments in flight that are
+    /// Sends segments of up to `mss` payload bytes from now on: meant for
+    /// larger segments once the daemon has proven the path carries them, and
+    /// the default again when the path changes (the daemon does not call it
+    /// yet; issue 14 item 4). Segments in flight that are
     /// larger than a smaller new size are not retransmitted as they are
     /// (they might not fit the new path): sending goes back to the first
     /// unacknowledged byte and cuts the data again. Receivers accept
@@ -936,17 +937,11 @@ impl Connection {
         let too_big = self.segs.iter().any(|s| s.len as usize > mss);
         if too_big && self.fin_off.is_none() {
             self.seg_id_front += self.segs.len() as u64;
-            self.segs.clear();
-            self.log.clear();
-            self.retx.clear();
-            self.sacked.clear();
-            self.pipe = 0;
+            self.drop_send_state();
             self.snd_high = self.snd_high.max(self.snd_nxt);
             self.snd_nxt = self.snd_una;
             self.sbuf.consume((self.snd_una - self.sbuf_off) as usize);
             self.sbuf_off = self.snd_una;
-            self.rto_deadline = None;
-            self.reorder_deadline = None;
             self.recovery_point = None;
             self.dupacks = 0;
             self.extra_credit = 0;
