@@ -62,6 +62,12 @@ struct Args {
     /// streams are refused.
     #[arg(long, default_value = "512M")]
     stream_memory: String,
+    /// Largest stream segment (payload bytes) to try on direct paths whose
+    /// route carries more than a 1,500-byte link (loopback, jumbo-frame
+    /// LANs); each size is proven with a probe first. 1373 keeps every
+    /// path at the default size. At most 65437.
+    #[arg(long, default_value_t = pilot::node::pmtu::DEFAULT_MAX_SEGMENT)]
+    max_segment: usize,
     /// Do not run the echo service on port 7.
     #[arg(long)]
     no_echo: bool,
@@ -130,6 +136,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     let identity = args
         .identity
         .unwrap_or_else(|| pilot::config::Paths::from_env().identity());
+    if args.max_segment < pilot::stream::DEFAULT_MSS
+        || args.max_segment > pilot::node::pmtu::MAX_SEGMENT
+    {
+        anyhow::bail!(
+            "--max-segment must be between {} and {}",
+            pilot::stream::DEFAULT_MSS,
+            pilot::node::pmtu::MAX_SEGMENT
+        );
+    }
     let config = pilot::node::DaemonConfig {
         registry: args.registry,
         beacon: args.beacon,
@@ -155,6 +170,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             eventstream: !args.no_eventstream,
             quota_bytes: parse_size(&args.quota)?,
         },
+        max_segment: args.max_segment,
     };
     // One thread: the event loop owns all protocol state, and the IPC pumps
     // only move bytes to and from it; cross-thread wake-ups would cost more

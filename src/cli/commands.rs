@@ -217,6 +217,11 @@ async fn peers(cli: &Cli) -> Result<(), CliError> {
                     p.path.clone(),
                     p.endpoint.clone().unwrap_or_else(|| "-".into()),
                     if p.encrypted { "yes" } else { "no" }.into(),
+                    if p.segment == 0 {
+                        "-".into()
+                    } else {
+                        p.segment.to_string()
+                    },
                     p.last_seen_ms
                         .map(|ms| format!("{:.1}s ago", ms as f64 / 1000.0))
                         .unwrap_or_else(|| "-".into()),
@@ -224,7 +229,14 @@ async fn peers(cli: &Cli) -> Result<(), CliError> {
             })
             .collect();
         table(
-            &["ADDRESS", "PATH", "ENDPOINT", "ENCRYPTED", "LAST SEEN"],
+            &[
+                "ADDRESS",
+                "PATH",
+                "ENDPOINT",
+                "ENCRYPTED",
+                "SEGMENT",
+                "LAST SEEN",
+            ],
             &rows,
         )
     });

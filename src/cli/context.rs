@@ -21,7 +21,7 @@ fn outputs(cmd: &str) -> &'static str {
         "daemon" => "start and status: {address, node_id, hostname, pid, socket, logs}; stop: {address, pid}",
         "info" => "{address, node_id, hostname, public, public_key, endpoint, registry, beacon, registered, peers, streams, uptime_secs, stats{...}}",
         "lookup" => "{node_id, address, hostname, public, public_key, networks}",
-        "peers" => "{peers: [{node_id, address, endpoint?, path: direct|relay, encrypted, last_seen_ms?, rtt_ms?, bytes_in, bytes_out, path_changes, path_since_ms?}]}; --search: {nodes: [{node_id, address, hostname?, tags, public, online, real_addr?}], total}",
+        "peers" => "{peers: [{node_id, address, endpoint?, path: direct|relay, encrypted, last_seen_ms?, rtt_ms?, bytes_in, bytes_out, path_changes, path_since_ms?, segment}]}; --search: {nodes: [{node_id, address, hostname?, tags, public, online, real_addr?}], total}",
         "set-hostname" | "clear-hostname" => "{address, hostname}",
         "find" => "hostname: {hostname, address, node_id}; --tag/--network: {nodes: [{node_id, address, hostname?, tags, public, online, real_addr?}], total}",
         "network" => "create: {id, name, members, join_rule, owner, created}; list: {networks: [{id, name, members, join_rule: open|invite, owner, member, created}]}; members: {network_id, member, nodes: [{node_id, address, hostname?, tags, public, online}], total}; invites: {invites: [{network_id, name, inviter_id, timestamp}]}; join|leave|invite|accept|reject|delete|remove: {network_id, name, node_id, address, action}",

@@ -580,6 +580,10 @@ pub struct PeerData {
     /// Milliseconds since the path last changed (absent: never changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_since_ms: Option<u64>,
+    /// Payload bytes per stream segment on this path (1,373 unless a probe
+    /// proved a larger size; absent from older daemons).
+    #[serde(default)]
+    pub segment: usize,
 }
 
 /// `peers`: the peer table.

@@ -835,7 +835,9 @@ impl Engine {
             && repr.flags.contains(Flags::ACK)
             && repr.dst_port == self.nat.probe_port
         {
-            self.on_probe_pong(sender, repr.seq, now);
+            if !self.pmtu_on_pong(sender, repr.seq, payload.len(), now) {
+                self.on_probe_pong(sender, repr.seq, now);
+            }
         } else if repr.src_port == 0 && repr.flags.contains(Flags::ACK) {
             // A pong for one of our pings.
             let key = (sender, repr.dst_port);
@@ -1152,6 +1154,7 @@ impl Engine {
                     .path
                     .changed_at
                     .map(|t| now.duration_since(t).as_millis() as u64),
+                segment: p.pmtu.segment(),
             })
             .collect();
         peers.sort_by_key(|p| p.node_id);
@@ -1238,6 +1241,7 @@ impl Engine {
         self.follow_registry_instance();
         self.stream_housekeeping(now);
         self.path_housekeeping(now);
+        self.pmtu_housekeeping(now);
         let expired: Vec<(u32, u16)> = self
             .pings
             .iter()

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod networks;
 pub mod path;
 pub mod peer;
+pub mod pmtu;
 pub mod registry;
 pub mod statelock;
 pub mod stream_table;
@@ -82,6 +83,9 @@ pub struct DaemonConfig {
     pub echo: bool,
     /// Trust handshake, data exchange and event stream settings.
     pub services: svc::ServiceConfig,
+    /// Largest stream segment payload to probe for on direct paths
+    /// (`--max-segment`, pmtu.rs); the default size disables probing.
+    pub max_segment: usize,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -519,6 +523,7 @@ mod tests {
             admission: streams::Admission::default(),
             echo: true,
             services: svc::ServiceConfig::default(),
+            max_segment: pmtu::DEFAULT_MAX_SEGMENT,
         };
         assert_eq!(
             registration_endpoint(&cfg, "0.0.0.0:4000".parse().unwrap()),

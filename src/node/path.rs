@@ -401,6 +401,7 @@ impl Engine {
         );
         self.resend_pings(node, now);
         self.streams_path_changed(node, now);
+        self.pmtu_path_changed(node, now);
     }
 
     /// An authenticated (decrypted) frame of `bytes` from `node` arrived from
@@ -802,6 +803,8 @@ impl Engine {
                 }
             }
         }
+        // Larger segments where the direct path carries them.
+        self.pmtu_start(node, now);
     }
 
     /// The beacon saw us at `ep`. A change (new router, new mapping) means

@@ -41,6 +41,8 @@ pub struct Peer {
     pub last_seen: Option<Instant>,
     /// Path bookkeeping: probes, silence, RTT, bytes (path.rs).
     pub path: super::path::PathState,
+    /// Stream segment size proven for the current path (pmtu.rs).
+    pub pmtu: super::pmtu::Pmtu,
 }
 
 impl Peer {

@@ -164,7 +164,8 @@ impl Engine {
             l.live += 1;
             App::Pending(now + ATTACH_TIMEOUT)
         };
-        let conn = Connection::accept(self.streams.config(), seg, OsRng.next_u32(), now);
+        let mut conn = Connection::accept(self.streams.config(), seg, OsRng.next_u32(), now);
+        conn.set_mss(self.segment_for(sender));
         let mut s = StreamConn::new(
             conn,
             sender,
@@ -474,6 +475,31 @@ impl Engine {
         }
     }
 
+    /// `node`'s path carries `size`-byte segments (or only the default
+    /// again): its streams cut new data to that size (pmtu.rs).
+    pub(super) fn streams_set_segment(&mut self, node: u32, size: usize, now: Instant) {
+        let ids: Vec<u64> = self
+            .streams
+            .conns
+            .iter()
+            .filter(|(_, s)| s.peer == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(s) = self.streams.conns.get_mut(&id) {
+                s.conn.set_mss(size);
+            }
+            self.after_io(id, now);
+        }
+    }
+
+    /// Segment size for a new stream to `node`.
+    fn segment_for(&self, node: u32) -> usize {
+        self.peers
+            .get(&node)
+            .map_or(crate::stream::DEFAULT_MSS, |p| p.pmtu.segment())
+    }
+
     /// Dial deadlines and attach deadlines (from the housekeeping tick).
     pub(super) fn stream_housekeeping(&mut self, now: Instant) {
         self.streams.check_memory(now);
@@ -555,7 +581,8 @@ impl Engine {
         }
         let id = self.streams.next_id;
         self.streams.next_id += 1;
-        let conn = Connection::connect(self.streams.config(), OsRng.next_u32(), now);
+        let mut conn = Connection::connect(self.streams.config(), OsRng.next_u32(), now);
+        conn.set_mss(self.segment_for(addr.node));
         let mut s = StreamConn::new(
             conn,
             addr.node,

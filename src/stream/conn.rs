@@ -49,8 +49,9 @@ use super::ring::ByteRing;
 use super::rtt::RttEstimator;
 use super::seq::{to_wire, unwrap_near};
 use super::{
-    Config, Event, Segment, State, Transmit, ACK_EVERY_SEGMENTS, DELAYED_ACK, DUP_ACK_THRESHOLD,
-    MAX_FINACK_QUEUE, NAGLE_DELAY, SYN_INITIAL_RTO, SYN_MAX_EXPIRIES, SYN_MAX_RTO,
+    Config, Event, Segment, State, Transmit, ACK_EVERY_SEGMENTS, DEFAULT_MSS, DELAYED_ACK,
+    DUP_ACK_THRESHOLD, MAX_FINACK_QUEUE, NAGLE_DELAY, SYN_INITIAL_RTO, SYN_MAX_EXPIRIES,
+    SYN_MAX_RTO,
 };
 use crate::wire::header::Flags;
 use crate::wire::sack;
@@ -918,16 +919,21 @@ impl Connection {
 
     /// Sends segments of up to `mss` payload bytes from now on: meant for
     /// larger segments once the daemon has proven the path carries them, and
-    /// the default again when the path changes (the daemon does not call it
-    /// yet; issue 14 item 4). Segments in flight that are
+    /// the default again when the path changes (the daemon's node/pmtu.rs).
+    /// Segments in flight that are
     /// larger than a smaller new size are not retransmitted as they are
     /// (they might not fit the new path): sending goes back to the first
     /// unacknowledged byte and cuts the data again. Receivers accept
     /// re-cut data (ours trims what it has; the reference's window counts
     /// segments, not sizes). After our FIN is out the segments stay as they
     /// are (the FIN's sequence number sits behind them).
+    ///
+    /// Sizes above a sixteenth of the send buffer are lowered to that (but
+    /// never below [`DEFAULT_MSS`]): a window of a few huge segments would
+    /// lose its ACK clock and its loss recovery on one drop.
     pub fn set_mss(&mut self, mss: usize) {
-        let mss = mss.clamp(1, u16::MAX as usize);
+        let cap = (self.cfg.send_buffer_bytes / 16).max(DEFAULT_MSS);
+        let mss = mss.min(cap).clamp(1, u16::MAX as usize);
         if mss == self.cfg.mss {
             return;
         }
