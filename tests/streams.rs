@@ -109,6 +109,9 @@ fn one_gib_through_pilotctl_connect_arrives_byte_exact() {
         "1 GiB in {secs:.1}s ({:.0} MB/s, debug build)",
         TOTAL as f64 / secs / 1e6
     );
+    // Loopback carries large datagrams: the path was probed and the
+    // stream used the default `--max-segment` (issue 14 item 4).
+    assert_eq!(segment_to(&a, &ab), 32_000, "a's segment size to b");
     // Nothing was dropped by the tunnel on the way.
     let info = b.json(&["info"]);
     assert_eq!(info["stats"]["dropped_crypto"], 0);
@@ -522,6 +525,74 @@ fn one_gib_echo_through_pilotctl_connect_comes_back_byte_exact() {
         "1 GiB echoed in {:.1}s ({:.0} MB/s each way, debug build)",
         r.secs,
         TOTAL as f64 / r.secs / 1e6
+    );
+}
+
+/// The stream segment size `node` uses towards `target` (`peers --json`).
+fn segment_to(node: &Node, target: &str) -> u64 {
+    let peers = node.json(&["peers"]);
+    peers["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == target)
+        .and_then(|p| p["segment"].as_u64())
+        .unwrap_or_else(|| panic!("no segment for {target} in {peers}"))
+}
+
+/// Issue 14 item 4: each daemon proves the segment size it sends with,
+/// capped by its own `--max-segment` (1373 turns probing off), and a
+/// stream whose two directions use different sizes comes back byte-exact.
+#[test]
+fn segment_sizes_are_proven_per_direction_and_capped_by_max_segment() {
+    let rdv = Rendezvous::start();
+    let a = Node::new("alpha");
+    let b = Node::new("beta");
+    a.start(&rdv, &["--public", "--daemon-arg=--max-segment=9000"]);
+    let ab = addr_of(&b.start(&rdv, &["--public", "--daemon-arg=--max-segment=1373"]));
+    let aa = a.address();
+    let r = a.json(&["ping", &ab, "--control", "--count", "1"]);
+    assert_eq!(r["received"], 1, "{r}");
+    assert!(
+        common::wait_until(Duration::from_secs(5), || segment_to(&a, &ab) == 9000),
+        "a never proved 9000-byte segments to b: {}\n{}",
+        a.json(&["peers"]),
+        a.log()
+    );
+    assert_eq!(
+        segment_to(&b, &aa),
+        1373,
+        "b's --max-segment 1373 keeps the default"
+    );
+    assert!(
+        a.log().contains("carries 9000-byte segments"),
+        "{}",
+        a.log()
+    );
+
+    const TOTAL: u64 = 64 << 20;
+    let r = echo_through_connect(&a, &ab, TOTAL, 5, None, Duration::from_secs(300));
+    assert!(r.exit_ok);
+    assert_eq!(r.back, TOTAL);
+    assert_eq!(
+        r.back_hash, r.sent_hash,
+        "the echo differs from what was sent"
+    );
+
+    // Out-of-range values are refused with the range, before anything starts.
+    let c = Node::new("gamma");
+    let out = c.ctl(&[
+        "daemon",
+        "start",
+        "--registry",
+        &rdv.registry,
+        "--daemon-arg=--max-segment=100",
+    ]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("--max-segment must be between 1373 and 65437"),
+        "{out:?}"
     );
 }
 

@@ -403,6 +403,11 @@ impl Engine {
         stats.datagrams_out += 1;
     }
 
+    /// Sends the datagrams queued for the batch now.
+    pub(super) fn flush_tx(&mut self) {
+        self.tx.flush(&self.socket);
+    }
+
     pub(super) fn send_raw(&mut self, bytes: &[u8], to: SocketAddr) {
         self.tx.push(&self.socket, bytes, to);
         self.stats.datagrams_out += 1;

@@ -272,7 +272,12 @@ impl Engine {
             p.pmtu.sent(seq, size, now);
         }
         tracing::debug!("probing {size}-byte segments to node {node} at {ep}");
+        // The probe goes out as a datagram of its own: batched with other
+        // frames it would be one GSO send, which a router may treat
+        // differently from the plain datagrams it stands for.
+        self.flush_tx();
         self.seal_to(node, len, Some(ep), now);
+        self.flush_tx();
     }
 
     /// A pong to a probe-port ping with `len` payload bytes: true when it
@@ -297,6 +302,10 @@ impl Engine {
             // The route shrank while the probe was out: the pong may have
             // come through fragments.
             p.pmtu.give_up();
+            tracing::info!(
+                "path to {} shrank below {size}-byte segments during the probe; keeping {DEFAULT_MSS}",
+                Addr::backbone(node)
+            );
             return true;
         }
         p.pmtu.prove(size);
@@ -336,15 +345,32 @@ impl Engine {
                     }
                 }
                 Due::GiveUp => {
-                    tracing::debug!(
-                        "node {node}: no answer to large probes; keeping the default segment size"
+                    tracing::info!(
+                        "path to {}: no answer to {TRIES} probes for larger segments; keeping {DEFAULT_MSS}",
+                        Addr::backbone(node)
                     );
                 }
                 Due::Nothing => {}
             }
         }
+        let max = self.shared.config.max_segment;
         for (node, ep, size) in resend {
-            self.pmtu_send(node, ep, size, now);
+            // An ICMP "fragmentation needed" for the last try lowered the
+            // route: the kernel would now fragment a resend, so ask again.
+            let mtu = route_mtu(ep);
+            match mtu.and_then(|m| candidate(m, ep.ip().to_canonical().is_ipv6(), max)) {
+                Some(c) => self.pmtu_send(node, ep, c.min(size), now),
+                None => {
+                    tracing::info!(
+                        "path to {} does not carry {size}-byte segments (route MTU now {}); keeping {DEFAULT_MSS}",
+                        Addr::backbone(node),
+                        mtu.map_or("unknown".to_string(), |m| m.to_string())
+                    );
+                    if let Some(p) = self.peers.get_mut(&node) {
+                        p.pmtu.give_up();
+                    }
+                }
+            }
         }
     }
 }

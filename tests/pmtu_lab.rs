@@ -1,0 +1,102 @@
+//! Segment sizes on real links in the network lab (issue 14 item 4; root
+//! only, skips otherwise):
+//! * a jumbo-frame path end to end (9000-byte links on both hosts and the
+//!   switch ports between them) is probed and carries 8,902-byte segments
+//!   (9000 − 20 IP − 8 UDP − 70 PILS), and an echo comes back intact;
+//! * a host on a 9000-byte LAN behind a router whose Internet side is 1500
+//!   bytes probes, is refused by the router (the probe is sent with DF), and
+//!   keeps 1,373-byte segments; streams through it still work.
+
+mod common;
+mod netlab;
+
+use std::time::Duration;
+
+use common::wait_until;
+use netlab::{pattern, peer, EchoFeed, Host, Lab, Nat};
+
+/// Sets `dev`'s MTU in namespace `ns`.
+fn mtu(lab: &Lab, ns: &str, dev: &str, mtu: u32) {
+    let out = lab.exec(ns, &["ip", "link", "set", dev, "mtu", &mtu.to_string()]);
+    assert_eq!(out.code, 0, "mtu {mtu} on {dev} in {ns}: {out:?}");
+}
+
+/// A host with no NAT whose link to the public switch is 9000 bytes on
+/// both ends.
+fn jumbo_public_host(lab: &Lab) -> Host {
+    let h = lab.host(Nat::None);
+    mtu(lab, &h.ns, "eth0", 9000);
+    mtu(lab, &lab.public, &format!("p{}", h.index), 9000);
+    h
+}
+
+fn echo_intact(from: &common::Node, to: &str, len: usize) {
+    let feed = EchoFeed::start(
+        from,
+        to,
+        pattern(len, 3),
+        256 * 1024,
+        Duration::from_millis(5),
+    );
+    let (sent, got, errors) = feed.finish_with_errors();
+    assert_eq!(got.len(), sent.len(), "echo cut short: {errors}");
+    assert!(got == sent, "the echoed bytes differ");
+}
+
+#[test]
+fn a_jumbo_path_carries_large_segments() {
+    let Some(lab) = Lab::new() else {
+        return;
+    };
+    let ha = jumbo_public_host(&lab);
+    let hb = jumbo_public_host(&lab);
+    let a = lab.node(&ha, "a");
+    let b = lab.node(&hb, "b");
+    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
+    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
+    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
+    assert_eq!(r["received"], 1, "{r}");
+    let proven = wait_until(Duration::from_secs(10), || {
+        peer(&a, &ab)["segment"] == 8902 && peer(&b, &aa)["segment"] == 8902
+    });
+    assert!(
+        proven,
+        "a sees {} / b sees {}\na log:\n{}\nb log:\n{}",
+        peer(&a, &ab),
+        peer(&b, &aa),
+        a.log(),
+        b.log()
+    );
+    assert_eq!(peer(&a, &ab)["path"], "direct");
+    echo_intact(&a, &ab, 8 << 20);
+}
+
+#[test]
+fn a_jumbo_lan_behind_a_1500_byte_router_keeps_the_default_segment() {
+    let Some(lab) = Lab::new() else {
+        return;
+    };
+    let ha = lab.host(Nat::Home);
+    mtu(&lab, &ha.ns, "eth0", 9000);
+    mtu(&lab, ha.router.as_deref().unwrap(), "lan0", 9000);
+    let hb = lab.host(Nat::None);
+    let a = lab.node(&ha, "a");
+    let b = lab.node(&hb, "b");
+    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
+    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
+    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
+    assert_eq!(r["received"], 1, "{r}");
+    // a's route to b says 9000, so a probes; the router cannot forward
+    // 8,972-byte datagrams with DF and says so, and a gives up.
+    let refused = wait_until(Duration::from_secs(10), || {
+        a.log().contains(&format!("path to {ab}")) && a.log().contains("keeping 1373")
+    });
+    assert!(refused, "no refused probe in a's log:\n{}", a.log());
+    assert_eq!(peer(&a, &ab)["segment"], 1373, "{}", peer(&a, &ab));
+    assert!(!a.log().contains("carries"), "{}", a.log());
+    // b's own link is 1500 bytes: it never probes.
+    assert_eq!(peer(&b, &aa)["segment"], 1373, "{}", peer(&b, &aa));
+    assert_eq!(peer(&a, &ab)["path"], "direct", "{}", peer(&a, &ab));
+    echo_intact(&a, &ab, 4 << 20);
+    assert_eq!(peer(&a, &ab)["segment"], 1373);
+}
