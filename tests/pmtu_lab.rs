@@ -100,3 +100,88 @@ fn a_jumbo_lan_behind_a_1500_byte_router_keeps_the_default_segment() {
     echo_intact(&a, &ab, 4 << 20);
     assert_eq!(peer(&a, &ab)["segment"], 1373);
 }
+
+/// Direct traffic between `from` and `to` (both ways) dropped in `ns`, or
+/// allowed again with `on = false`. The relay (through the rendezvous)
+/// stays open.
+fn block_direct(lab: &Lab, ns: &str, peer_ip: &str, on: bool) {
+    let _ = lab.exec(ns, &["nft", "delete", "table", "inet", "pmtu_block"]);
+    if !on {
+        return;
+    }
+    let rules = format!(
+        "table inet pmtu_block {{
+  chain input {{ type filter hook input priority filter; policy accept; ip saddr {peer_ip} drop; }}
+  chain output {{ type filter hook output priority filter; policy accept; ip daddr {peer_ip} drop; }}
+}}"
+    );
+    let path = lab.dir.path().join(format!("block-{ns}.nft"));
+    std::fs::write(&path, rules).unwrap();
+    let out = lab.exec(ns, &["nft", "-f", path.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "nft: {out:?}");
+}
+
+/// A stream running on a jumbo path whose direct route breaks: the peer
+/// falls back to the relay and its segments to the default size (data in
+/// flight is cut again), then goes direct again and proves the large size
+/// once more; the echo loses nothing across both switches.
+#[test]
+fn a_stream_survives_segment_size_changes_with_the_path() {
+    let Some(lab) = Lab::new() else {
+        return;
+    };
+    let ha = jumbo_public_host(&lab);
+    let hb = jumbo_public_host(&lab);
+    let a = lab.node(&ha, "a");
+    let b = lab.node(&hb, "b");
+    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
+    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
+    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
+    assert_eq!(r["received"], 1, "{r}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            peer(&a, &ab)["segment"] == 8902 && peer(&b, &aa)["segment"] == 8902
+        }),
+        "not proven: {} / {}",
+        peer(&a, &ab),
+        peer(&b, &aa)
+    );
+    // 16 MiB over about 13 s.
+    let feed = EchoFeed::start(
+        &a,
+        &ab,
+        pattern(16 << 20, 11),
+        128 * 1024,
+        Duration::from_millis(100),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    block_direct(&lab, &hb.ns, &ha.ip, true);
+    let relayed = wait_until(Duration::from_secs(15), || {
+        peer(&a, &ab)["path"] == "relay" && peer(&a, &ab)["segment"] == 1373
+    });
+    assert!(
+        relayed,
+        "no fall back to the relay: {}\na log:\n{}",
+        peer(&a, &ab),
+        a.log()
+    );
+    block_direct(&lab, &hb.ns, &ha.ip, false);
+    let direct = wait_until(Duration::from_secs(15), || {
+        peer(&a, &ab)["path"] == "direct" && peer(&a, &ab)["segment"] == 8902
+    });
+    let (sent, got, errors) = feed.finish_with_errors();
+    assert!(
+        direct,
+        "not direct with large segments again: {}\na log:\n{}",
+        peer(&a, &ab),
+        a.log()
+    );
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "echo cut short: {errors}\na log:\n{}\nb log:\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(got == sent, "the echoed bytes differ");
+}
