@@ -30,6 +30,31 @@ fn jumbo_public_host(lab: &Lab) -> Host {
     h
 }
 
+/// Two nodes on jumbo public hosts, each having proven 8,902-byte segments
+/// to the other: (host a, host b, a, b, a's address, b's address).
+fn jumbo_pair(lab: &Lab) -> (Host, Host, common::Node, common::Node, String, String) {
+    let ha = jumbo_public_host(lab);
+    let hb = jumbo_public_host(lab);
+    let a = lab.node(&ha, "a");
+    let b = lab.node(&hb, "b");
+    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
+    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
+    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
+    assert_eq!(r["received"], 1, "{r}");
+    let proven = wait_until(Duration::from_secs(10), || {
+        peer(&a, &ab)["segment"] == 8902 && peer(&b, &aa)["segment"] == 8902
+    });
+    assert!(
+        proven,
+        "a sees {} / b sees {}\na log:\n{}\nb log:\n{}",
+        peer(&a, &ab),
+        peer(&b, &aa),
+        a.log(),
+        b.log()
+    );
+    (ha, hb, a, b, aa, ab)
+}
+
 fn echo_intact(from: &common::Node, to: &str, len: usize) {
     let feed = EchoFeed::start(
         from,
@@ -48,25 +73,7 @@ fn a_jumbo_path_carries_large_segments() {
     let Some(lab) = Lab::new() else {
         return;
     };
-    let ha = jumbo_public_host(&lab);
-    let hb = jumbo_public_host(&lab);
-    let a = lab.node(&ha, "a");
-    let b = lab.node(&hb, "b");
-    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
-    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
-    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
-    assert_eq!(r["received"], 1, "{r}");
-    let proven = wait_until(Duration::from_secs(10), || {
-        peer(&a, &ab)["segment"] == 8902 && peer(&b, &aa)["segment"] == 8902
-    });
-    assert!(
-        proven,
-        "a sees {} / b sees {}\na log:\n{}\nb log:\n{}",
-        peer(&a, &ab),
-        peer(&b, &aa),
-        a.log(),
-        b.log()
-    );
+    let (_ha, _hb, a, _b, _aa, ab) = jumbo_pair(&lab);
     assert_eq!(peer(&a, &ab)["path"], "direct");
     echo_intact(&a, &ab, 8 << 20);
 }
@@ -130,22 +137,7 @@ fn a_stream_survives_segment_size_changes_with_the_path() {
     let Some(lab) = Lab::new() else {
         return;
     };
-    let ha = jumbo_public_host(&lab);
-    let hb = jumbo_public_host(&lab);
-    let a = lab.node(&ha, "a");
-    let b = lab.node(&hb, "b");
-    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
-    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
-    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
-    assert_eq!(r["received"], 1, "{r}");
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            peer(&a, &ab)["segment"] == 8902 && peer(&b, &aa)["segment"] == 8902
-        }),
-        "not proven: {} / {}",
-        peer(&a, &ab),
-        peer(&b, &aa)
-    );
+    let (ha, hb, a, b, _, ab) = jumbo_pair(&lab);
     // 16 MiB over about 13 s.
     let feed = EchoFeed::start(
         &a,

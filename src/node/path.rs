@@ -678,6 +678,19 @@ impl Engine {
             self.send_raw(&frame, addr);
             return;
         }
+        let Some((seq, len)) = self.emit_probe(node, &[]) else {
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&node) {
+            p.path.last_probe = Some((seq, now));
+        }
+        self.seal_to(node, len, Some(addr), now);
+    }
+
+    /// Writes a control ping to `node` from the probe port, with the next
+    /// probe sequence number and `payload`, at `sbuf[PLAIN_AT..]`; returns
+    /// (sequence number, plaintext length) for [`Engine::seal_to`].
+    pub(super) fn emit_probe(&mut self, node: u32, payload: &[u8]) -> Option<(u32, usize)> {
         let seq = self.nat.next_seq;
         self.nat.next_seq = self.nat.next_seq.wrapping_add(1).max(1);
         let repr = Repr {
@@ -690,15 +703,10 @@ impl Engine {
             seq,
             ack: 0,
             window: 0,
-            payload_len: 0,
+            payload_len: payload.len(),
         };
-        let Ok(len) = header::emit_packet(&repr, &[], &mut self.sbuf[PLAIN_AT..]) else {
-            return;
-        };
-        if let Some(p) = self.peers.get_mut(&node) {
-            p.path.last_probe = Some((seq, now));
-        }
-        self.seal_to(node, len, Some(addr), now);
+        let len = header::emit_packet(&repr, payload, &mut self.sbuf[PLAIN_AT..]).ok()?;
+        Some((seq, len))
     }
 
     /// A pong to one of our probes.

@@ -40,10 +40,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use super::engine::{Engine, PLAIN_AT};
+use super::engine::Engine;
 use crate::stream::DEFAULT_MSS;
 use crate::wire::address::Addr;
-use crate::wire::header::{self, Flags, Protocol, Repr};
 
 /// Bytes a PILS frame adds to a segment's payload (spec §3.2: 4 magic + 4
 /// id + 12 nonce + 34 header + 16 tag).
@@ -254,22 +253,7 @@ impl Engine {
     /// Sends one probe of `size` to `node` at `ep`: a sealed control ping
     /// from the probe port whose frame is as large as a full segment.
     fn pmtu_send(&mut self, node: u32, ep: std::net::SocketAddr, size: usize, now: Instant) {
-        let seq = self.nat.next_seq;
-        self.nat.next_seq = self.nat.next_seq.wrapping_add(1).max(1);
-        let repr = Repr {
-            flags: Flags::NONE,
-            protocol: Protocol::Control,
-            src: Addr::backbone(self.node_id),
-            dst: Addr::backbone(node),
-            src_port: self.nat.probe_port,
-            dst_port: 0,
-            seq,
-            ack: 0,
-            window: 0,
-            payload_len: size,
-        };
-        let pad = vec![0u8; size];
-        let Ok(len) = header::emit_packet(&repr, &pad, &mut self.sbuf[PLAIN_AT..]) else {
+        let Some((seq, len)) = self.emit_probe(node, &vec![0u8; size]) else {
             return;
         };
         if let Some(p) = self.peers.get_mut(&node) {

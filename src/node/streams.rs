@@ -459,25 +459,20 @@ impl Engine {
     /// The path to `node` changed: its streams retransmit what is in flight
     /// now (see [`crate::stream::Connection::path_changed`]).
     pub(super) fn streams_path_changed(&mut self, node: u32, now: Instant) {
-        let ids: Vec<u64> = self
-            .streams
-            .conns
-            .iter()
-            .filter(|(_, s)| s.peer == node)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            if let Some(s) = self.streams.conns.get_mut(&id) {
-                s.conn.path_changed(now);
-                s.conn.handle_timeout(now);
-            }
-            self.after_io(id, now);
-        }
+        self.for_streams_to(node, now, |c| {
+            c.path_changed(now);
+            c.handle_timeout(now);
+        });
     }
 
     /// `node`'s path carries `size`-byte segments (or only the default
     /// again): its streams cut new data to that size (pmtu.rs).
     pub(super) fn streams_set_segment(&mut self, node: u32, size: usize, now: Instant) {
+        self.for_streams_to(node, now, |c| c.set_mss(size));
+    }
+
+    /// Applies `f` to every stream with `node`, then lets each send.
+    fn for_streams_to(&mut self, node: u32, now: Instant, f: impl Fn(&mut Connection)) {
         let ids: Vec<u64> = self
             .streams
             .conns
@@ -487,7 +482,7 @@ impl Engine {
             .collect();
         for id in ids {
             if let Some(s) = self.streams.conns.get_mut(&id) {
-                s.conn.set_mss(size);
+                f(&mut s.conn);
             }
             self.after_io(id, now);
         }
