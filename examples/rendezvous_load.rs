@@ -61,6 +61,14 @@ struct Args {
     /// answered (closed loop: as fast as the server goes).
     #[arg(long, default_value_t = 0.0)]
     reg_rate: f64,
+    /// Lookups per second of the probe that measures lookup latency during
+    /// the registrations, sent on a fixed schedule with each latency
+    /// counted from the lookup's scheduled time (so a stall counts for
+    /// every lookup it held back); 0: back to back, each as soon as the
+    /// last is answered (the probe then adds as much load as the server
+    /// answers).
+    #[arg(long, default_value_t = 1000.0)]
+    probe_rate: f64,
     /// Seconds per read/heartbeat phase.
     #[arg(long, default_value_t = 5)]
     secs: u64,
@@ -257,6 +265,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     report.insert("conns".into(), a.conns.into());
     report.insert("reg_conns".into(), a.reg_conns.into());
     report.insert("reg_rate".into(), a.reg_rate.into());
+    report.insert("probe_rate".into(), a.probe_rate.into());
 
     // --- 1. registrations (with lookups alongside) ----------------------
     let t = Instant::now();
@@ -348,6 +357,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     // generator's own queueing as well as the server's.
     let probe = {
         let (max_id, done) = (max_id.clone(), done.clone());
+        let probe_rate = a.probe_rate;
         let addr = addrs[addrs.len() - 1];
         std::thread::spawn(move || {
             use std::io::{Read, Write};
@@ -358,19 +368,31 @@ async fn run(a: Args) -> anyhow::Result<()> {
             let _ = conn.set_nodelay(true);
             let mut buf = Vec::with_capacity(1024);
             let mut x: u32 = 0x9e37_79b9;
+            let interval = (probe_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / probe_rate));
+            let mut due: Option<Instant> = None;
             while !done.load(Ordering::Relaxed) {
                 let hi = max_id.load(Ordering::Relaxed);
                 if hi == 0 {
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
+                let s = match interval {
+                    Some(iv) => {
+                        let at = due.map_or_else(Instant::now, |d| d + iv);
+                        due = Some(at);
+                        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        at
+                    }
+                    None => Instant::now(),
+                };
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
                 let f = frame(&Request::Lookup(Lookup {
                     node_id: 1 + x % hi,
                 }));
-                let s = Instant::now();
                 let mut len = [0u8; 4];
                 if conn.write_all(&f).is_err() || conn.read_exact(&mut len).is_err() {
                     break;

@@ -15,7 +15,8 @@
 # release build; prints the generator's lines and a final JSON line.
 #
 # Usage: scripts/bench/rendezvous.sh            (env: NODES, CONNS, REG_CONNS, SECS,
-#        SERVER_CPU, GEN_CPUS, GEN_THREADS, REG_RATE, KEEP=1 keeps the store dir)
+#        SERVER_CPU, GEN_CPUS, GEN_THREADS, REG_RATE, PROBE_RATE (lookups/s of
+#        the latency probe, default 1000; 0 = back to back), KEEP=1 keeps the store dir)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,6 +30,7 @@ GEN_THREADS=${GEN_THREADS:-1}
 # Registrations/s in the burst, evenly spread (0: closed loop, as fast as
 # the server answers).
 REG_RATE=${REG_RATE:-0}
+PROBE_RATE=${PROBE_RATE:-1000}
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # pin CPUS cmd...: run cmd on CPUS (taskset, when there is one). It execs,
@@ -68,7 +70,7 @@ metrics=$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' "$work/server.log" | head -1)
 
 echo "== $NODES nodes, $CONNS connections, server on cpu $SERVER_CPU, generator on cpu $GEN_CPUS"
 (pin "$GEN_CPUS" "$GEN" --registry "$registry" --nodes "$NODES" --conns "$CONNS" \
-  --reg-conns "$REG_CONNS" --reg-rate "$REG_RATE" --secs "$SECS" --threads "$GEN_THREADS" --hb-nodes "$NODES" \
+  --reg-conns "$REG_CONNS" --reg-rate "$REG_RATE" --probe-rate "$PROBE_RATE" --secs "$SECS" --threads "$GEN_THREADS" --hb-nodes "$NODES" \
   --server-pid "$pid" --store "$store")
 
 # Store batches, from the server's own metrics.

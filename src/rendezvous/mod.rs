@@ -29,8 +29,10 @@ pub mod metrics;
 pub mod networks;
 pub mod pin;
 mod server;
+mod shard;
 pub mod state;
 pub mod store;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -146,6 +148,9 @@ pub enum StartError {
         /// The cause.
         cause: std::io::Error,
     },
+    /// The signature-checking threads could not be started.
+    #[error("cannot start the signature-checking threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// A running rendezvous server.
@@ -281,9 +286,10 @@ impl Rendezvous {
             metrics: metrics.clone(),
             answer_key: config.answer_key.clone(),
             catchup,
-            verify_gate: Semaphore::new(
+            verifier: verify::Verifier::start(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
+            )
+            .map_err(StartError::Threads)?,
         });
         tasks.push(tokio::spawn(server::run(listener, shared, stop_rx.clone())));
 

@@ -83,9 +83,8 @@ pub(crate) struct Shared {
     pub answer_key: Option<Arc<crate::crypto::identity::Identity>>,
     /// With a shared database: waits for what other instances wrote.
     pub catchup: Option<super::store::postgres::Catchup>,
-    /// Admission for requests that cost a signature check (see
-    /// [`handle_gated`]); one permit per worker thread.
-    pub verify_gate: Semaphore,
+    /// Runs signature checks off the event loop (see [`handle_checked`]).
+    pub verifier: super::verify::Verifier,
 }
 
 /// One open connection as the eviction policy sees it.
@@ -450,32 +449,33 @@ fn costly(req: &Request) -> bool {
     matches!(req, Request::Register(_)) || req.signature().is_some()
 }
 
-/// Hands `req` to the registry; a [`costly`] request first takes a permit
-/// of the verification gate.
+/// Hands `req` to the registry; a [`costly`] request's check runs first,
+/// off the event loop and without the registry's lock
+/// ([`super::verify`]).
 ///
 /// Why: under a burst of registrations (hundreds of connections, each
-/// sending its next one as soon as the last is answered) every woken
-/// connection task used to run its signature check as soon as the
-/// scheduler reached it, so a lookup that arrived behind them waited for
-/// all of them: 14-18 ms at p99 in the 100,000-node bench. With the gate,
-/// those tasks only parse their request and park in the semaphore's FIFO;
-/// the run queue holds at most one checking task per worker, and a cheap
-/// request waits for a few of them instead of hundreds (issue 13: p99
-/// lookup under 5 ms during registration bursts). The total work is
-/// unchanged, so registration throughput is too.
-async fn handle_gated(
+/// sending its next one as soon as the last is answered) the checks ran on
+/// the event loop, and a lookup that arrived behind them waited for them:
+/// 14-18 ms at p99 in the 100,000-node bench with every check inline, 6.7-
+/// 9.7 ms at 1,000,000 nodes with a gate of one check per worker (issue
+/// 13: p99 lookup under 5 ms during registration bursts). The total work
+/// is unchanged, so registration throughput is too.
+async fn handle_checked(
     req: Request,
     peer: SocketAddr,
     shared: &Shared,
     auth: &mut ConnAuth,
 ) -> super::state::Outcome {
-    let _permit = match costly(&req) {
-        true => shared.verify_gate.acquire().await.ok(),
-        false => None,
+    let checked = match costly(&req)
+        .then(|| shared.registry.sig_check(&req))
+        .flatten()
+    {
+        Some(check) => shared.verifier.check(check).await,
+        None => Default::default(),
     };
     shared
         .registry
-        .handle_on(auth, req, peer, std::time::Instant::now())
+        .handle_checked(auth, req, peer, std::time::Instant::now(), checked)
 }
 
 /// Runs one request through the registry, waiting for durability.
@@ -486,10 +486,10 @@ async fn execute(req: Request, peer: SocketAddr, shared: &Shared, auth: &mut Con
         // Waits for other instances' changes at times (its own bound).
         Some(sync) => handle_shared(sync, req, peer, shared, auth).await,
         None => {
-            let out = handle_gated(req, peer, shared, auth).await;
+            let out = handle_checked(req, peer, shared, auth).await;
             let handled = started.elapsed();
             if handled > SLOW_REQUEST {
-                tracing::warn!(%peer, kind, ?handled, "slow request: waited this long for the verification gate and the registry lock");
+                tracing::warn!(%peer, kind, ?handled, "slow request: waited this long for its signature check and the registry lock");
             }
             out
         }
@@ -561,7 +561,7 @@ async fn handle_shared(
         sync.wait(CATCHUP_TIMEOUT).await;
     }
     let retry = req.clone();
-    let out = handle_gated(req, peer, shared, auth).await;
+    let out = handle_checked(req, peer, shared, auth).await;
     // The reply text is already the public one (`request failed` hides
     // "denied" and a bad signature), so any refusal but a rate limit is
     // worth one more try with fresher state.
@@ -572,7 +572,7 @@ async fn handle_shared(
     if !missed || !sync.wait(CATCHUP_TIMEOUT).await {
         return out;
     }
-    handle_gated(retry, peer, shared, auth).await
+    handle_checked(retry, peer, shared, auth).await
 }
 
 /// Longest `poll_handshakes` hold (our `wait_ms` extension; well under

@@ -24,6 +24,7 @@
 //!   public or trusted peer;
 //! * handshake response inboxes are bounded like request inboxes.
 
+use super::shard::ShardedMap;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -310,8 +311,16 @@ fn quota_key(ip: IpAddr) -> IpAddr {
 
 #[derive(Debug, Default)]
 struct State {
-    nodes: HashMap<u32, Node>,
-    by_key: HashMap<[u8; 32], u32>,
+    /// Boxed: a node is ~370 bytes (the decompressed key alone is 192), and
+    /// the table stores values inline, so growing it past 2^19 entries
+    /// moved ~170 MB under the lock (the once-per-run 350 ms lookup stall
+    /// at 1,000,000 nodes, BENCHMARKS.md) and left half-empty buckets of
+    /// that size resident (~790 MB at 2^21 buckets). Boxed, a growth moves
+    /// 16-byte entries and the table is 32 MB at a million.
+    nodes: ShardedMap<u32, Box<Node>>,
+    /// Sharded, as `nodes` (`super::shard`: growing this index past 917,504
+    /// keys took 48 ms under the lock).
+    by_key: ShardedMap<[u8; 32], u32>,
     hostnames: HashMap<String, u32>,
     next_id: u32,
     trust: HashMap<u32, HashSet<u32>>,
@@ -339,6 +348,9 @@ struct State {
     id_blocks: Option<IdBlocks>,
     /// Networks, invitations and tags (`super::networks`).
     nets: Networks,
+    /// The signature check made off the lock for the request being
+    /// handled (`Registry::handle_checked`); empty otherwise.
+    checked: Prechecked,
 }
 
 /// Node ids reserved for this instance: the block in use and a spare, so
@@ -419,6 +431,68 @@ fn signature_ok(key: &VerifyingKey, msg: &str, sig_b64: Option<&str>) -> bool {
         .is_ok()
 }
 
+/// What one request's signature check needs, copied out of the registry
+/// so that the check runs without its lock, on another thread
+/// (`super::verify`).
+#[derive(Debug)]
+pub struct SigCheck {
+    /// The key (compressed): the registering key, or the signer's.
+    pk: [u8; 32],
+    /// The signer's key as the registry keeps it (decompressed); `None`
+    /// for a registration, whose key is decompressed by the check.
+    key: Option<VerifyingKey>,
+    /// The signed text and the signature, if the request is signed.
+    signed: Option<(String, String)>,
+}
+
+impl SigCheck {
+    /// Runs the check (the expensive part: decompression and Ed25519).
+    pub fn run(self) -> Prechecked {
+        let key = self.key.or_else(|| VerifyingKey::from_bytes(&self.pk).ok());
+        let verdict = match (&key, &self.signed) {
+            (Some(k), Some((text, sig))) => Some(signature_ok(k, text, Some(sig))),
+            (None, Some(_)) => Some(false),
+            _ => None,
+        };
+        Prechecked {
+            pk: self.pk,
+            key,
+            signed: self.signed.map(|(_, sig)| sig),
+            verdict,
+        }
+    }
+}
+
+/// The result of a [`SigCheck`], handed to [`Registry::handle_checked`]
+/// with its request. The registry uses it only for the same key bytes and
+/// signature text it would check itself (an id whose key changed between
+/// the check and the lock is checked again, under the lock).
+#[derive(Debug, Default, Clone)]
+pub struct Prechecked {
+    pk: [u8; 32],
+    key: Option<VerifyingKey>,
+    signed: Option<String>,
+    verdict: Option<bool>,
+}
+
+impl Prechecked {
+    /// Whether the signature was good (`None`: nothing was signed).
+    pub fn verdict(&self) -> Option<bool> {
+        self.verdict
+    }
+
+    /// The decompressed key for `pk`, if this check made it.
+    fn key_for(&self, pk: &[u8; 32]) -> Option<VerifyingKey> {
+        self.key.filter(|_| &self.pk == pk)
+    }
+
+    /// The verdict for `sig` by `key`, if this check made it.
+    fn verdict_for(&self, key: &VerifyingKey, sig: Option<&str>) -> Option<bool> {
+        let same = &self.pk == key.as_bytes() && self.signed.as_deref() == sig && sig.is_some();
+        self.verdict.filter(|_| same)
+    }
+}
+
 /// Checks a hostname against §6.4.5 (empty is handled by the caller).
 pub fn validate_hostname(h: &str) -> Result<(), String> {
     if h.len() > MAX_HOSTNAME {
@@ -481,12 +555,19 @@ impl State {
         }
     }
 
+    /// [`signature_ok`], unless the check was made before the lock.
+    fn sig_ok(&self, key: &VerifyingKey, text: &str, sig: Option<&str>) -> bool {
+        self.checked
+            .verdict_for(key, sig)
+            .unwrap_or_else(|| signature_ok(key, text, sig))
+    }
+
     fn verify(&mut self, req: &Request) -> Result<(), String> {
         let Some((signer, text)) = req.signed_string() else {
             return Ok(());
         };
         let node = self.live(signer)?;
-        if signature_ok(&node.key, &text, req.signature()) {
+        if self.sig_ok(&node.key, &text, req.signature()) {
             if let Some(n) = self.nodes.get_mut(&signer) {
                 n.proven = true;
             }
@@ -677,7 +758,7 @@ impl State {
 
 /// The node table as the network rules see it (`super::networks`).
 struct Dir<'a> {
-    nodes: &'a HashMap<u32, Node>,
+    nodes: &'a ShardedMap<u32, Box<Node>>,
     trust: &'a HashMap<u32, HashSet<u32>>,
     hostnames: &'a HashMap<String, u32>,
 }
@@ -800,7 +881,7 @@ impl Registry {
                 proven: true,
                 created: now,
             };
-            if st.nodes.insert(r.id, node).is_some() {
+            if st.nodes.insert(r.id, Box::new(node)).is_some() {
                 return Err(bad("id listed twice"));
             }
         }
@@ -881,7 +962,7 @@ impl Registry {
     }
 
     fn snapshot_of(st: &State) -> Snapshot {
-        let mut nodes: Vec<NodeRecord> = st.nodes.values().map(Node::record).collect();
+        let mut nodes: Vec<NodeRecord> = st.nodes.values().map(|n| n.record()).collect();
         nodes.sort_by_key(|n| n.id);
         let mut trust: Vec<[u32; 2]> = st
             .trust
@@ -946,7 +1027,7 @@ impl Registry {
         let nodes = dirty
             .nodes
             .into_iter()
-            .map(|id| (id, st.nodes.get(&id).map(Node::record)))
+            .map(|id| (id, st.nodes.get(&id).map(|n| n.record())))
             .collect();
         let trust = dirty
             .trust
@@ -1110,12 +1191,49 @@ impl Registry {
         peer: SocketAddr,
         now: Instant,
     ) -> Outcome {
+        self.handle_checked(conn, req, peer, now, Prechecked::default())
+    }
+
+    /// What checking `req`'s signature (or decompressing a registering
+    /// key) needs, if anything; taken under the lock for an instant, so
+    /// that the check itself runs without it ([`SigCheck::run`]).
+    pub fn sig_check(&self, req: &Request) -> Option<SigCheck> {
+        if let Request::Register(r) = req {
+            let pk = wire::decode_public_key(&r.public_key)?;
+            let signed = r.signature.clone().map(|sig| (r.signed_text(), sig));
+            return Some(SigCheck {
+                pk,
+                key: None,
+                signed,
+            });
+        }
+        let (signer, text) = req.signed_string()?;
+        let sig = req.signature()?.to_owned();
+        let key = self.lock().nodes.get(&signer)?.key;
+        Some(SigCheck {
+            pk: key.to_bytes(),
+            key: Some(key),
+            signed: Some((text, sig)),
+        })
+    }
+
+    /// [`Self::handle_on`] with the request's signature already checked
+    /// by [`SigCheck::run`].
+    pub fn handle_checked(
+        &self,
+        conn: &mut ConnAuth,
+        req: Request,
+        peer: SocketAddr,
+        now: Instant,
+        checked: Prechecked,
+    ) -> Outcome {
         let wake = match &req {
             Request::RequestHandshake(r) => Some(r.to_node_id),
             Request::RespondHandshake(r) => Some(r.peer_id),
             _ => None,
         };
         let mut st = self.lock();
+        st.checked = checked;
         let gen_before = st.generation;
         // A signed request from the node whose registration is parked on
         // this connection proves the key: apply the registration first (it
@@ -1129,7 +1247,7 @@ impl Registry {
                 let proven = st
                     .nodes
                     .get(&signer)
-                    .is_some_and(|n| signature_ok(&n.key, &text, req.signature()));
+                    .is_some_and(|n| st.sig_ok(&n.key, &text, req.signature()));
                 if proven {
                     if let Some((_, r, at)) = conn.pending.take() {
                         conn.prove(signer);
@@ -1142,6 +1260,7 @@ impl Registry {
             Ok(r) => r,
             Err(text) => Response::error(&text),
         };
+        st.checked = Prechecked::default();
         let woken = st.nets.take_wake();
         drop(st);
         if !woken.is_empty() {
@@ -1425,14 +1544,17 @@ impl Registry {
     ) -> Result<Response, String> {
         let pk = wire::decode_public_key(&r.public_key)
             .ok_or("registration rejected: bad public key encoding")?;
-        let key = VerifyingKey::from_bytes(&pk).map_err(|_| "registration rejected: bad key")?;
+        let key = match st.checked.key_for(&pk) {
+            Some(k) => k,
+            None => VerifyingKey::from_bytes(&pk).map_err(|_| "registration rejected: bad key")?,
+        };
         if r.signature.is_some() {
             // Our signed registration: a bad signature or a stale timestamp
             // is refused outright rather than treated as unsigned.
             let fresh = r
                 .timestamp
                 .is_some_and(|t| (t - unix as i64).unsigned_abs() <= REGISTER_SIGNATURE_WINDOW);
-            if !fresh || !signature_ok(&key, &r.signed_text(), r.signature.as_deref()) {
+            if !fresh || !st.sig_ok(&key, &r.signed_text(), r.signature.as_deref()) {
                 return Err("registration rejected: invalid signature or expired timestamp".into());
             }
             if let Some(&id) = st.by_key.get(&pk) {
@@ -1502,7 +1624,7 @@ impl Registry {
                 st.by_key.insert(pk, id);
                 st.nodes.insert(
                     id,
-                    Node {
+                    Box::new(Node {
                         id,
                         key,
                         owner: None,
@@ -1516,7 +1638,7 @@ impl Registry {
                         key_created: unix,
                         proven: r.signature.is_some(),
                         created: now,
-                    },
+                    }),
                 );
                 conn.prove(id);
                 id
@@ -1683,7 +1805,7 @@ impl Registry {
                 let was_live = old.as_ref().is_some_and(|o| o.live);
                 st.nodes.insert(
                     id,
-                    Node {
+                    Box::new(Node {
                         id,
                         key,
                         owner: r.owner,
@@ -1700,7 +1822,7 @@ impl Registry {
                         key_created: r.key_created,
                         proven: true,
                         created: old.as_ref().map_or(now, |o| o.created),
-                    },
+                    }),
                 );
             }
             for ((a, b), present) in ch.trust {

@@ -424,12 +424,19 @@ pub fn spawn_persister(
         let mut written = registry.generation();
         // A batch that failed to commit, retried with what came after it.
         let mut failed: Option<Changes> = None;
+        let mut last_commit: Option<Instant> = None;
         loop {
             let stopping = tokio::select! {
                 _ = notify.notified() => false,
                 _ = stop.wait_for(|s| *s) => true,
             };
             loop {
+                if let Some(wait) = last_commit
+                    .map(|t| MIN_COMMIT_INTERVAL.saturating_sub(t.elapsed()))
+                    .filter(|w| !stopping && !w.is_zero())
+                {
+                    tokio::time::sleep(wait).await;
+                }
                 let (generation, changes) = registry.take_changes();
                 let batch = match failed.take() {
                     Some(mut f) => {
@@ -448,6 +455,7 @@ pub fn spawn_persister(
                 }
                 let st = store.clone();
                 let started = Instant::now();
+                last_commit = Some(started);
                 let result = tokio::task::spawn_blocking(move || {
                     background_priority();
                     let r = st.lock().unwrap_or_else(|e| e.into_inner()).commit(&batch);
@@ -488,6 +496,15 @@ pub fn spawn_persister(
     (durability, task)
 }
 
+/// Shortest time from one commit's start to the next (group commit's
+/// delay, as PostgreSQL's `commit_delay`): whatever arrives meanwhile
+/// shares the next commit. Without it, once signature checks moved off the
+/// event loop (`super::verify`) registrations reached the writer a few at a
+/// time, batches fell from 191 rows to 4-11, and the commits' own cost held
+/// a 1,000,000-node burst to 7,600-9,600 registrations/s on one core
+/// (issue 13: >= 10,000/s). At most 2 ms more per durable write.
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
+
 /// Returns the heap the loaded snapshot used to the OS. The snapshot (every
 /// row as owned strings) is freed once the registry is built from it, but
 /// glibc keeps freed memory mapped: a rendezvous restarted with 1,000,000
@@ -510,16 +527,9 @@ const WRITER_NICE: i32 = 10;
 /// batch, but a lookup should not wait for a commit's CPU time slice. With
 /// the server on one core, lookups during a 1,000,000-node registration
 /// burst had a p99 of 7.3 ms at equal priority (issue 13: under 5 ms). CFS
-/// still gives a nice-10 thread a share, so commits never starve. Linux
-/// only (per-thread niceness); a failure changes nothing.
+/// still gives a nice-10 thread a share, so commits never starve.
 fn background_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on the calling thread's own id; no memory is
-    // passed.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, WRITER_NICE);
-    }
+    super::verify::background_priority(WRITER_NICE);
 }
 
 #[cfg(test)]
