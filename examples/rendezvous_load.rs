@@ -298,18 +298,16 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let insts: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
     let addrs = a.registry.clone();
     let next = Arc::new(AtomicU32::new(0));
-    let max_id = Arc::new(AtomicU32::new(0));
     let errors = Arc::new(Mutex::new((0u64, None::<String>)));
     let done = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..a.reg_conns {
-        let (regs, ids, insts, next, max_id, errors) = (
+        let (regs, ids, insts, next, errors) = (
             regs.clone(),
             ids.clone(),
             insts.clone(),
             next.clone(),
-            max_id.clone(),
             errors.clone(),
         );
         let inst = c as usize % addrs.len();
@@ -338,7 +336,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
                     }) => {
                         ids[i as usize].store(id, Ordering::Relaxed);
                         insts[i as usize].store(inst as u32, Ordering::Relaxed);
-                        max_id.fetch_max(id, Ordering::Relaxed);
                     }
                     other => {
                         let mut e = errors.lock().unwrap_or_else(|e| e.into_inner());
@@ -356,7 +353,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     // process, and a task among the 512 registering ones measured the
     // generator's own queueing as well as the server's.
     let probe = {
-        let (max_id, done) = (max_id.clone(), done.clone());
+        let (ids, next, done) = (ids.clone(), next.clone(), done.clone());
         let probe_rate = a.probe_rate;
         let addr = addrs[addrs.len() - 1];
         std::thread::spawn(move || {
@@ -371,9 +368,19 @@ async fn run(a: Args) -> anyhow::Result<()> {
             let interval = (probe_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / probe_rate));
             let mut due: Option<Instant> = None;
             while !done.load(Ordering::Relaxed) {
-                let hi = max_id.load(Ordering::Relaxed);
-                if hi == 0 {
+                // A node whose registration was acknowledged (with two
+                // instances the ids come in blocks, so an id below the
+                // highest one may belong to nobody yet).
+                let started = next.load(Ordering::Relaxed).min(ids.len() as u32);
+                if started == 0 {
                     std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let node_id = ids[(x % started) as usize].load(Ordering::Relaxed);
+                if node_id == 0 {
                     continue;
                 }
                 let s = match interval {
@@ -387,12 +394,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                     }
                     None => Instant::now(),
                 };
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                let f = frame(&Request::Lookup(Lookup {
-                    node_id: 1 + x % hi,
-                }));
+                let f = frame(&Request::Lookup(Lookup { node_id }));
                 let mut len = [0u8; 4];
                 if conn.write_all(&f).is_err() || conn.read_exact(&mut len).is_err() {
                     break;

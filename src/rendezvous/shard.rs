@@ -103,6 +103,12 @@ impl<K: ShardKey + Hash + Eq, V> ShardedMap<K, V> {
         self.len
     }
 
+    /// The values of shard `i` (`0..SHARDS`), for work done a shard at a
+    /// time.
+    pub fn shard_values(&self, i: usize) -> impl Iterator<Item = &V> {
+        self.shards.get(i).into_iter().flat_map(|s| s.values())
+    }
+
     /// Every value, shard by shard (no order).
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.shards.iter().flat_map(|s| s.values())
@@ -136,5 +142,7 @@ mod tests {
         let mut want: Vec<_> = reference.into_values().collect();
         want.sort_unstable();
         assert_eq!(all, want);
+        let by_shard: usize = (0..SHARDS).map(|i| m.shard_values(i).count()).sum();
+        assert_eq!(by_shard, want.len());
     }
 }

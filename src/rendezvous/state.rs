@@ -548,6 +548,74 @@ impl State {
         b.current.next()
     }
 
+    /// Reaps the nodes of one shard of the node table (spec §6.4.2):
+    /// live nodes not heard from for `stale_after` go offline; ids whose
+    /// key never signed anything within [`UNPROVEN_GRACE`] are reclaimed.
+    /// Returns both, for `Registry::reap`.
+    fn reap_shard(&mut self, shard: usize, now: Instant, stale_after: Duration) -> Vec<u32> {
+        let stale: Vec<u32> = self
+            .nodes
+            .shard_values(shard)
+            .filter(|n| n.live && now.saturating_duration_since(n.last_seen) >= stale_after)
+            .filter(|n| !self.remote.contains(&n.id))
+            .map(|n| n.id)
+            .collect();
+        for &id in &stale {
+            self.release_hostname(id);
+            self.set_live(id, false);
+        }
+        // Ids whose key never signed anything are reclaimed (issue 10
+        // item 6): registering costs nothing, so unproven ids must not
+        // accumulate.
+        let unproven: Vec<u32> = self
+            .nodes
+            .shard_values(shard)
+            .filter(|n| !n.proven && now.saturating_duration_since(n.created) >= UNPROVEN_GRACE)
+            .map(|n| n.id)
+            .collect();
+        for &id in &unproven {
+            self.release_hostname(id);
+            self.set_live(id, false);
+            if let Some(n) = self.nodes.remove(&id) {
+                self.by_key.remove(n.key.as_bytes());
+            }
+            self.mark_node(id);
+            self.nets.forget(id);
+            if self.hs_requests.remove(&id).is_some() | self.hs_responses.remove(&id).is_some() {
+                self.mark_inbox(id);
+            }
+            if let Some(peers) = self.trust.remove(&id) {
+                for p in peers {
+                    if let Some(s) = self.trust.get_mut(&p) {
+                        s.remove(&id);
+                        if s.is_empty() {
+                            self.trust.remove(&p);
+                        }
+                    }
+                    self.mark_trust(id, p);
+                }
+            }
+            // Consents given to or by the id go too: the id is reused by
+            // the next new key, which must not inherit a consent.
+            let mut gone: Vec<(u32, u32)> = self
+                .consents
+                .remove(&id)
+                .map(|s| s.into_iter().map(|b| (id, b)).collect())
+                .unwrap_or_default();
+            for (&a, s) in self.consents.iter_mut() {
+                if s.remove(&id) {
+                    gone.push((a, id));
+                }
+            }
+            self.consents.retain(|_, s| !s.is_empty());
+            for (a, b) in gone {
+                self.mark_consent(a, b);
+            }
+            self.free_ids.push(id);
+        }
+        stale.into_iter().chain(unproven).collect()
+    }
+
     fn live(&self, id: u32) -> Result<&Node, String> {
         match self.nodes.get(&id) {
             Some(n) if n.live => Ok(n),
@@ -1087,67 +1155,19 @@ impl Registry {
     /// leave the table and lose their hostname; key → id, trust pairs and
     /// inboxes are kept. Returns the reaped ids.
     pub fn reap(&self, now: Instant, stale_after: Duration) -> Vec<u32> {
+        // One shard per hold of the lock (`super::shard`): a scan of all
+        // 1,000,000 nodes held it for tens of milliseconds every
+        // `reap_interval`, and every lookup meanwhile waited.
+        let mut reaped = Vec::new();
+        for shard in 0..super::shard::SHARDS {
+            let mut st = self.lock();
+            let gone = st.reap_shard(shard, now, stale_after);
+            if !gone.is_empty() {
+                st.dirty();
+            }
+            reaped.extend(gone);
+        }
         let mut st = self.lock();
-        let stale: Vec<u32> = st
-            .nodes
-            .values()
-            .filter(|n| n.live && now.saturating_duration_since(n.last_seen) >= stale_after)
-            .filter(|n| !st.remote.contains(&n.id))
-            .map(|n| n.id)
-            .collect();
-        for &id in &stale {
-            st.release_hostname(id);
-            st.set_live(id, false);
-        }
-        // Ids whose key never signed anything are reclaimed (issue 10
-        // item 6): registering costs nothing, so unproven ids must not
-        // accumulate.
-        let unproven: Vec<u32> = st
-            .nodes
-            .values()
-            .filter(|n| !n.proven && now.saturating_duration_since(n.created) >= UNPROVEN_GRACE)
-            .map(|n| n.id)
-            .collect();
-        for &id in &unproven {
-            st.release_hostname(id);
-            st.set_live(id, false);
-            if let Some(n) = st.nodes.remove(&id) {
-                st.by_key.remove(n.key.as_bytes());
-            }
-            st.mark_node(id);
-            st.nets.forget(id);
-            if st.hs_requests.remove(&id).is_some() | st.hs_responses.remove(&id).is_some() {
-                st.mark_inbox(id);
-            }
-            if let Some(peers) = st.trust.remove(&id) {
-                for p in peers {
-                    if let Some(s) = st.trust.get_mut(&p) {
-                        s.remove(&id);
-                        if s.is_empty() {
-                            st.trust.remove(&p);
-                        }
-                    }
-                    st.mark_trust(id, p);
-                }
-            }
-            // Consents given to or by the id go too: the id is reused by
-            // the next new key, which must not inherit a consent.
-            let mut gone: Vec<(u32, u32)> = st
-                .consents
-                .remove(&id)
-                .map(|s| s.into_iter().map(|b| (id, b)).collect())
-                .unwrap_or_default();
-            for (&a, s) in st.consents.iter_mut() {
-                if s.remove(&id) {
-                    gone.push((a, id));
-                }
-            }
-            st.consents.retain(|_, s| !s.is_empty());
-            for (a, b) in gone {
-                st.mark_consent(a, b);
-            }
-            st.free_ids.push(id);
-        }
         // Pending handshake requests expire.
         let horizon = unix_now().saturating_sub(HANDSHAKE_TTL.as_secs()) as i64;
         let mut expired = Vec::new();
@@ -1170,10 +1190,10 @@ impl Registry {
         for &id in &expired {
             st.mark_inbox(id);
         }
-        if !stale.is_empty() || !unproven.is_empty() || !expired.is_empty() {
+        if !expired.is_empty() {
             st.dirty();
         }
-        stale.into_iter().chain(unproven).collect()
+        reaped
     }
 
     /// Handles one request from a client whose TCP source is `peer`, on a
