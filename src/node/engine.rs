@@ -932,6 +932,54 @@ impl Engine {
         self.path_tx(node, len, now);
     }
 
+    /// Seals a virtual packet for `node` straight into the GSO batch (no
+    /// copy from the frame buffer into the batch: issue 14 item 4), when
+    /// the peer has a session and a direct path; `fill` writes the packet
+    /// (at most `max_plain` bytes) at the front of the slice it gets and
+    /// returns its length, or `None` when it has nothing to send.
+    ///
+    /// Returns `None` when the packet must take the copying way
+    /// ([`Self::send_plain`]: no session yet, or relayed), `Some(false)`
+    /// when `fill` had nothing, `Some(true)` when a packet went out.
+    pub(super) fn seal_into_batch(
+        &mut self,
+        node: u32,
+        max_plain: usize,
+        now: Instant,
+        fill: impl FnOnce(&mut StreamTable, &mut [u8]) -> Option<usize>,
+    ) -> Option<bool> {
+        let Engine {
+            peers,
+            tx,
+            socket,
+            streams,
+            stats,
+            node_id,
+            ..
+        } = self;
+        let peer = peers.get_mut(&node)?;
+        let (false, Some(dest), Some(session)) = (peer.relay, peer.endpoint, peer.session.as_mut())
+        else {
+            return None;
+        };
+        let room = tx.stage(socket, PILS_HEADER_LEN + max_plain + TAG_LEN);
+        let Some(len) = fill(
+            streams,
+            &mut room[PILS_HEADER_LEN..PILS_HEADER_LEN + max_plain],
+        ) else {
+            return Some(false);
+        };
+        match session.seal_in_place(*node_id, room, len) {
+            Ok(n) => {
+                tx.push_staged(socket, n, dest);
+                stats.datagrams_out += 1;
+            }
+            Err(e) => tracing::warn!("cannot seal for node {node}: {e}"),
+        }
+        self.path_tx(node, len, now);
+        Some(true)
+    }
+
     /// Sends the frame at `sbuf[at..at + len]` directly or through the relay.
     fn transmit(
         &mut self,

@@ -394,9 +394,28 @@ impl Engine {
         }
     }
 
-    /// Transmits whatever the stream engine has to send.
+    /// Transmits whatever the stream engine has to send: sealed straight
+    /// into the send batch when the peer's path allows
+    /// ([`Engine::seal_into_batch`]), else through the frame buffer.
     fn flush_stream(&mut self, id: u64, now: Instant) {
         loop {
+            let Some((peer, mss)) = self.streams.conns.get(&id).map(|s| (s.peer, s.conn.mss()))
+            else {
+                return;
+            };
+            let fast = self.seal_into_batch(peer, HEADER_LEN + mss, now, |streams, buf| {
+                let s = streams.conns.get_mut(&id)?;
+                let t = s.conn.poll_transmit(now, &mut buf[HEADER_LEN..])?;
+                let len = HEADER_LEN + t.payload_len;
+                // The header's checksum covers the payload: the view spans both.
+                Self::stream_header(s, &t).emit(&mut Packet::new_unchecked(&mut buf[..len]));
+                Some(len)
+            });
+            match fast {
+                Some(true) => continue,
+                Some(false) => return,
+                None => {}
+            }
             let (peer, len) = {
                 let Engine { streams, sbuf, .. } = &mut *self;
                 let Some(s) = streams.conns.get_mut(&id) else {
@@ -406,24 +425,28 @@ impl Engine {
                 let Some(t) = s.conn.poll_transmit(now, &mut sbuf[at + HEADER_LEN..]) else {
                     return;
                 };
-                let repr = Repr {
-                    flags: t.flags,
-                    protocol: Protocol::Stream,
-                    src: s.local,
-                    dst: s.remote,
-                    src_port: s.local_port,
-                    dst_port: s.remote_port,
-                    seq: t.seq,
-                    ack: t.ack,
-                    window: t.window,
-                    payload_len: t.payload_len,
-                };
                 let len = HEADER_LEN + t.payload_len;
                 let mut pkt = Packet::new_unchecked(&mut sbuf[at..at + len]);
-                repr.emit(&mut pkt);
+                Self::stream_header(s, &t).emit(&mut pkt);
                 (s.peer, len)
             };
             self.send_plain(peer, len, now);
+        }
+    }
+
+    /// The header of a segment `s` sends.
+    fn stream_header(s: &StreamConn, t: &stream::Transmit) -> Repr {
+        Repr {
+            flags: t.flags,
+            protocol: Protocol::Stream,
+            src: s.local,
+            dst: s.remote,
+            src_port: s.local_port,
+            dst_port: s.remote_port,
+            seq: t.seq,
+            ack: t.ack,
+            window: t.window,
+            payload_len: t.payload_len,
         }
     }
 

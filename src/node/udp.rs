@@ -22,6 +22,10 @@ use tokio::net::UdpSocket;
 const UDP_SEGMENT: libc::c_int = 103;
 /// `UDP_GRO` (linux/udp.h).
 const UDP_GRO: libc::c_int = 104;
+/// Most bytes in one GSO send: the whole batch goes down as one UDP
+/// datagram of at most 65,535 bytes (IP's length field) before the kernel
+/// cuts it; 65,000 leaves room for the headers.
+const MAX_BATCH_BYTES: usize = 65_000;
 /// Most datagrams the kernel accepts in one GSO send (UDP_MAX_SEGMENTS).
 pub const MAX_SEGMENTS: usize = 64;
 
@@ -226,6 +230,8 @@ pub struct TxBatch {
     closed: bool,
     /// False once the kernel refused GSO.
     pub gso_failed: bool,
+    /// Where the room given out by [`Self::stage`] starts, until pushed.
+    staged: Option<usize>,
 }
 
 impl TxBatch {
@@ -233,13 +239,14 @@ impl TxBatch {
     /// current batch (other destination, larger frame, batch full or
     /// already ended by a shorter frame). Returns datagrams sent by a flush.
     pub fn push(&mut self, socket: &UdpSocket, frame: &[u8], dest: SocketAddr) -> usize {
+        self.unstage();
         let mut sent = 0;
         if self.count > 0
             && (self.dest != Some(dest)
                 || frame.len() > self.segment
                 || self.closed
                 || self.count >= MAX_SEGMENTS
-                || self.buf.len() + frame.len() > 65_000)
+                || self.buf.len() + frame.len() > MAX_BATCH_BYTES)
         {
             sent = self.flush(socket);
         }
@@ -260,8 +267,71 @@ impl TxBatch {
         }
     }
 
+    /// Room for a frame of up to `cap` bytes, written in place at the end
+    /// of the batch: what [`Self::push_staged`] then queues without the
+    /// copy [`Self::push`] makes (a stream's sealed segments, up to 32 KB
+    /// each, were copied from the daemon's frame buffer into the batch;
+    /// issue 14 item 4). Sends the batch first when a frame of `cap` bytes
+    /// could not join it. Room staged and not pushed is dropped by the
+    /// next `stage`, `push` or `flush`.
+    pub fn stage(&mut self, socket: &UdpSocket, cap: usize) -> &mut [u8] {
+        self.unstage();
+        if self.count > 0
+            && (self.closed || self.count >= MAX_SEGMENTS || self.buf.len() + cap > MAX_BATCH_BYTES)
+        {
+            self.flush(socket);
+        }
+        let base = self.buf.len();
+        self.staged = Some(base);
+        self.buf.resize(base + cap, 0);
+        &mut self.buf[base..]
+    }
+
+    /// Queues the first `len` bytes of what [`Self::stage`] returned as a
+    /// frame for `dest`. Returns datagrams sent by a flush.
+    pub fn push_staged(&mut self, socket: &UdpSocket, len: usize, dest: SocketAddr) -> usize {
+        let Some(base) = self.staged.take() else {
+            return 0;
+        };
+        let len = len.min(self.buf.len() - base);
+        let mut sent = 0;
+        if self.count > 0 && (self.dest != Some(dest) || len > self.segment) {
+            // Rare (another destination, or a frame larger than the
+            // batch's): send what was queued before it, then start a batch
+            // with it.
+            let frame = self.buf[base..base + len].to_vec();
+            self.buf.truncate(base);
+            sent = self.flush(socket);
+            self.buf.extend_from_slice(&frame);
+        } else {
+            self.buf.truncate(base + len);
+        }
+        if self.count == 0 {
+            self.dest = Some(dest);
+            self.segment = len;
+            self.closed = false;
+        }
+        self.count += 1;
+        if len < self.segment {
+            self.closed = true;
+        }
+        sent + if self.gso_failed {
+            self.flush(socket)
+        } else {
+            0
+        }
+    }
+
+    /// Drops room staged and not pushed.
+    fn unstage(&mut self) {
+        if let Some(base) = self.staged.take() {
+            self.buf.truncate(base);
+        }
+    }
+
     /// Sends what is queued; returns the number of datagrams.
     pub fn flush(&mut self, socket: &UdpSocket) -> usize {
+        self.unstage();
         let (Some(dest), count) = (self.dest, self.count) else {
             return 0;
         };
@@ -290,5 +360,87 @@ impl TxBatch {
         self.count = 0;
         self.dest = None;
         count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames staged in place and frames pushed by copy arrive as the
+    /// datagrams they were, in order, whatever batches they end up in
+    /// (another destination, a larger frame, a shorter one that ends a
+    /// batch, a full batch, room staged and never pushed).
+    #[tokio::test]
+    async fn staged_and_copied_frames_arrive_as_sent() {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (da, db) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        // A fresh socket's readiness is unknown to tokio until the reactor
+        // reports it (sends would be dropped as WouldBlock until then).
+        tx.writable().await.unwrap();
+        // Receivers read as the frames come (a socket's receive buffer
+        // would overflow otherwise), until 500 ms of silence.
+        let receiver = |sock: UdpSocket| {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 70_000];
+                let quiet = std::time::Duration::from_millis(500);
+                while let Ok(Ok(n)) = tokio::time::timeout(quiet, sock.recv(&mut buf)).await {
+                    got.push(buf[..n].to_vec());
+                }
+                got
+            })
+        };
+        let (ra, rb) = (receiver(a), receiver(b));
+        let mut batch = TxBatch::default();
+        let mut want: (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
+        let sizes = [
+            1400, 1400, 1400, 900, 1400, 8000, 8000, 20_000, 20_000, 20_000, 64, 1400,
+        ];
+        for (i, &size) in sizes.iter().cycle().take(120).enumerate() {
+            let frame: Vec<u8> = (0..size).map(|j| (i * 7 + j) as u8).collect();
+            let dest = if i % 17 < 12 { da } else { db };
+            match i % 3 {
+                0 => {
+                    batch.push(&tx, &frame, dest);
+                }
+                _ => {
+                    let room = batch.stage(&tx, size + 100);
+                    room[..size].copy_from_slice(&frame);
+                    if i % 11 == 0 {
+                        // Staged and dropped: nothing goes out.
+                        continue;
+                    }
+                    batch.push_staged(&tx, size, dest);
+                }
+            }
+            if dest == da {
+                want.0.push(frame);
+            } else {
+                want.1.push(frame);
+            }
+            // Let the receivers keep up with the loopback queue.
+            if i % 8 == 7 {
+                batch.flush(&tx);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                tx.writable().await.unwrap();
+            }
+        }
+        batch.flush(&tx);
+        for (got, frames) in [(ra.await.unwrap(), &want.0), (rb.await.unwrap(), &want.1)] {
+            assert_eq!(got.len(), frames.len(), "datagrams received");
+            for (k, (g, f)) in got.iter().zip(frames).enumerate() {
+                assert!(
+                    g == f,
+                    "datagram {k}: got {} bytes starting {:?}, want {} starting {:?}",
+                    g.len(),
+                    &g[..g.len().min(4)],
+                    f.len(),
+                    &f[..4]
+                );
+            }
+        }
     }
 }
