@@ -6,6 +6,10 @@
 //!   its group-commit persister.
 //! * [`metrics`]: Prometheus metrics and the `/metrics` responder.
 //! * `server` (private): the TCP front end and its hardening.
+//! * [`verify`]: signature checks on threads of their own, off the
+//!   registry lock, below the event loop's priority (lookups first).
+//! * `shard` (private): the sharded map behind the node and key tables (a
+//!   growth never stops the registry for long).
 //! * [`beacon`]: the beacon table and its UDP loop.
 //! * [`client`]: [`client::RegistryClient`] for daemons and tests.
 //!
