@@ -30,17 +30,25 @@ fn jumbo_public_host(lab: &Lab) -> Host {
     h
 }
 
+/// Nodes a on `ha` and b on `hb`, started, a having pinged b once (which
+/// sets up the tunnel, and with it the path probe): (a, b, a's address,
+/// b's address).
+fn pinged_pair(lab: &Lab, ha: &Host, hb: &Host) -> (common::Node, common::Node, String, String) {
+    let a = lab.node(ha, "a");
+    let b = lab.node(hb, "b");
+    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
+    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
+    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
+    assert_eq!(r["received"], 1, "{r}");
+    (a, b, aa, ab)
+}
+
 /// Two nodes on jumbo public hosts, each having proven 8,902-byte segments
 /// to the other: (host a, host b, a, b, a's address, b's address).
 fn jumbo_pair(lab: &Lab) -> (Host, Host, common::Node, common::Node, String, String) {
     let ha = jumbo_public_host(lab);
     let hb = jumbo_public_host(lab);
-    let a = lab.node(&ha, "a");
-    let b = lab.node(&hb, "b");
-    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
-    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
-    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
-    assert_eq!(r["received"], 1, "{r}");
+    let (a, b, aa, ab) = pinged_pair(lab, &ha, &hb);
     let proven = wait_until(Duration::from_secs(10), || {
         peer(&a, &ab)["segment"] == 8902 && peer(&b, &aa)["segment"] == 8902
     });
@@ -87,12 +95,7 @@ fn a_jumbo_lan_behind_a_1500_byte_router_keeps_the_default_segment() {
     mtu(&lab, &ha.ns, "eth0", 9000);
     mtu(&lab, ha.router.as_deref().unwrap(), "lan0", 9000);
     let hb = lab.host(Nat::None);
-    let a = lab.node(&ha, "a");
-    let b = lab.node(&hb, "b");
-    let aa = lab.start(&a, &[])["address"].as_str().unwrap().to_string();
-    let ab = lab.start(&b, &[])["address"].as_str().unwrap().to_string();
-    let r = a.json(&["ping", &ab, "--control", "--count", "1", "--timeout", "10s"]);
-    assert_eq!(r["received"], 1, "{r}");
+    let (a, b, aa, ab) = pinged_pair(&lab, &ha, &hb);
     // a's route to b says 9000, so a probes; the router cannot forward
     // 8,972-byte datagrams with DF and says so, and a gives up.
     let refused = wait_until(Duration::from_secs(10), || {
