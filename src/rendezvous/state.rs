@@ -457,21 +457,22 @@ impl SigCheck {
         Prechecked {
             pk: self.pk,
             key,
-            signed: self.signed.map(|(_, sig)| sig),
+            signed: self.signed,
             verdict,
         }
     }
 }
 
 /// The result of a [`SigCheck`], handed to [`Registry::handle_checked`]
-/// with its request. The registry uses it only for the same key bytes and
-/// signature text it would check itself (an id whose key changed between
+/// with its request. The registry uses it only for the same key bytes,
+/// signed text and signature it would check itself (an id whose key changed between
 /// the check and the lock is checked again, under the lock).
 #[derive(Debug, Default, Clone)]
 pub struct Prechecked {
     pk: [u8; 32],
     key: Option<VerifyingKey>,
-    signed: Option<String>,
+    /// The signed text and the signature the verdict is for.
+    signed: Option<(String, String)>,
     verdict: Option<bool>,
 }
 
@@ -486,9 +487,13 @@ impl Prechecked {
         self.key.filter(|_| &self.pk == pk)
     }
 
-    /// The verdict for `sig` by `key`, if this check made it.
-    fn verdict_for(&self, key: &VerifyingKey, sig: Option<&str>) -> Option<bool> {
-        let same = &self.pk == key.as_bytes() && self.signed.as_deref() == sig && sig.is_some();
+    /// The verdict for `sig` over `text` by `key`, if this check made it.
+    fn verdict_for(&self, key: &VerifyingKey, text: &str, sig: Option<&str>) -> Option<bool> {
+        let same = &self.pk == key.as_bytes()
+            && self
+                .signed
+                .as_ref()
+                .is_some_and(|(t, s)| t == text && Some(s.as_str()) == sig);
         self.verdict.filter(|_| same)
     }
 }
@@ -626,7 +631,7 @@ impl State {
     /// [`signature_ok`], unless the check was made before the lock.
     fn sig_ok(&self, key: &VerifyingKey, text: &str, sig: Option<&str>) -> bool {
         self.checked
-            .verdict_for(key, sig)
+            .verdict_for(key, text, sig)
             .unwrap_or_else(|| signature_ok(key, text, sig))
     }
 

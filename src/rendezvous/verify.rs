@@ -178,4 +178,55 @@ mod tests {
             );
         }
     }
+
+    /// A good verdict is for one signed text: handed in with another
+    /// request that carries the same signature string, it counts for
+    /// nothing and the registry checks (and refuses) that request itself.
+    #[tokio::test]
+    async fn a_verdict_does_not_carry_over_to_another_request() {
+        let v = Verifier::start(1).unwrap();
+        let reg = Registry::new();
+        let peer = "127.0.0.1:5555".parse().unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let req = Request::Register(wire::Register::new(
+            key.verifying_key().as_bytes(),
+            "0.0.0.0:4000",
+        ));
+        let id = match reg.handle(req, peer, Instant::now()).response {
+            Response::RegisterOk(ok) => ok.node_id,
+            other => panic!("{other:?}"),
+        };
+        let text = wire::signed::heartbeat(id);
+        let sig = wire::b64_encode(&key.sign(text.as_bytes()).to_bytes());
+        let heartbeat = Request::Heartbeat(NodeSigned {
+            node_id: id,
+            signature: Some(sig.clone()),
+        });
+        let pre = v.check(reg.sig_check(&heartbeat).unwrap()).await;
+        assert_eq!(pre.verdict(), Some(true));
+        // The heartbeat's verdict and signature, on a deregistration.
+        let deregister = Request::Deregister(NodeSigned {
+            node_id: id,
+            signature: Some(sig),
+        });
+        let out = reg.handle_checked(
+            &mut Default::default(),
+            deregister,
+            peer,
+            Instant::now(),
+            pre,
+        );
+        assert!(
+            matches!(out.response, Response::Error(_)),
+            "{:?}",
+            out.response
+        );
+        // The heartbeat itself, checked under the lock, passes: the key is live.
+        let out = reg.handle(heartbeat, peer, Instant::now());
+        assert!(
+            matches!(out.response, Response::HeartbeatOk(_)),
+            "{:?}",
+            out.response
+        );
+    }
 }
