@@ -369,12 +369,12 @@ impl Engine {
                             link.blocked.store(true, Ordering::Release);
                             break;
                         }
-                        let n = s.conn.recv(&mut app_buf[..APP_CHUNK]);
-                        if n == 0 {
+                        let chunk = s.conn.recv_vec(APP_CHUNK);
+                        if chunk.is_empty() {
                             break;
                         }
-                        s.bytes_in += n as u64;
-                        if tx.try_send(app_buf[..n].to_vec()).is_err() {
+                        s.bytes_in += chunk.len() as u64;
+                        if tx.try_send(chunk).is_err() {
                             break;
                         }
                     }

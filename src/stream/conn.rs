@@ -450,6 +450,21 @@ impl Connection {
     /// [`is_read_closed`](Self::is_read_closed) for end of stream).
     pub fn recv(&mut self, buf: &mut [u8]) -> usize {
         let n = self.rcv.read(buf);
+        self.after_recv(n);
+        n
+    }
+
+    /// [`Self::recv`] of up to `max` bytes into a new vector: one copy out
+    /// of the receive buffer for a caller that passes the bytes on as a
+    /// vector (the daemon's channel to the application), where reading
+    /// into a scratch buffer and copying that cost a second one.
+    pub fn recv_vec(&mut self, max: usize) -> Vec<u8> {
+        let v = self.rcv.read_vec(max);
+        self.after_recv(v.len());
+        v
+    }
+
+    fn after_recv(&mut self, n: usize) {
         self.readable_signalled = false;
         if n > 0 && matches!(self.state, State::Established | State::FinWait) && !self.peer_closed {
             // Window update when the window opened substantially compared
@@ -461,7 +476,6 @@ impl Connection {
                 self.ack_now = true;
             }
         }
-        n
     }
 
     /// Graceful close: FIN once everything written is acknowledged, or after

@@ -171,12 +171,26 @@ impl RecvBuffer {
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.ring.len());
         self.ring.copy_out(0, &mut buf[..n]);
+        self.consumed(n);
+        n
+    }
+
+    /// Reads up to `max` in-order bytes into a new vector (one copy, for a
+    /// caller that hands the bytes on as a vector).
+    pub fn read_vec(&mut self, max: usize) -> Vec<u8> {
+        let n = max.min(self.ring.len());
+        let mut out = Vec::with_capacity(n);
+        self.ring.extend_out(0, n, &mut out);
+        self.consumed(n);
+        out
+    }
+
+    fn consumed(&mut self, n: usize) {
         self.ring.consume(n);
         self.read_off += n as u64;
         while self.seg_ends.front().is_some_and(|&e| e <= self.read_off) {
             self.seg_ends.pop_front();
         }
-        n
     }
 
     /// The window to advertise, in segments (§7.5): free slots, limited by
@@ -275,6 +289,22 @@ mod tests {
         );
         assert_eq!(r.read(&mut b), 2);
         assert_eq!(&b[..2], b"ij");
+        // read_vec: the same bytes and the same bookkeeping (slots freed).
+        assert_eq!(
+            r.accept(10, b"klmn"),
+            Accepted::InOrder { filled_gap: false }
+        );
+        assert_eq!(r.accept(14, b"op"), Accepted::InOrder { filled_gap: false });
+        assert_eq!(r.window(), 6);
+        assert_eq!(r.read_vec(5), b"klmno");
+        assert_eq!(
+            r.window(),
+            7,
+            "the first segment is consumed, the second not yet"
+        );
+        assert_eq!(r.read_vec(100), b"p");
+        assert_eq!(r.read_vec(100), b"");
+        assert_eq!(r.window(), 8);
     }
 
     #[test]

@@ -94,6 +94,20 @@ impl ByteRing {
         out[first..].copy_from_slice(&self.buf[..n - first]);
     }
 
+    /// Append the `n` bytes at `offset` to `out` (what [`Self::copy_out`]
+    /// does, into a vector that the caller hands on without copying again).
+    pub fn extend_out(&self, offset: usize, n: usize, out: &mut Vec<u8>) {
+        assert!(offset + n <= self.len);
+        if n == 0 {
+            return;
+        }
+        let cap = self.buf.len();
+        let start = (self.head + offset) & self.mask();
+        let first = n.min(cap - start);
+        out.extend_from_slice(&self.buf[start..start + first]);
+        out.extend_from_slice(&self.buf[..n - first]);
+    }
+
     /// Drop `n` bytes from the front (at most `len`).
     pub fn consume(&mut self, n: usize) {
         let n = n.min(self.len);
@@ -146,6 +160,10 @@ mod tests {
             r.copy_out(off, &mut out);
             let want: Vec<u8> = model.iter().skip(off).take(c - off).copied().collect();
             assert_eq!(out, want);
+            let mut appended = vec![7u8];
+            r.extend_out(off, c - off, &mut appended);
+            assert_eq!(appended[0], 7);
+            assert_eq!(appended[1..], want[..]);
             r.consume(c);
             model.drain(..c);
             assert_eq!(r.len(), model.len());
