@@ -974,7 +974,11 @@ impl Engine {
                 tx.push_staged(socket, n, dest);
                 stats.datagrams_out += 1;
             }
-            Err(e) => tracing::warn!("cannot seal for node {node}: {e}"),
+            Err(e) => {
+                // As `seal_to`: nothing went out, so the path counts nothing.
+                tracing::warn!("cannot seal for node {node}: {e}");
+                return Some(true);
+            }
         }
         self.path_tx(node, len, now);
         Some(true)

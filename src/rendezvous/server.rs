@@ -442,16 +442,11 @@ fn reserve(
 /// so a slow store shows in the log before it shows as client timeouts.
 const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Whether handling `req` costs an Ed25519 check (tens of microseconds,
-/// where a lookup costs one or two): a registration (its key is
-/// decompressed, and checked if signed) or any signed request.
-fn costly(req: &Request) -> bool {
-    matches!(req, Request::Register(_)) || req.signature().is_some()
-}
-
-/// Hands `req` to the registry; a [`costly`] request's check runs first,
-/// off the event loop and without the registry's lock
-/// ([`super::verify`]).
+/// Hands `req` to the registry; a request that costs an Ed25519 check (a
+/// registration, whose key is decompressed and checked if signed, or any
+/// signed request: tens of microseconds, where a lookup costs one or two)
+/// has it run first, off the event loop and without the registry's lock
+/// ([`super::verify`]; [`Registry::sig_check`] says which requests).
 ///
 /// Why: under a burst of registrations (hundreds of connections, each
 /// sending its next one as soon as the last is answered) the checks ran on
@@ -466,10 +461,7 @@ async fn handle_checked(
     shared: &Shared,
     auth: &mut ConnAuth,
 ) -> super::state::Outcome {
-    let checked = match costly(&req)
-        .then(|| shared.registry.sig_check(&req))
-        .flatten()
-    {
+    let checked = match shared.registry.sig_check(&req) {
         Some(check) => shared.verifier.check(check).await,
         None => Default::default(),
     };

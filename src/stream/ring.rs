@@ -79,33 +79,33 @@ impl ByteRing {
         self.len += data.len();
     }
 
+    /// The `n` bytes starting `offset` bytes after the front, as the two
+    /// slices they occupy (the second is empty unless they wrap). Panics if
+    /// that range is not held (callers check).
+    fn slices(&self, offset: usize, n: usize) -> (&[u8], &[u8]) {
+        assert!(offset + n <= self.len);
+        if n == 0 {
+            return (&[], &[]);
+        }
+        let start = (self.head + offset) & self.mask();
+        let first = n.min(self.buf.len() - start);
+        (&self.buf[start..start + first], &self.buf[..n - first])
+    }
+
     /// Copy `out.len()` bytes starting `offset` bytes after the front.
     /// Panics if that range is not held (callers check).
     pub fn copy_out(&self, offset: usize, out: &mut [u8]) {
-        assert!(offset + out.len() <= self.len);
-        if out.is_empty() {
-            return;
-        }
-        let cap = self.buf.len();
-        let start = (self.head + offset) & self.mask();
-        let first = out.len().min(cap - start);
-        let n = out.len();
-        out[..first].copy_from_slice(&self.buf[start..start + first]);
-        out[first..].copy_from_slice(&self.buf[..n - first]);
+        let (a, b) = self.slices(offset, out.len());
+        out[..a.len()].copy_from_slice(a);
+        out[a.len()..].copy_from_slice(b);
     }
 
     /// Append the `n` bytes at `offset` to `out` (what [`Self::copy_out`]
     /// does, into a vector that the caller hands on without copying again).
     pub fn extend_out(&self, offset: usize, n: usize, out: &mut Vec<u8>) {
-        assert!(offset + n <= self.len);
-        if n == 0 {
-            return;
-        }
-        let cap = self.buf.len();
-        let start = (self.head + offset) & self.mask();
-        let first = n.min(cap - start);
-        out.extend_from_slice(&self.buf[start..start + first]);
-        out.extend_from_slice(&self.buf[..n - first]);
+        let (a, b) = self.slices(offset, n);
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
     }
 
     /// Drop `n` bytes from the front (at most `len`).
