@@ -19,14 +19,24 @@ use crate::ipc::{Client, ClientError, ErrorCode, Request};
 
 const IPC_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Asks the daemon on `socket` for `info`; `Ok(None)` when none runs.
+/// Asks the daemon on `socket` for `info`; `Ok(None)` when none runs. A
+/// daemon that is exiting (killed a moment ago) resets the connection: we
+/// wait for it to go, up to [`crate::ipc::DYING_WAIT`].
 pub(super) async fn probe(socket: &Path) -> Result<Option<InfoData>, CliError> {
-    let mut c = match Client::connect(socket).await {
-        Ok(c) => c,
-        Err(ClientError::NotRunning { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let deadline = Instant::now() + crate::ipc::DYING_WAIT;
+    let v = loop {
+        let mut c = match Client::connect(socket).await {
+            Ok(c) => c,
+            Err(ClientError::NotRunning { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match c.request(&Request::Info, IPC_TIMEOUT).await {
+            Err(ClientError::Frame(e)) if crate::ipc::is_dying(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => break r?,
+        }
     };
-    let v = c.request(&Request::Info, IPC_TIMEOUT).await?;
     serde_json::from_value(v)
         .map(Some)
         .map_err(|e| CliError::new(ErrorCode::Internal, format!("unexpected info reply: {e}")))

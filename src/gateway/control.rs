@@ -64,7 +64,7 @@ pub struct StatusData {
 /// gateway on it is an error).
 pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
+        if crate::ipc::socket_in_use(path).await {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 format!("a gateway is already running on {}", path.display()),

@@ -63,6 +63,51 @@ pub enum FrameError {
     Json(#[from] serde_json::Error),
 }
 
+/// How long a process killed with SIGKILL may keep its listening socket.
+/// The kernel closes the listener only once the process's last thread has
+/// exited (the main thread shows as a zombie before that); until then a
+/// connect succeeds into the backlog and is reset when the listener goes.
+/// Teardown of a daemon takes milliseconds; 3 s covers a loaded machine
+/// (CI hit this window right after `kill -9` of a daemon).
+pub const DYING_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long a live server gets to show that it is not closing our probe
+/// connection. A live daemon or gateway never speaks first.
+const SILENT_ALIVE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether a process serves the Unix socket at `path` (so its file must not
+/// be replaced). A listener that resets or closes our probe connection is a
+/// process on its way out: we wait for it to go, up to [`DYING_WAIT`], and
+/// count it as serving if it is still there then.
+pub async fn socket_in_use(path: &std::path::Path) -> bool {
+    let deadline = std::time::Instant::now() + DYING_WAIT;
+    loop {
+        let Ok(mut s) = tokio::net::UnixStream::connect(path).await else {
+            return false;
+        };
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(SILENT_ALIVE, s.read(&mut b)).await {
+            Err(_) | Ok(Ok(1..)) => return true,
+            Ok(_) => {}
+        }
+        if std::time::Instant::now() >= deadline {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether an I/O error on a fresh IPC connection means the server is
+/// exiting (its listener closed under our connection, see [`DYING_WAIT`]).
+pub fn is_dying(e: &FrameError) -> bool {
+    matches!(e, FrameError::Io(e) if matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::BrokenPipe
+    ))
+}
+
 /// Reads one length-prefixed JSON message. `Ok(None)` on a clean EOF before
 /// the length prefix.
 pub async fn read_message<R, T>(r: &mut R) -> Result<Option<T>, FrameError>
@@ -101,4 +146,55 @@ where
     w.write_all(&out).await?;
     w.flush().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_missing_or_stale_socket_is_free_and_a_listening_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        assert!(!socket_in_use(&path).await);
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(socket_in_use(&path).await);
+        drop(l);
+        // The file stays; nobody listens.
+        assert!(path.exists());
+        assert!(!socket_in_use(&path).await);
+    }
+
+    #[tokio::test]
+    async fn a_listener_closing_under_the_probe_is_waited_for() {
+        // What a daemon killed with SIGKILL looks like while its threads
+        // exit: the connect succeeds, then the listener goes and resets it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(l);
+        });
+        let start = Instant::now();
+        assert!(!socket_in_use(&path).await, "an exiting listener is not in use");
+        assert!(start.elapsed() < DYING_WAIT);
+        t.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_exiting_daemon_resets_the_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
+        drop(l);
+        let e = read_message::<_, Response>(&mut s).await;
+        match e {
+            Err(e) => assert!(is_dying(&e), "{e}"),
+            Ok(None) => {} // a clean EOF is the other form it takes
+            Ok(Some(r)) => panic!("{r:?}"),
+        }
+    }
 }

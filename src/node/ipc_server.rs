@@ -34,10 +34,11 @@ pub async fn bind(path: &Path) -> Result<UnixListener, NodeError> {
                 )),
             });
         }
-        if UnixStream::connect(path).await.is_ok() {
+        if crate::ipc::socket_in_use(path).await {
             return Err(NodeError::AlreadyRunning(path.to_path_buf()));
         }
-        // Nobody answers: a crashed daemon's leftover.
+        // Nobody answers: a crashed daemon's leftover (or one that has
+        // just finished exiting).
         let _ = std::fs::remove_file(path);
     }
     if let Some(dir) = path.parent() {
