@@ -486,3 +486,103 @@ fn attack_spoofed_pilas_starve_the_registry_link() {
     let st = stats(&a);
     assert!(st["dropped_rate_limited"].as_u64().unwrap() > 0, "{st}");
 }
+
+/// A stream segment from the fake peer `id` to the daemon.
+fn segment(id: u32, daemon_node: u32, src_port: u16, flags: Flags, data: &[u8]) -> Vec<u8> {
+    let repr = Repr {
+        flags,
+        protocol: Protocol::Stream,
+        src: Addr::backbone(id),
+        dst: Addr::backbone(daemon_node),
+        src_port,
+        dst_port: 1000,
+        seq: 77,
+        ack: 99,
+        window: 64,
+        payload_len: data.len(),
+    };
+    let mut pkt = vec![0u8; 34 + data.len()];
+    emit_packet(&repr, data, &mut pkt).unwrap();
+    pkt
+}
+
+/// The stream packets the daemon sends for `wait`: (flags, src port, dst port).
+fn recv_stream(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<(Flags, u16, u16)> {
+    let end = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65_535];
+    while Instant::now() < end {
+        sock.set_read_timeout(Some(end - Instant::now() + Duration::from_millis(1)))
+            .unwrap();
+        let Ok((n, _)) = sock.recv_from(&mut buf) else {
+            break;
+        };
+        if let Ok(plain) = s.open_in_place(&mut buf[..n], Instant::now()) {
+            let (r, _) = parse_packet(plain).unwrap();
+            if r.protocol == Protocol::Stream {
+                out.push((r.flags, r.src_port, r.dst_port));
+            }
+        }
+    }
+    out
+}
+
+/// A peer whose RST was lost keeps sending on a connection we no longer
+/// have: data, a FIN or a SYN|ACK get an RST (so its application fails at
+/// once instead of at its keepalive), pure ACKs and RSTs get nothing, a
+/// flood is answered at a bounded rate, and an untrusted peer of a private
+/// node gets nothing at all.
+#[test]
+fn a_segment_for_a_lost_connection_is_reset_at_a_bounded_rate() {
+    let rdv = Rendezvous::start();
+    let a = Node::new("alpha");
+    let b = Node::new("bravo");
+    let pub_info = a.start(&rdv, &["--public"]);
+    let priv_info = b.start(&rdv, &[]);
+    for (node, info, public, seed) in [(&a, &pub_info, true, 21u8), (&b, &priv_info, false, 22)] {
+        let daemon_node = info["node_id"].as_u64().unwrap() as u32;
+        let identity = Identity::from_seed([seed; 32]);
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (id, daemon) = register_fake(&rdv, &identity, &sock, &node.json(&["info"]));
+        let kp = KeyPair::from_secret([seed + 1; 32]);
+        sock.send_to(&pila(&identity, id, &kp), daemon).unwrap();
+        let theirs = recv_pila(&sock, Duration::from_secs(3)).expect("PILA answer");
+        let mut s = Session::new(derive_tunnel_key(&kp, &theirs.x25519).unwrap(), [0x5D; 4]);
+        let send = |s: &mut Session, port: u16, flags: Flags, data: &[u8]| {
+            let pkt = segment(id, daemon_node, port, flags, data);
+            sock.send_to(&seal(s, id, &pkt), daemon).unwrap();
+        };
+        send(&mut s, 40_001, Flags::ACK, b"the rest of a request");
+        send(&mut s, 40_002, Flags::FIN, b"");
+        send(&mut s, 40_003, Flags::SYN | Flags::ACK, b"");
+        send(&mut s, 40_004, Flags::ACK, b"");
+        send(&mut s, 40_005, Flags::RST, b"");
+        let got = recv_stream(&sock, &mut s, Duration::from_millis(800));
+        if !public {
+            assert!(got.is_empty(), "an untrusted peer was answered: {got:?}");
+            assert_eq!(stats(node)["stray_resets"], 0);
+            continue;
+        }
+        let mut ports: Vec<u16> = got
+            .iter()
+            .map(|&(f, src, dst)| {
+                assert_eq!(f, Flags::RST, "{got:?}");
+                assert_eq!(src, 1000, "ports are swapped: {got:?}");
+                dst
+            })
+            .collect();
+        ports.sort_unstable();
+        assert_eq!(ports, vec![40_001, 40_002, 40_003], "{got:?}");
+        assert_eq!(stats(node)["stray_resets"], 3);
+
+        // A flood: far fewer RSTs than stray segments.
+        for i in 0..2000u16 {
+            send(&mut s, 41_000 + i, Flags::ACK, b"x");
+        }
+        let flood = recv_stream(&sock, &mut s, Duration::from_millis(800));
+        assert!(!flood.is_empty());
+        assert!(flood.len() <= 150, "{} RSTs for 2000 segments", flood.len());
+        let counted = stats(node)["stray_resets"].as_u64().unwrap();
+        assert_eq!(counted, 3 + flood.len() as u64);
+    }
+}

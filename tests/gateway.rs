@@ -118,7 +118,12 @@ fn far_service_down_fails_fast() {
     };
     assert_ne!(r.code, 0, "{r:?}");
     assert_ne!(r.code, 28, "curl hung until its timeout: {r:?}\n{}", logs());
-    assert!(r.secs < 5.0, "failure took {:.1}s: {r:?}\n{}", r.secs, logs());
+    assert!(
+        r.secs < 5.0,
+        "failure took {:.1}s: {r:?}\n{}",
+        r.secs,
+        logs()
+    );
     // Nothing listens on virtual port 8080 at all: refused.
     let r = curl(&["-m", "20"], &format!("{base}:8080/"));
     assert_eq!(r.code, 7, "{r:?}");

@@ -178,7 +178,10 @@ mod tests {
             drop(l);
         });
         let start = Instant::now();
-        assert!(!socket_in_use(&path).await, "an exiting listener is not in use");
+        assert!(
+            !socket_in_use(&path).await,
+            "an exiting listener is not in use"
+        );
         assert!(start.elapsed() < DYING_WAIT);
         t.join().unwrap();
     }

@@ -524,6 +524,11 @@ pub struct Stats {
     /// there, endpoint unchanged.
     #[serde(default)]
     pub endpoint_refused: u64,
+    /// Stream segments carrying data, a FIN or a SYN|ACK for a connection
+    /// we no longer have, answered with an RST (its first RST was lost, or
+    /// we restarted).
+    #[serde(default)]
+    pub stray_resets: u64,
 }
 
 /// `lookup`: what the registry knows of a node.

@@ -258,6 +258,8 @@ pub struct StreamTable {
     pub(super) next_id: u64,
     pub(super) admission: Admission,
     pub(super) global_bucket: Bucket,
+    /// Bounds the RSTs sent for segments of unknown connections.
+    pub(super) stray_bucket: Bucket,
     pub(super) source_buckets: HashMap<u32, Bucket>,
     pub(super) echo: bool,
     /// Bytes the streams' buffers held at the last check.
@@ -287,6 +289,10 @@ impl StreamTable {
             next_id: 1,
             global_bucket: Bucket {
                 tokens: admission.syn_rate,
+                at: now,
+            },
+            stray_bucket: Bucket {
+                tokens: 1.0,
                 at: now,
             },
             admission,

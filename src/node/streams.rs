@@ -24,6 +24,11 @@ use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, StreamData};
 /// How many times the per-source SYN rate a trusted peer gets (10/s by
 /// default becomes 200/s; the global rate still bounds everyone).
 const TRUSTED_SYN_FACTOR: f64 = 20.0;
+
+/// RSTs per second for segments of connections we do not have. A lost RST
+/// needs one answer; a peer with many dead streams is answered within
+/// seconds at this rate, and a flood of stray segments costs at most this.
+const STRAY_RST_RATE: f64 = 50.0;
 use crate::ipc::{ErrorCode, Response};
 use crate::stream::{self, Connection, Event, Segment, State};
 use crate::wire::address::{Addr, SockAddr};
@@ -68,8 +73,31 @@ impl Engine {
         }
         if repr.flags.contains(Flags::SYN) && !repr.flags.contains(Flags::ACK) {
             self.on_syn(sender, repr, &seg, now);
+            return;
         }
-        // Anything else for no connection is stale (e.g. after TIME_WAIT): ignore.
+        self.on_stray(sender, repr, now);
+    }
+
+    /// A segment for a connection we do not have. One that still carries
+    /// data, a FIN or a SYN|ACK comes from a peer that believes the
+    /// connection is open: our RST was lost (RSTs are never retransmitted)
+    /// or we restarted. Answer it with an RST (§7.10 shape, [`stream::rst_for`])
+    /// so the far application fails now instead of waiting for its
+    /// keepalive. Pure ACKs and RSTs are ignored (stale after TIME_WAIT;
+    /// never answer an RST), untrusted peers get nothing (§12.20), and the
+    /// answers are rate-limited: one RST per stray segment never amplifies.
+    fn on_stray(&mut self, sender: u32, repr: &Repr, now: Instant) {
+        let f = repr.flags;
+        let believes_open =
+            repr.payload_len > 0 || f.contains(Flags::FIN) || f.contains(Flags::SYN | Flags::ACK);
+        if f.contains(Flags::RST) || !believes_open || !self.admits(sender) {
+            return;
+        }
+        if !self.streams.stray_bucket.take(STRAY_RST_RATE, now) {
+            return;
+        }
+        self.stats.stray_resets += 1;
+        self.refuse(repr, now);
     }
 
     fn refuse(&mut self, repr: &Repr, now: Instant) {
