@@ -131,7 +131,6 @@ fn far_service_down_fails_fast() {
 }
 
 #[test]
-#[ignore = "needs the trust gate (issue 7)"]
 fn untrusted_private_peer_is_refused() {
     if !ready("gateway trust") {
         return;
