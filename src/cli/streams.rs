@@ -94,6 +94,7 @@ fn pump_stdio(
 ) -> Result<(u64, u64, Vec<u8>), CliError> {
     use std::io::{ErrorKind, Read, Write};
     use std::sync::{Arc, Mutex};
+    crate::ipc::set_send_buffer(&stream, crate::ipc::STREAM_SOCKET_BUFFER);
     let mut wr = stream.try_clone().map_err(|e| io_err("stream", e))?;
     let mut rd = stream;
     let input = Arc::new(Mutex::new(InputState::default()));

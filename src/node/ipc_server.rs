@@ -184,6 +184,11 @@ async fn take_stream(mut stream: UnixStream, resp: Response, end: AppEnd, cmds: 
     }
 }
 
+/// Bytes a stream carries to its application before its socket gets
+/// [`crate::ipc::STREAM_SOCKET_BUFFER`]: past a few round trips of chatter,
+/// below a second of a slow bulk transfer.
+const BULK_AFTER: usize = 1 << 20;
+
 /// Moves bytes between an application's socket and the event loop.
 async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>) {
     let (mut rd, mut wr) = stream.into_split();
@@ -220,10 +225,20 @@ async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>)
         }
     };
     let writer = async {
+        // A stream that has carried BULK_AFTER bytes to the application
+        // gets the larger socket buffer; chatty and idle ones (10,000 of
+        // them must stay cheap) keep the default.
+        let mut written = 0usize;
         while let Some(chunk) = rx.recv().await {
             if wr.write_all(&chunk).await.is_err() {
                 let _ = cmds.send(Cmd::AppGone(id)).await;
                 return;
+            }
+            if written < BULK_AFTER {
+                written += chunk.len();
+                if written >= BULK_AFTER {
+                    crate::ipc::set_send_buffer(wr.as_ref(), crate::ipc::STREAM_SOCKET_BUFFER);
+                }
             }
             if blocked.swap(false, Ordering::AcqRel) {
                 let _ = cmds.send(Cmd::Drained(id)).await;
