@@ -352,20 +352,8 @@ fn attack_port_scan_of_a_private_node() {
     // (the old gate came after the port check: RST for the unbound port,
     // silence for the echo port).
     let mut answers: HashMap<u16, Vec<Flags>> = HashMap::new();
-    let end = Instant::now() + Duration::from_millis(1200);
-    let mut buf = vec![0u8; 65_535];
-    while Instant::now() < end {
-        sock.set_read_timeout(Some(end - Instant::now() + Duration::from_millis(1)))
-            .unwrap();
-        let Ok((n, _)) = sock.recv_from(&mut buf) else {
-            break;
-        };
-        if let Ok(plain) = s.open_in_place(&mut buf[..n], Instant::now()) {
-            let (r, _) = parse_packet(plain).unwrap();
-            if r.protocol == Protocol::Stream {
-                answers.entry(r.src_port).or_default().push(r.flags);
-            }
-        }
+    for (flags, src_port, _) in recv_stream(&sock, &mut s, Duration::from_millis(1200)) {
+        answers.entry(src_port).or_default().push(flags);
     }
     assert!(
         answers

@@ -3,6 +3,8 @@
 #   1. SIZE_MB (default 1 GiB, random bytes from a file in /dev/shm) through
 #      one overlay stream between two daemons on loopback
 #      (pilotctl connect < file, pilotctl listen > /dev/null, release build),
+#      with the CPU seconds of the four processes in each run (daemons
+#      from /proc/PID/stat, the pilotctl ends from bash's `time`),
 #   2. iperf3 over loopback with the same amount of data; 1 and 2 alternate
 #      RUNS times (default 5) and the medians are compared (issue 14: the
 #      overlay at >= 40 % of iperf3 in the median of five runs),
@@ -46,6 +48,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 ctl() { local n=$1; shift; HOME="$work/$n" "$BIN/pilotctl" --socket "$work/$n.sock" "$@"; }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 now() { date +%s.%N; }
 
 REG=127.0.0.1:$(free_port)
@@ -78,23 +81,40 @@ pids+=($!)
 sleep 0.5
 OVERLAYS=()
 IPERFS=()
+CPUS=()
+HZ=$(getconf CLK_TCK)
 for run in $(seq "$RUNS"); do
   echo "== run $run/$RUNS: overlay, ${SIZE_MB} MiB through one stream"
-  ctl b listen 1000 >/dev/null 2>"$work/listen.err" &
+  a0=$(ticks "$A_PID")
+  b0=$(ticks "$B_PID")
+  (
+    TIMEFORMAT='%U %S'
+    { time ctl b listen 1000 >/dev/null 2>"$work/listen.err"; } 2>"$work/listen.time"
+  ) &
   lp=$!
   for _ in $(seq 50); do grep -q listening "$work/listen.err" 2>/dev/null && break; sleep 0.1; done
   t0=$(now)
   # No linger: the listener sends nothing back, and a linger would sit
   # inside the timed window (100 ms was ~14 % of a 1 GiB run). Closing
   # still delivers every byte (the check below).
-  ctl a connect "$B_ADDR" 1000 --linger 0s <"$src" >/dev/null
+  TIMEFORMAT='%U %S'
+  { time ctl a connect "$B_ADDR" 1000 --linger 0s <"$src" >/dev/null 2>"$work/connect.err"; } 2>"$work/connect.time"
   wait "$lp"
   t1=$(now)
-  grep -q "after $((SIZE_MB * 1048576)) bytes" "$work/listen.err" || { echo "error: listener did not get every byte:"; cat "$work/listen.err"; exit 1; }
+  grep -q "after $((SIZE_MB * 1048576)) bytes" "$work/listen.err" || { echo "error: listener did not get every byte:"; cat "$work/listen.err" "$work/connect.err"; exit 1; }
   OVERLAYS+=("$(python3 -c "print(round($SIZE_MB*1048576/($t1-$t0)/1e6, 1))")")
+  # CPU seconds of the four processes: daemon a, daemon b, connect, listen.
+  CPUS+=("$(python3 - "$a0" "$(ticks "$A_PID")" "$b0" "$(ticks "$B_PID")" "$HZ" \
+    "$(cat "$work/connect.time")" "$(cat "$work/listen.time")" <<'PY'
+import sys
+a0, a1, b0, b1, hz = map(float, sys.argv[1:6])
+cpu = lambda t: sum(map(float, t.split()))
+print(f"{(a1 - a0) / hz:.2f}/{(b1 - b0) / hz:.2f}/{cpu(sys.argv[6]):.2f}/{cpu(sys.argv[7]):.2f}")
+PY
+)")
   echo "== run $run/$RUNS: iperf3 over loopback, ${SIZE_MB} MiB"
   IPERFS+=("$(iperf3 -c 127.0.0.1 -p "$IP" -n "${SIZE_MB}M" -J | json 'round(d["end"]["sum_received"]["bits_per_second"]/8/1e6, 1)')")
-  echo "   overlay ${OVERLAYS[-1]} MB/s, iperf3 ${IPERFS[-1]} MB/s"
+  echo "   overlay ${OVERLAYS[-1]} MB/s (CPU s, daemon a/b, connect/listen: ${CPUS[-1]}), iperf3 ${IPERFS[-1]} MB/s"
 done
 rm -f "$src"
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
@@ -124,9 +144,9 @@ exec 9>&-
 wait "$hp" || true
 
 python3 - "$OVERLAY" "$IPERF" "$OV50" "$OV99" "$RAW50" "$RAW99" "$EC50" "$EC99" "$IDLE_A" "$IDLE_B" "$FULL_A" "$FULL_B" "${HELD:-0}" "$SIZE_MB" \
-  "$OVH50" "$OVH99" "$RAWH50" "$RAWH99" "${OVERLAYS[*]}" "${IPERFS[*]}" "$RUNS" <<'PY'
+  "$OVH50" "$OVH99" "$RAWH50" "$RAWH99" "${OVERLAYS[*]}" "${IPERFS[*]}" "$RUNS" "${CPUS[*]}" <<'PY'
 import sys
-ov, ip, o50, o99, r50, r99, e50, e99, ia, ib, fa, fb, held, size, oh50, oh99, rh50, rh99, ovs, ips, runs = sys.argv[1:]
+ov, ip, o50, o99, r50, r99, e50, e99, ia, ib, fa, fb, held, size, oh50, oh99, rh50, rh99, ovs, ips, runs, cpus = sys.argv[1:]
 ov, ip, o50, o99, r50, r99, e50, e99 = map(float, (ov, ip, o50, o99, r50, r99, e50, e99))
 oh50, oh99, rh50, rh99 = map(float, (oh50, oh99, rh50, rh99))
 ia, ib, fa, fb, held = map(int, (ia, ib, fa, fb, held))
@@ -138,6 +158,7 @@ print(f"|---|---|---|")
 print(f"| overlay stream, {size} MiB one way, median of {runs} | {ov:.1f} MB/s ({ovs}) | >= 40% of iperf3 |")
 print(f"| iperf3 loopback, same size, median of {runs} | {ip:.1f} MB/s ({ips}) | |")
 print(f"| overlay / iperf3 | {pct:.1f}% | {'met' if pct >= 40 else 'MISSED'} |")
+print(f"| CPU s per run: daemon a / daemon b / connect / listen | {', '.join(cpus.split())} | |")
 print(f"| overlay control ping p50 / p99, 1 ms apart | {o50:.0f} / {o99:.0f} us | p50 <= raw p50 + 50 us: {'met' if o50 <= r50 + 50 else 'MISSED'} |")
 print(f"| raw UDP echo p50 / p99, 1 ms apart | {r50:.0f} / {r99:.0f} us | |")
 print(f"| overlay control ping p50 / p99, back to back | {oh50:.0f} / {oh99:.0f} us | p50 <= raw p50 + 50 us: {'met' if oh50 <= rh50 + 50 else 'MISSED'} |")
