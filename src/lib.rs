@@ -23,6 +23,7 @@ pub mod config;
 pub mod crypto;
 pub mod gateway;
 pub mod ipc;
+pub mod metrics_http;
 pub mod node;
 pub mod ratelimit;
 pub mod rendezvous;

@@ -574,3 +574,80 @@ fn a_segment_for_a_lost_connection_is_reset_at_a_bounded_rate() {
         assert_eq!(counted, 3 + flood.len() as u64);
     }
 }
+
+/// An RST is never acknowledged, so one lost datagram used to leave the far
+/// application waiting for its keepalive: a reset of ours goes out again
+/// (twice, 200 ms apart), and the copies are ignored by a peer that got the
+/// first one.
+#[test]
+fn a_reset_of_ours_is_sent_again() {
+    let rdv = Rendezvous::start();
+    let a = Node::new("alpha");
+    let info = a.start(&rdv, &["--public"]);
+    let daemon_node = info["node_id"].as_u64().unwrap() as u32;
+    let identity = Identity::from_seed([31u8; 32]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (id, daemon) = register_fake(&rdv, &identity, &sock, &a.json(&["info"]));
+    let kp = KeyPair::from_secret([32u8; 32]);
+    sock.send_to(&pila(&identity, id, &kp), daemon).unwrap();
+    let theirs = recv_pila(&sock, Duration::from_secs(3)).expect("PILA answer");
+    let mut s = Session::new(derive_tunnel_key(&kp, &theirs.x25519).unwrap(), [0x5E; 4]);
+    // Open a stream to the echo port: SYN, then ACK of its SYN|ACK.
+    let send = |s: &mut Session, repr: &Repr| {
+        let mut pkt = vec![0u8; 34];
+        emit_packet(repr, &[], &mut pkt).unwrap();
+        sock.send_to(&seal(s, id, &pkt), daemon).unwrap();
+    };
+    let mut repr = Repr {
+        flags: Flags::SYN,
+        protocol: Protocol::Stream,
+        src: Addr::backbone(id),
+        dst: Addr::backbone(daemon_node),
+        src_port: 45_000,
+        dst_port: 7,
+        seq: 1000,
+        ack: 0,
+        window: 64,
+        payload_len: 0,
+    };
+    send(&mut s, &repr);
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let synack = loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("SYN|ACK");
+        if let Ok(plain) = s.open_in_place(&mut buf[..n], Instant::now()) {
+            let (r, _) = parse_packet(plain).unwrap();
+            if r.protocol == Protocol::Stream && r.flags == Flags::SYN | Flags::ACK {
+                break r;
+            }
+        }
+    };
+    repr.flags = Flags::ACK;
+    repr.seq = 1001;
+    repr.ack = synack.seq.wrapping_add(1);
+    send(&mut s, &repr);
+    // The daemon resets it.
+    let mut conn = None;
+    for _ in 0..50 {
+        let c = a.json(&["connections"]);
+        conn = c["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["remote"].as_str().is_some_and(|r| r.ends_with(":45000")))
+            .and_then(|c| c["conn_id"].as_u64());
+        if conn.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let conn = conn.expect("the stream is listed").to_string();
+    let d = a.ctl(&["disconnect", &conn, "--force"]);
+    assert_eq!(d.code, 0, "{d:?}");
+    let got = recv_stream(&sock, &mut s, Duration::from_millis(1200));
+    let rsts = got
+        .iter()
+        .filter(|&&(f, src, dst)| f == Flags::RST && src == 7 && dst == 45_000)
+        .count();
+    assert_eq!(rsts, 3, "one RST and two repeats: {got:?}");
+}

@@ -312,3 +312,106 @@ async fn metrics_are_valid_text_and_move_with_the_traffic() {
     let (status, _, _) = get(s.metrics.unwrap(), "/").await;
     assert!(status.contains(" 404 "), "{status}");
 }
+
+/// The address `pilotctl info` names for a daemon's `/metrics`.
+fn daemon_metrics_addr(node: &common::Node) -> SocketAddr {
+    let url = node.json(&["info"])["metrics"]
+        .as_str()
+        .expect("info names the metrics address")
+        .to_string();
+    url.trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap()
+}
+
+const MALFORMED: &str = r#"pilot_daemon_dropped_total{reason="malformed"}"#;
+const DIRECT: &str = r#"pilot_daemon_peers{path="direct"}"#;
+const DGRAMS_IN: &str = r#"pilot_daemon_datagrams_total{direction="in"}"#;
+const DGRAMS_OUT: &str = r#"pilot_daemon_datagrams_total{direction="out"}"#;
+const BYTES_OUT: &str = r#"pilot_daemon_bytes_total{direction="out"}"#;
+
+#[tokio::test]
+async fn daemon_metrics_are_valid_text_and_move_with_the_traffic() {
+    let rdv = common::Rendezvous::start();
+    let a = common::Node::new("alpha");
+    let b = common::Node::new("bravo");
+    a.start(&rdv, &["--public", "--metrics", "127.0.0.1:0"]);
+    let vb = b.start(&rdv, &["--public"]);
+    let b_addr = vb["address"].as_str().unwrap().to_string();
+    // Off unless asked for.
+    assert!(b.json(&["info"]).get("metrics").is_none());
+    let addr = daemon_metrics_addr(&a);
+
+    let m0 = scrape(addr).await;
+    assert_eq!(at(&m0, DIRECT), 0.0);
+    assert_eq!(at(&m0, "pilot_daemon_rtt_seconds_count"), 0.0);
+    assert_eq!(at(&m0, MALFORMED), 0.0);
+
+    // Control pings (RTT samples), an echo over a stream, and one
+    // datagram that is no tunnel frame at all.
+    let p = a.ctl(&[
+        "ping",
+        &b_addr,
+        "--control",
+        "--count",
+        "5",
+        "--interval",
+        "10ms",
+    ]);
+    assert_eq!(p.code, 0, "{p:?}");
+    let e = a.ctl(&["ping", &b_addr, "--count", "3", "--interval", "10ms"]);
+    assert_eq!(e.code, 0, "{e:?}");
+    let listen: SocketAddr = a.json(&["info"])["listen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    junk.send_to(b"not a pilot frame", ("127.0.0.1", listen.port()))
+        .unwrap();
+
+    // The loop publishes every 100 ms.
+    let mut m1 = HashMap::new();
+    for _ in 0..50 {
+        m1 = scrape(addr).await;
+        if at(&m1, MALFORMED) >= 1.0 && at(&m1, "pilot_daemon_rtt_seconds_count") >= 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(at(&m1, DIRECT), 1.0, "{m1:?}");
+    assert_eq!(at(&m1, r#"pilot_daemon_peers{path="relay"}"#), 0.0);
+    assert_eq!(at(&m1, MALFORMED), 1.0);
+    assert!(at(&m1, "pilot_daemon_rtt_seconds_count") >= 5.0, "{m1:?}");
+    assert!(at(&m1, "pilot_daemon_rtt_seconds_sum") > 0.0);
+    assert!(at(&m1, DGRAMS_IN) > at(&m0, DGRAMS_IN) + 8.0);
+    assert!(at(&m1, DGRAMS_OUT) > at(&m0, DGRAMS_OUT) + 8.0);
+    assert!(at(&m1, BYTES_OUT) > at(&m0, BYTES_OUT));
+    for present in [
+        "pilot_daemon_streams",
+        "pilot_daemon_stream_memory_bytes",
+        "pilot_daemon_retransmissions_total",
+        "pilot_daemon_stray_resets_total",
+        r#"pilot_daemon_streams_refused_total{reason="memory"}"#,
+        r#"pilot_daemon_dropped_total{reason="crypto"}"#,
+    ] {
+        assert!(m1.contains_key(present), "{present} missing: {m1:?}");
+    }
+
+    // A second start on a taken metrics address fails with one clear line.
+    let c = common::Node::new("charlie");
+    let out = c.ctl(&[
+        "daemon",
+        "start",
+        "--registry",
+        &rdv.registry,
+        "--beacon",
+        &rdv.beacon,
+        "--metrics",
+        &addr.to_string(),
+    ]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("metrics address"), "{out:?}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
+}

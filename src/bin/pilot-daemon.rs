@@ -68,6 +68,11 @@ struct Args {
     /// path at the default size. At most 65437.
     #[arg(long, default_value_t = pilot::node::pmtu::DEFAULT_MAX_SEGMENT)]
     max_segment: usize,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics,
+    /// e.g. 127.0.0.1:9102 (port 0: any free port; `pilotctl info` shows it).
+    /// Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Do not run the echo service on port 7.
     #[arg(long)]
     no_echo: bool,
@@ -171,6 +176,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             quota_bytes: parse_size(&args.quota)?,
         },
         max_segment: args.max_segment,
+        metrics: args.metrics,
     };
     // One thread: the event loop owns all protocol state, and the IPC pumps
     // only move bytes to and from it; cross-thread wake-ups would cost more

@@ -163,6 +163,7 @@ async fn info(cli: &Cli) -> Result<(), CliError> {
             ("Uptime", format!("{}s", d.uptime_secs)),
             ("Pid", d.pid.to_string()),
             ("Socket", d.socket.clone()),
+            ("Metrics", d.metrics.clone().unwrap_or_else(|| "off".into())),
         ])
     });
     Ok(())

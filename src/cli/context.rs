@@ -19,7 +19,7 @@ use crate::ipc::ErrorCode;
 fn outputs(cmd: &str) -> &'static str {
     match cmd {
         "daemon" => "start and status: {address, node_id, hostname, pid, socket, logs}; stop: {address, pid}",
-        "info" => "{address, node_id, hostname, public, public_key, endpoint, registry, beacon, registered, peers, streams, uptime_secs, stats{...}}",
+        "info" => "{address, node_id, hostname, public, public_key, endpoint, registry, beacon, registered, peers, streams, uptime_secs, metrics (when --metrics), stats{...}}",
         "lookup" => "{node_id, address, hostname, public, public_key, networks}",
         "peers" => "{peers: [{node_id, address, endpoint?, path: direct|relay, encrypted, last_seen_ms?, rtt_ms?, bytes_in, bytes_out, path_changes, path_since_ms?, segment}]}; --search: {nodes: [{node_id, address, hostname?, tags, public, online, real_addr?}], total}",
         "set-hostname" | "clear-hostname" => "{address, hostname}",

@@ -171,6 +171,9 @@ pub(super) async fn start(cli: &Cli, args: &StartArgs) -> Result<(), CliError> {
     if let Some(q) = &args.quota {
         cmd.arg("--quota").arg(q);
     }
+    if let Some(m) = &args.metrics {
+        cmd.arg("--metrics").arg(m.to_string());
+    }
     cmd.args(&args.daemon_arg);
 
     if args.foreground {

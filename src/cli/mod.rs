@@ -534,6 +534,11 @@ pub struct StartArgs {
     /// [default 1G]; beyond it senders get `ERR ... quota`.
     #[arg(long, value_name = "SIZE")]
     pub quota: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9102 (port 0: any free port; `pilotctl info` shows it).
+    /// Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// The daemon's log filter: error, warn, info, debug, trace, or a
     /// tracing filter such as pilot=debug [config "log_level"; default info].
     #[arg(long, value_name = "FILTER")]

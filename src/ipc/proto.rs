@@ -490,6 +490,9 @@ pub struct InfoData {
     pub stream_memory_peak: usize,
     /// Data-path counters.
     pub stats: Stats,
+    /// Where Prometheus metrics are served (`--metrics`), if they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// Data-path counters of the daemon.
@@ -499,6 +502,12 @@ pub struct Stats {
     pub datagrams_in: u64,
     /// UDP datagrams sent.
     pub datagrams_out: u64,
+    /// Bytes of the UDP datagrams received (tunnel frames as on the wire).
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes of the UDP datagrams sent.
+    #[serde(default)]
+    pub bytes_out: u64,
     /// Frames dropped as malformed or unknown.
     pub dropped_malformed: u64,
     /// Encrypted frames that failed authentication or replay checks.

@@ -401,6 +401,7 @@ impl Engine {
         };
         tx.push(socket, bytes, to);
         stats.datagrams_out += 1;
+        stats.bytes_out += bytes.len() as u64;
     }
 
     /// Sends the datagrams queued for the batch now.
@@ -411,6 +412,7 @@ impl Engine {
     pub(super) fn send_raw(&mut self, bytes: &[u8], to: SocketAddr) {
         self.tx.push(&self.socket, bytes, to);
         self.stats.datagrams_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
     }
 
     /// After the registry connection failed over to another instance
@@ -444,6 +446,7 @@ impl Engine {
 
     fn handle_datagram(&mut self, from: SocketAddr, data: &mut [u8], now: Instant) {
         self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
         self.handle_frame(from, data, None, now);
     }
 
@@ -973,6 +976,7 @@ impl Engine {
             Ok(n) => {
                 tx.push_staged(socket, n, dest);
                 stats.datagrams_out += 1;
+                stats.bytes_out += n as u64;
             }
             Err(e) => {
                 // As `seal_to`: nothing went out, so the path counts nothing.
@@ -1186,7 +1190,37 @@ impl Engine {
             refused_memory: self.streams.refused_memory,
             stream_memory_peak: self.streams.memory_peak,
             stats: self.stats.clone(),
+            metrics: self
+                .shared
+                .metrics_addr
+                .map(|a| format!("http://{a}/metrics")),
         }
+    }
+
+    /// Publishes the figures `/metrics` serves (node/metrics.rs).
+    fn publish_metrics(&self) {
+        let mut peers = [0usize; 3];
+        for p in self.peers.values().filter(|p| p.session.is_some()) {
+            let name = p.path_name();
+            if let Some(i) = super::metrics::PATHS.iter().position(|&n| n == name) {
+                peers[i] += 1;
+            }
+        }
+        let retransmissions = self
+            .streams
+            .conns
+            .values()
+            .map(|s| s.conn.stats().retransmissions)
+            .sum::<u64>()
+            + self.streams.closed_retransmissions;
+        self.shared.metrics.publish(super::metrics::Snapshot {
+            stats: self.stats.clone(),
+            peers,
+            streams: self.streams.len(),
+            stream_memory: self.stream_memory(),
+            refused_memory: self.streams.refused_memory,
+            retransmissions,
+        });
     }
 
     fn peer_table(&self, now: Instant) -> PeersData {
@@ -1296,6 +1330,9 @@ impl Engine {
 
     fn housekeeping(&mut self, now: Instant) {
         self.follow_registry_instance();
+        if self.shared.config.metrics.is_some() {
+            self.publish_metrics();
+        }
         self.stream_housekeeping(now);
         self.path_housekeeping(now);
         self.pmtu_housekeeping(now);

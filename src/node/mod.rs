@@ -19,6 +19,7 @@ pub mod expose;
 pub mod files;
 pub mod ipc_server;
 pub mod keys;
+pub mod metrics;
 pub mod networks;
 pub mod path;
 pub mod peer;
@@ -86,6 +87,8 @@ pub struct DaemonConfig {
     /// Largest stream segment payload to probe for on direct paths
     /// (`--max-segment`, pmtu.rs); the default size disables probing.
     pub max_segment: usize,
+    /// Where to serve Prometheus metrics (`--metrics`, [`metrics`]).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the daemon could not start or stopped abnormally.
@@ -164,6 +167,10 @@ pub struct Shared {
     pub trust: trust::TrustState,
     /// Our networks as the registry last told us (`networks.rs`).
     pub networks: networks::NetState,
+    /// The `/metrics` figures (published only with `--metrics`).
+    pub metrics: metrics::DaemonMetrics,
+    /// The address `/metrics` is served on, once bound.
+    pub metrics_addr: Option<SocketAddr>,
     status: Mutex<Status>,
 }
 
@@ -328,6 +335,20 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     }
     let registry_addr = resolve_addr("registry", &registry_text).await?;
     let ipc = ipc_server::bind(&config.socket).await?;
+    let metrics_listener = match config.metrics {
+        Some(addr) => match crate::metrics_http::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(source) => {
+                ipc_server::unlink(&config.socket);
+                return Err(NodeError::Bind {
+                    what: "metrics address",
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+        },
+        None => None,
+    };
 
     let state_dir = config
         .identity
@@ -341,6 +362,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
     let shared = Arc::new(Shared {
         trust,
         networks: networks::NetState::default(),
+        metrics: metrics::DaemonMetrics::default(),
+        metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         registry: RegistryHandle::new(config.registry.clone(), registry_addr, identity.clone())
             .with_pin(registry_pin)
             .with_fallbacks(fallbacks),
@@ -392,6 +415,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), NodeError> {
         stop_tx.clone(),
         stop_rx.clone(),
     ));
+    if let Some(l) = metrics_listener {
+        let m = shared.clone();
+        let render: crate::metrics_http::Render = Arc::new(move || m.metrics.render());
+        if let Some(a) = shared.metrics_addr {
+            tracing::info!("metrics on http://{a}/metrics");
+        }
+        tokio::spawn(crate::metrics_http::serve(l, render, stop_rx.clone()));
+    }
     tokio::spawn(signals(stop_tx));
     tokio::spawn(async {
         loop {
@@ -524,6 +555,7 @@ mod tests {
             echo: true,
             services: svc::ServiceConfig::default(),
             max_segment: pmtu::DEFAULT_MAX_SEGMENT,
+            metrics: None,
         };
         assert_eq!(
             registration_endpoint(&cfg, "0.0.0.0:4000".parse().unwrap()),

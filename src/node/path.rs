@@ -723,6 +723,7 @@ impl Engine {
 
     /// Records a round-trip time measured by a ping.
     pub(super) fn path_rtt(&mut self, node: u32, rtt: Duration) {
+        self.shared.metrics.rtt.observe(rtt.as_secs_f64());
         if let Some(p) = self.peers.get_mut(&node) {
             p.path.rtt = Some(rtt);
         }

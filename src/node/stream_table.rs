@@ -130,6 +130,30 @@ impl Bucket {
     }
 }
 
+/// How many times an RST of ours is sent again after the first, and how
+/// far apart. An RST is never retransmitted by the stream engine (nothing
+/// acknowledges it), so one lost datagram (a loaded host drops loopback
+/// packets too, when the backlog queue overflows) left a far application
+/// whose request was already acknowledged waiting for its keepalive (CI
+/// caught a 20 s hang behind a gateway). A repeat is harmless: an RST for a
+/// connection that is already gone is ignored and never answered (§7.10).
+pub(super) const RST_REPEATS: u8 = 2;
+/// Delay before each repeat: two housekeeping ticks, several loopback or
+/// LAN round trips, well under an application's patience.
+pub(super) const RST_REPEAT_EVERY: Duration = Duration::from_millis(200);
+/// Repeats waiting at once; beyond it the oldest is dropped (an abort storm
+/// costs at most this much memory and these many extra datagrams).
+pub(super) const MAX_RST_REPEATS: usize = 1024;
+
+/// An RST to send again.
+#[derive(Debug, Clone)]
+pub(super) struct RstRepeat {
+    pub(super) due: Instant,
+    pub(super) left: u8,
+    pub(super) peer: u32,
+    pub(super) repr: crate::wire::header::Repr,
+}
+
 /// The application end of a stream, held by the event loop.
 pub struct AppLink {
     /// Chunks for the application; dropped at end of stream.
@@ -260,6 +284,10 @@ pub struct StreamTable {
     pub(super) global_bucket: Bucket,
     /// Bounds the RSTs sent for segments of unknown connections.
     pub(super) stray_bucket: Bucket,
+    /// Data segments retransmitted by streams that are gone (metrics).
+    pub(super) closed_retransmissions: u64,
+    /// RSTs of our own aborts, sent again (see [`RstRepeat`]).
+    pub(super) rst_repeats: VecDeque<RstRepeat>,
     pub(super) source_buckets: HashMap<u32, Bucket>,
     pub(super) echo: bool,
     /// Bytes the streams' buffers held at the last check.
@@ -295,6 +323,8 @@ impl StreamTable {
                 tokens: 1.0,
                 at: now,
             },
+            closed_retransmissions: 0,
+            rst_repeats: VecDeque::new(),
             admission,
             source_buckets: HashMap::new(),
             echo,
@@ -358,6 +388,24 @@ impl StreamTable {
     /// The earliest stream timer.
     pub fn next_timer(&self) -> Option<Instant> {
         self.timers.peek().map(|r| r.0 .0)
+    }
+
+    /// Remembers an RST a connection of ours just sent, to send it
+    /// again [`RST_REPEATS`] times (other segments are ignored).
+    pub(super) fn note_rst(&mut self, peer: u32, repr: &crate::wire::header::Repr, now: Instant) {
+        if !repr.flags.contains(crate::wire::header::Flags::RST) {
+            return;
+        }
+        if self.rst_repeats.len() >= MAX_RST_REPEATS {
+            self.rst_repeats.pop_front();
+        }
+        // Due times only grow, so the queue stays in due order.
+        self.rst_repeats.push_back(RstRepeat {
+            due: now + RST_REPEAT_EVERY,
+            left: RST_REPEATS,
+            peer,
+            repr: *repr,
+        });
     }
 
     /// Number of live streams.

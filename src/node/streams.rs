@@ -17,7 +17,7 @@ use super::engine::Engine;
 pub use super::stream_table::Admission;
 use super::stream_table::{
     state_name, App, AppLink, Bucket, Listener, Pressure, StreamConn, APP_CHUNK, ATTACH_TIMEOUT,
-    DGRAM_QUEUE, ECHO_PORT, MAX_TRACKED_SOURCES,
+    DGRAM_QUEUE, ECHO_PORT, MAX_TRACKED_SOURCES, RST_REPEAT_EVERY,
 };
 use crate::ipc::proto::{ConnectionsData, DatagramData, ListenEvent, StreamData};
 
@@ -218,6 +218,7 @@ impl Engine {
         let Some(s) = self.streams.conns.remove(&id) else {
             return;
         };
+        self.streams.closed_retransmissions += s.conn.stats().retransmissions;
         self.streams
             .by_tuple
             .remove(&(s.local_port, s.remote, s.remote_port));
@@ -435,8 +436,10 @@ impl Engine {
                 let s = streams.conns.get_mut(&id)?;
                 let t = s.conn.poll_transmit(now, &mut buf[HEADER_LEN..])?;
                 let len = HEADER_LEN + t.payload_len;
+                let repr = Self::stream_header(s, &t);
                 // The header's checksum covers the payload: the view spans both.
-                Self::stream_header(s, &t).emit(&mut Packet::new_unchecked(&mut buf[..len]));
+                repr.emit(&mut Packet::new_unchecked(&mut buf[..len]));
+                streams.note_rst(peer, &repr, now);
                 Some(len)
             });
             match fast {
@@ -455,8 +458,11 @@ impl Engine {
                 };
                 let len = HEADER_LEN + t.payload_len;
                 let mut pkt = Packet::new_unchecked(&mut sbuf[at..at + len]);
-                Self::stream_header(s, &t).emit(&mut pkt);
-                (s.peer, len)
+                let repr = Self::stream_header(s, &t);
+                repr.emit(&mut pkt);
+                let peer = s.peer;
+                streams.note_rst(peer, &repr, now);
+                (peer, len)
             };
             self.send_plain(peer, len, now);
         }
@@ -549,6 +555,20 @@ impl Engine {
     /// Dial deadlines and attach deadlines (from the housekeeping tick).
     pub(super) fn stream_housekeeping(&mut self, now: Instant) {
         self.streams.check_memory(now);
+        while let Some(r) = self.streams.rst_repeats.front() {
+            if r.due > now {
+                break;
+            }
+            let Some(mut r) = self.streams.rst_repeats.pop_front() else {
+                break;
+            };
+            self.send_packet(r.peer, &r.repr, &[], now);
+            r.left -= 1;
+            if r.left > 0 {
+                r.due = now + RST_REPEAT_EVERY;
+                self.streams.rst_repeats.push_back(r);
+            }
+        }
         let mut expired = Vec::new();
         for (&id, s) in &mut self.streams.conns {
             if let Some((_, deadline)) = &s.dial {
