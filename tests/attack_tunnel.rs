@@ -54,6 +54,25 @@ fn register_fake(
     })
 }
 
+/// A hand-made peer with a tunnel to `node`'s daemon: its socket, node id,
+/// the daemon's endpoint and the session keys. `seed` picks the identity
+/// (and, plus one, the X25519 key); `prefix` is the session's nonce prefix.
+fn tunnel_to(
+    rdv: &Rendezvous,
+    node: &Node,
+    seed: u8,
+    prefix: [u8; 4],
+) -> (UdpSocket, u32, SocketAddr, Session) {
+    let identity = Identity::from_seed([seed; 32]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (id, daemon) = register_fake(rdv, &identity, &sock, &node.json(&["info"]));
+    let kp = KeyPair::from_secret([seed + 1; 32]);
+    sock.send_to(&pila(&identity, id, &kp), daemon).unwrap();
+    let theirs = recv_pila(&sock, Duration::from_secs(3)).expect("PILA answer");
+    let s = Session::new(derive_tunnel_key(&kp, &theirs.x25519).unwrap(), prefix);
+    (sock, id, daemon, s)
+}
+
 fn pila(identity: &Identity, id: u32, kp: &KeyPair) -> Vec<u8> {
     let repr = AuthKeyRepr {
         sender: id,
@@ -323,13 +342,7 @@ fn attack_port_scan_of_a_private_node() {
     let a = Node::new("alpha");
     let info = a.start(&rdv, &[]);
     let daemon_node = info["node_id"].as_u64().unwrap() as u32;
-    let identity = Identity::from_seed([12u8; 32]);
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (id, daemon) = register_fake(&rdv, &identity, &sock, &a.json(&["info"]));
-    let kp = KeyPair::from_secret([13u8; 32]);
-    sock.send_to(&pila(&identity, id, &kp), daemon).unwrap();
-    let theirs = recv_pila(&sock, Duration::from_secs(3)).expect("PILA answer");
-    let mut s = Session::new(derive_tunnel_key(&kp, &theirs.x25519).unwrap(), [0x5C; 4]);
+    let (sock, id, daemon, mut s) = tunnel_to(&rdv, &a, 12, [0x5C; 4]);
     // SYNs from an untrusted peer to an unbound port and to the echo port.
     for (i, port) in [4242u16, 7].into_iter().enumerate() {
         let repr = Repr {
@@ -529,13 +542,7 @@ fn a_segment_for_a_lost_connection_is_reset_at_a_bounded_rate() {
     let priv_info = b.start(&rdv, &[]);
     for (node, info, public, seed) in [(&a, &pub_info, true, 21u8), (&b, &priv_info, false, 22)] {
         let daemon_node = info["node_id"].as_u64().unwrap() as u32;
-        let identity = Identity::from_seed([seed; 32]);
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let (id, daemon) = register_fake(&rdv, &identity, &sock, &node.json(&["info"]));
-        let kp = KeyPair::from_secret([seed + 1; 32]);
-        sock.send_to(&pila(&identity, id, &kp), daemon).unwrap();
-        let theirs = recv_pila(&sock, Duration::from_secs(3)).expect("PILA answer");
-        let mut s = Session::new(derive_tunnel_key(&kp, &theirs.x25519).unwrap(), [0x5D; 4]);
+        let (sock, id, daemon, mut s) = tunnel_to(&rdv, node, seed, [0x5D; 4]);
         let send = |s: &mut Session, port: u16, flags: Flags, data: &[u8]| {
             let pkt = segment(id, daemon_node, port, flags, data);
             sock.send_to(&seal(s, id, &pkt), daemon).unwrap();
@@ -585,13 +592,7 @@ fn a_reset_of_ours_is_sent_again() {
     let a = Node::new("alpha");
     let info = a.start(&rdv, &["--public"]);
     let daemon_node = info["node_id"].as_u64().unwrap() as u32;
-    let identity = Identity::from_seed([31u8; 32]);
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (id, daemon) = register_fake(&rdv, &identity, &sock, &a.json(&["info"]));
-    let kp = KeyPair::from_secret([32u8; 32]);
-    sock.send_to(&pila(&identity, id, &kp), daemon).unwrap();
-    let theirs = recv_pila(&sock, Duration::from_secs(3)).expect("PILA answer");
-    let mut s = Session::new(derive_tunnel_key(&kp, &theirs.x25519).unwrap(), [0x5E; 4]);
+    let (sock, id, daemon, mut s) = tunnel_to(&rdv, &a, 31, [0x5E; 4]);
     // Open a stream to the echo port: SYN, then ACK of its SYN|ACK.
     let send = |s: &mut Session, repr: &Repr| {
         let mut pkt = vec![0u8; 34];

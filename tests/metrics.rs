@@ -401,17 +401,9 @@ async fn daemon_metrics_are_valid_text_and_move_with_the_traffic() {
 
     // A second start on a taken metrics address fails with one clear line.
     let c = common::Node::new("charlie");
-    let out = c.ctl(&[
-        "daemon",
-        "start",
-        "--registry",
-        &rdv.registry,
-        "--beacon",
-        &rdv.beacon,
-        "--metrics",
-        &addr.to_string(),
-    ]);
+    let out = c.try_start(&rdv, &["--metrics", &addr.to_string()]);
     assert_ne!(out.code, 0, "{out:?}");
-    assert!(out.stderr.contains("metrics address"), "{out:?}");
-    assert_eq!(out.stderr.trim().lines().count(), 1, "{out:?}");
+    assert_eq!(out.json()["code"], "start_failed", "{out:?}");
+    let msg = out.json()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("metrics address"), "{out:?}");
 }
