@@ -94,6 +94,11 @@ log "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
 
 log "tests"
-cargo nextest run --lib --bins --tests --no-fail-fast
+# One retry: the end-to-end tests run real processes side by side on a
+# shared (in CI, 2-core) host, where a loopback datagram can be dropped or a
+# process starved for seconds. A test that fails twice fails the run; one
+# that passes only on its retry is listed as FLAKY in nextest's summary, and
+# each such flake is chased down (see the notes of the stops).
+cargo nextest run --lib --bins --tests --no-fail-fast --retries 1
 cargo test --doc --quiet
 log "all done"
