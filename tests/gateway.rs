@@ -130,6 +130,78 @@ fn far_service_down_fails_fast() {
     assert!(r.secs < 5.0, "{r:?}");
 }
 
+/// A far service that takes the whole request and then resets: the
+/// gateway resets the client at once. (Its reset used to be dropped with
+/// the socket before it was sent: a client whose request was already
+/// acknowledged, as curl's is here, then waited for its own timeout. CI
+/// hit it now and then in `far_service_down_fails_fast`.)
+#[test]
+fn a_far_reset_after_the_request_reaches_the_client() {
+    if !ready("gateway far reset") {
+        return;
+    }
+    let lab = Lab::start();
+    let srv = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = srv.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in srv.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                // SO_LINGER 0: close with an RST, not a FIN.
+                let _ = set_linger_zero(&c);
+            });
+        }
+    });
+    lab.b
+        .json(&["expose", "81", "--to", &format!("127.0.0.1:{port}")]);
+    let mut gw = Gateway::new(&lab.a, 64);
+    gw.start(&["beta"]);
+    for i in 0..5 {
+        let r = curl(&["-m", "20"], &format!("http://{}:81/", gw.ip(1)));
+        assert_ne!(r.code, 0, "{r:?}");
+        assert_ne!(
+            r.code,
+            28,
+            "try {i}: curl hung until its timeout: {r:?}\n{}",
+            gw.log()
+        );
+        assert!(r.secs < 5.0, "try {i}: failure took {:.1}s: {r:?}", r.secs);
+    }
+}
+
+/// Closes `c` with an RST (SO_LINGER on, timeout 0).
+fn set_linger_zero(c: &std::net::TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a live socket with a pointer to a live struct.
+    let r = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[test]
 fn untrusted_private_peer_is_refused() {
     if !ready("gateway trust") {

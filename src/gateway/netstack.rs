@@ -481,7 +481,11 @@ impl Stack {
                     s.abort();
                 }
             }
-            if s.state() == tcp::State::Closed {
+            // An aborted socket keeps its endpoints until the next egress
+            // has sent its RST (smoltcp forgets them then): removed before
+            // that, the RST was never sent, and a client whose request was
+            // already acknowledged waited for its own timeout.
+            if s.state() == tcp::State::Closed && s.remote_endpoint().is_none() {
                 dead.push(h);
             }
         }
