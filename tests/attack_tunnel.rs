@@ -125,11 +125,9 @@ fn recv_pila(sock: &UdpSocket, wait: Duration) -> Option<AuthKeyRepr> {
     None
 }
 
-/// Receives PILS frames for `wait`; returns the (prefix, counter) of each
-/// one that opens under `s` and carries a control packet.
-fn recv_nonces(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<([u8; 4], u64, bool)> {
+/// Hands every datagram that arrives on `sock` within `wait` to `each`.
+fn recv_for(sock: &UdpSocket, wait: Duration, mut each: impl FnMut(&mut [u8])) {
     let end = Instant::now() + wait;
-    let mut out = Vec::new();
     let mut buf = vec![0u8; 65_535];
     while Instant::now() < end {
         sock.set_read_timeout(Some(end - Instant::now() + Duration::from_millis(1)))
@@ -137,13 +135,22 @@ fn recv_nonces(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<([u8; 4
         let Ok((n, _)) = sock.recv_from(&mut buf) else {
             break;
         };
-        if !matches!(Frame::parse(&buf[..n]), Ok(Frame::Sealed { .. })) {
-            continue;
+        each(&mut buf[..n]);
+    }
+}
+
+/// Receives PILS frames for `wait`; returns the (prefix, counter) of each
+/// one that opens under `s` and carries a control packet.
+fn recv_nonces(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<([u8; 4], u64, bool)> {
+    let mut out = Vec::new();
+    recv_for(sock, wait, |buf| {
+        if !matches!(Frame::parse(buf), Ok(Frame::Sealed { .. })) {
+            return;
         }
         let prefix: [u8; 4] = buf[8..12].try_into().unwrap();
         let counter = u64::from_be_bytes(buf[12..20].try_into().unwrap());
-        let Ok(plain) = s.open_in_place(&mut buf[..n], Instant::now()) else {
-            continue;
+        let Ok(plain) = s.open_in_place(buf, Instant::now()) else {
+            return;
         };
         // Every control frame counts for nonce reuse, the daemon's own path
         // probes (control pings without ACK, node/path.rs) included; `pong`
@@ -153,7 +160,7 @@ fn recv_nonces(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<([u8; 4
                 out.push((prefix, counter, r.flags.contains(Flags::ACK)));
             }
         }
-    }
+    });
     out
 }
 
@@ -509,22 +516,15 @@ fn segment(id: u32, daemon_node: u32, src_port: u16, flags: Flags, data: &[u8]) 
 
 /// The stream packets the daemon sends for `wait`: (flags, src port, dst port).
 fn recv_stream(sock: &UdpSocket, s: &mut Session, wait: Duration) -> Vec<(Flags, u16, u16)> {
-    let end = Instant::now() + wait;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 65_535];
-    while Instant::now() < end {
-        sock.set_read_timeout(Some(end - Instant::now() + Duration::from_millis(1)))
-            .unwrap();
-        let Ok((n, _)) = sock.recv_from(&mut buf) else {
-            break;
-        };
-        if let Ok(plain) = s.open_in_place(&mut buf[..n], Instant::now()) {
+    recv_for(sock, wait, |buf| {
+        if let Ok(plain) = s.open_in_place(buf, Instant::now()) {
             let (r, _) = parse_packet(plain).unwrap();
             if r.protocol == Protocol::Stream {
                 out.push((r.flags, r.src_port, r.dst_port));
             }
         }
-    }
+    });
     out
 }
 
