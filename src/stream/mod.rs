@@ -23,7 +23,9 @@
 //!    checks of §7.2, [`Connection::accept`]. A SYN for an existing 4-tuple is
 //!    a retransmission: pass it to that connection's `handle_segment` (it
 //!    re-answers SYN|ACK). A segment for no connection gets [`rst_for`] (or is
-//!    dropped for untrusted sources, §12.20).
+//!    dropped for untrusted sources, §12.20). The daemon answers only those
+//!    that carry data, a FIN or a SYN|ACK, at a bounded rate, and leaves
+//!    stale pure ACKs alone (`node/streams.rs`, `on_stray`).
 //! 2. After **every** input — `handle_segment` for each received stream
 //!    packet, `handle_timeout` when the deadline from `poll_timeout` passes,
 //!    and the application's `send` / `recv` / `close` — call `poll_transmit`
