@@ -433,39 +433,41 @@ impl Engine {
                 return;
             };
             let fast = self.seal_into_batch(peer, HEADER_LEN + mss, now, |streams, buf| {
-                let s = streams.conns.get_mut(&id)?;
-                let t = s.conn.poll_transmit(now, &mut buf[HEADER_LEN..])?;
-                let len = HEADER_LEN + t.payload_len;
-                let repr = Self::stream_header(s, &t);
-                // The header's checksum covers the payload: the view spans both.
-                repr.emit(&mut Packet::new_unchecked(&mut buf[..len]));
-                streams.note_rst(peer, &repr, now);
-                Some(len)
+                Self::write_segment(streams, id, buf, now)
             });
             match fast {
                 Some(true) => continue,
                 Some(false) => return,
                 None => {}
             }
-            let (peer, len) = {
-                let Engine { streams, sbuf, .. } = &mut *self;
-                let Some(s) = streams.conns.get_mut(&id) else {
-                    return;
-                };
-                let at = super::engine::PLAIN_AT;
-                let Some(t) = s.conn.poll_transmit(now, &mut sbuf[at + HEADER_LEN..]) else {
-                    return;
-                };
-                let len = HEADER_LEN + t.payload_len;
-                let mut pkt = Packet::new_unchecked(&mut sbuf[at..at + len]);
-                let repr = Self::stream_header(s, &t);
-                repr.emit(&mut pkt);
-                let peer = s.peer;
-                streams.note_rst(peer, &repr, now);
-                (peer, len)
+            let at = super::engine::PLAIN_AT;
+            let Some(len) = Self::write_segment(&mut self.streams, id, &mut self.sbuf[at..], now)
+            else {
+                return;
             };
             self.send_plain(peer, len, now);
         }
+    }
+
+    /// Writes stream `id`'s next segment (header, then payload) at the
+    /// front of `buf` and returns its length; `None` when it has nothing
+    /// to send. An RST is remembered to be sent again
+    /// ([`StreamTable::note_rst`](super::stream_table::StreamTable::note_rst)).
+    fn write_segment(
+        streams: &mut super::stream_table::StreamTable,
+        id: u64,
+        buf: &mut [u8],
+        now: Instant,
+    ) -> Option<usize> {
+        let s = streams.conns.get_mut(&id)?;
+        let t = s.conn.poll_transmit(now, &mut buf[HEADER_LEN..])?;
+        let len = HEADER_LEN + t.payload_len;
+        let repr = Self::stream_header(s, &t);
+        // The header's checksum covers the payload: the view spans both.
+        repr.emit(&mut Packet::new_unchecked(&mut buf[..len]));
+        let peer = s.peer;
+        streams.note_rst(peer, &repr, now);
+        Some(len)
     }
 
     /// The header of a segment `s` sends.

@@ -250,17 +250,25 @@ impl TxBatch {
         {
             sent = self.flush(socket);
         }
+        self.buf.extend_from_slice(frame);
+        sent + self.joined(socket, frame.len(), dest)
+    }
+
+    /// Counts a frame of `len` bytes for `dest` just appended to `buf`
+    /// (by [`Self::push`] or [`Self::push_staged`]): it starts the batch or
+    /// joins it, and a shorter one ends it. Returns datagrams sent (each
+    /// frame goes at once once GSO has failed).
+    fn joined(&mut self, socket: &UdpSocket, len: usize, dest: SocketAddr) -> usize {
         if self.count == 0 {
             self.dest = Some(dest);
-            self.segment = frame.len();
+            self.segment = len;
             self.closed = false;
         }
-        self.buf.extend_from_slice(frame);
         self.count += 1;
-        if frame.len() < self.segment {
+        if len < self.segment {
             self.closed = true;
         }
-        sent + if self.gso_failed {
+        if self.gso_failed {
             self.flush(socket)
         } else {
             0
@@ -306,20 +314,7 @@ impl TxBatch {
         } else {
             self.buf.truncate(base + len);
         }
-        if self.count == 0 {
-            self.dest = Some(dest);
-            self.segment = len;
-            self.closed = false;
-        }
-        self.count += 1;
-        if len < self.segment {
-            self.closed = true;
-        }
-        sent + if self.gso_failed {
-            self.flush(socket)
-        } else {
-            0
-        }
+        sent + self.joined(socket, len, dest)
     }
 
     /// Drops room staged and not pushed.
