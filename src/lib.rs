@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod gateway;
+pub mod iobuf;
 pub mod ipc;
 pub mod metrics_http;
 pub mod node;

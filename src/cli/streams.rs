@@ -114,7 +114,7 @@ fn pump_stdio(
                 return Ok(());
             }
             let mut stdin = std::io::stdin().lock();
-            let mut buf = vec![0u8; STDIN_BLOCK];
+            let mut buf = crate::iobuf::PageBuf::new(STDIN_BLOCK);
             loop {
                 let n = match stdin.read(&mut buf) {
                     Ok(0) => return Ok(()),
@@ -138,7 +138,7 @@ fn pump_stdio(
     rd.set_read_timeout(Some(tick))
         .map_err(|e| io_err("stream", e))?;
     let mut stdout = std::io::stdout().lock();
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = crate::iobuf::PageBuf::new(CHUNK);
     let mut received = Vec::new();
     let mut got = 0u64;
     let mut last = Instant::now();
@@ -190,7 +190,7 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
         errln!("listening on port {}", a.port);
     }
     let mut stdout = std::io::stdout();
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = crate::iobuf::PageBuf::new(CHUNK);
     loop {
         let ev: ListenEvent = match read_message(&mut events).await {
             Ok(Some(ev)) => ev,
@@ -366,7 +366,7 @@ pub(super) async fn bench(cli: &Cli, a: &BenchArgs) -> Result<(), CliError> {
     let start = Instant::now();
     let writer = async move {
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = crate::iobuf::PageBuf::new(CHUNK);
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut left = total;
         while left > 0 {
@@ -381,7 +381,7 @@ pub(super) async fn bench(cli: &Cli, a: &BenchArgs) -> Result<(), CliError> {
     let show = !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let reader = async move {
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = crate::iobuf::PageBuf::new(CHUNK);
         let mut got = 0u64;
         let mut last_draw = Instant::now();
         while got < total {

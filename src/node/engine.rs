@@ -332,7 +332,7 @@ impl Engine {
         mut cmds: mpsc::Receiver<Cmd>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut rbuf = vec![0u8; MAX_DATAGRAM];
+        let mut rbuf = crate::iobuf::PageBuf::new(MAX_DATAGRAM);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.send_discover();
