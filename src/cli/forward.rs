@@ -173,7 +173,7 @@ async fn bridge(tcp: TcpStream, stream: tokio::net::UnixStream) {
     let (mut srd, mut swr) = stream.into_split();
     let got = {
         let up = async {
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = crate::iobuf::PageBuf::new(64 * 1024);
             loop {
                 match trd.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
@@ -188,7 +188,7 @@ async fn bridge(tcp: TcpStream, stream: tokio::net::UnixStream) {
             let _ = swr.shutdown().await;
         };
         let down = async {
-            let mut buf = vec![0u8; 256 * 1024];
+            let mut buf = crate::iobuf::PageBuf::new(256 * 1024);
             let mut got = 0u64;
             loop {
                 match srd.read(&mut buf).await {

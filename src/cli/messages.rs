@@ -317,7 +317,7 @@ pub(super) async fn send_file(cli: &Cli, a: &SendFileArgs) -> Result<(), CliErro
         let path2 = path_text.clone();
         let reader_task = async move {
             let mut off = 0u64;
-            let mut buf = vec![0u8; PIECE];
+            let mut buf = crate::iobuf::PageBuf::new(PIECE);
             while off < total {
                 let want = ((total - off) as usize).min(PIECE);
                 file.read_exact(&mut buf[..want])
