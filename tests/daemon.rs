@@ -334,3 +334,159 @@ fn a_second_start_is_refused_while_running() {
     let mode = std::fs::metadata(&a.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+/// `ping --control --count N` is one series that the daemon paces and
+/// answers ping by ping (issue 14: latency): every reply arrives, the
+/// interval is kept, a lost ping is reported and the series goes on, and
+/// a client that goes away mid-series leaves the daemon serving.
+#[test]
+fn control_ping_series_is_paced_by_the_daemon_and_reports_losses() {
+    let rdv = Rendezvous::start();
+    let a = Node::new("alpha");
+    let b = Node::new("beta");
+    a.start(&rdv, &["--hostname", "alpha", "--public"]);
+    let ab = addr_of(&b.start(&rdv, &["--hostname", "beta", "--public"]));
+
+    // back to back: 200 replies, in order, all from b
+    let p = a.json(&[
+        "ping",
+        &ab,
+        "--control",
+        "--count",
+        "200",
+        "--interval",
+        "0",
+    ]);
+    assert_eq!(
+        (p["sent"].as_u64(), p["received"].as_u64()),
+        (Some(200), Some(200))
+    );
+    let replies = p["replies"].as_array().unwrap();
+    assert_eq!(replies.len(), 200);
+    assert!(replies
+        .iter()
+        .all(|r| r["address"] == ab.as_str() && r["bytes"] == 8));
+
+    // paced: 4 pings 150 ms apart take at least 450 ms; live lines
+    let t = std::time::Instant::now();
+    let human = a.ctl(&[
+        "ping",
+        &ab,
+        "--control",
+        "--count",
+        "4",
+        "--interval",
+        "150ms",
+    ]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(human.code, 0, "{human:?}");
+    assert_eq!(
+        human.stdout.matches(" bytes from ").count(),
+        4,
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("4 sent, 4 received, 0% loss"),
+        "{}",
+        human.stdout
+    );
+
+    // a client that leaves mid-series: the daemon stops that series and
+    // goes on serving others
+    let mut child = a
+        .command()
+        .arg("--socket")
+        .arg(&a.socket)
+        .args([
+            "ping",
+            &ab,
+            "--control",
+            "--count",
+            "1000",
+            "--interval",
+            "50ms",
+        ])
+        .env("HOME", a.home.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // the probe window of the first contact (2 s) is over by then
+    std::thread::sleep(Duration::from_millis(2500));
+    let sent = || {
+        a.json(&["info"])["stats"]["datagrams_out"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = sent();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = sent();
+    // 20 pings would have left in 1 s; beacon keepalives (one a second
+    // with --heartbeat 1s) are rarer
+    assert!(after - before <= 3, "still pinging: {before} -> {after}");
+    // and a new series is served
+    let p = a.json(&["ping", &ab, "--control", "--count", "2", "--interval", "0"]);
+    assert_eq!(p["received"], 2);
+
+    // b goes away mid-series: the lost pings time out one by one, the
+    // series carries on to its count and reports the loss
+    let child = a
+        .command()
+        .arg("--socket")
+        .arg(&a.socket)
+        .args(["--json", "ping", &ab, "--control", "--count", "10"])
+        .args(["--interval", "100ms", "--timeout", "300ms"])
+        .env("HOME", a.home.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(450));
+    b.kill9();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = v["data"]["received"].as_u64().unwrap();
+    assert_eq!(v["data"]["sent"], 10, "{v}");
+    assert!((1..10).contains(&got), "received {got} of 10: {v}");
+}
+
+/// Two idle peers send each other nothing once the tunnel is up: a pong
+/// or a bare acknowledgement does not make its sender wait for an answer
+/// (it used to: each side found the other "silent" 800 ms after the last
+/// pong, re-resolved and probed for 2 s, for ever; 13 datagrams a second).
+#[test]
+fn idle_peers_stay_quiet() {
+    let rdv = Rendezvous::start();
+    let a = Node::new("alpha");
+    let b = Node::new("beta");
+    a.start(&rdv, &["--hostname", "alpha", "--public"]);
+    let ab = addr_of(&b.start(&rdv, &["--hostname", "beta", "--public"]));
+    let p = a.json(&["ping", &ab, "--control", "--count", "3", "--interval", "0"]);
+    assert_eq!(p["received"], 3);
+    // a stream too: its last segments are acknowledgements
+    let e = a.json(&["ping", &ab, "--count", "2", "--interval", "0"]);
+    assert_eq!(e["received"], 2);
+    // the probe window after the first contact lasts 2 s
+    std::thread::sleep(Duration::from_millis(3500));
+    let out = |n: &Node| {
+        n.json(&["info"])["stats"]["datagrams_out"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = (out(&a), out(&b));
+    std::thread::sleep(Duration::from_secs(4));
+    let after = (out(&a), out(&b));
+    // one beacon keepalive a second (--heartbeat 1s); the bug sent ~50
+    assert!(
+        after.0 - before.0 <= 6 && after.1 - before.1 <= 6,
+        "idle peers kept sending: {before:?} -> {after:?}\n{}",
+        a.log()
+    );
+}

@@ -34,8 +34,14 @@ struct PingSummary {
 
 /// Where pings go: the daemon's control ping, or an echo stream.
 enum Pinger {
-    /// Control pings (protocol 3, port 0) through the daemon.
-    Control(Client, Request),
+    /// Control pings (protocol 3, port 0): one series request, which the
+    /// daemon paces and answers with one response per ping. `req` is the
+    /// request until it has been sent; `wait` bounds each response.
+    Control {
+        client: Client,
+        req: Option<Request>,
+        wait: Duration,
+    },
     /// An open stream to the echo port.
     Echo(EchoStream),
 }
@@ -43,14 +49,32 @@ enum Pinger {
 impl Pinger {
     async fn once(&mut self, seq: u32, timeout: Duration) -> Result<PingData, CliError> {
         match self {
-            Pinger::Control(client, req) => {
-                let v = client.request(req, timeout + IPC_TIMEOUT).await?;
+            Pinger::Control { client, req, wait } => {
+                let v = match req.take() {
+                    Some(r) => client.request(&r, *wait).await,
+                    None => client.response(*wait).await,
+                };
+                let v = v.map_err(|e| match e {
+                    // The daemon answers each ping within its timeout; if it
+                    // has not, the series is out of step: stop here.
+                    crate::ipc::ClientError::Timeout(_) => CliError::new(
+                        ErrorCode::Internal,
+                        "the daemon stopped answering the ping series",
+                    ),
+                    e => e.into(),
+                })?;
                 serde_json::from_value(v).map_err(|e| {
                     CliError::new(ErrorCode::Internal, format!("unexpected ping reply: {e}"))
                 })
             }
             Pinger::Echo(e) => e.ping(seq, timeout).await,
         }
+    }
+
+    /// Whether the caller waits the interval between pings (a control
+    /// series is paced by the daemon).
+    fn paced_here(&self) -> bool {
+        matches!(self, Pinger::Echo(_))
     }
 }
 
@@ -101,8 +125,15 @@ pub(super) async fn control_ping(cli: &Cli, a: &PingArgs) -> Result<(), CliError
         target: a.target.clone(),
         size: a.size,
         timeout_ms: timeout.as_millis() as u64,
+        count: a.count,
+        interval_us: interval.as_micros().min(u128::from(u64::MAX)) as u64,
     };
-    run_pings(cli, a, Pinger::Control(client, req), interval, timeout).await
+    let pinger = Pinger::Control {
+        client,
+        req: Some(req),
+        wait: timeout + interval + IPC_TIMEOUT,
+    };
+    run_pings(cli, a, pinger, interval, timeout).await
 }
 
 /// Sends `a.count` pings, one line per reply, then the summary.
@@ -125,7 +156,7 @@ async fn run_pings(
     };
     let mut last_err = None;
     for seq in 1..=a.count {
-        if seq > 1 {
+        if seq > 1 && pinger.paced_here() {
             tokio::time::sleep(interval).await;
         }
         s.sent += 1;

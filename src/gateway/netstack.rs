@@ -546,6 +546,8 @@ async fn overlay_ping(socket: &std::path::Path, target: &str) -> bool {
         target: target.to_string(),
         size: 8,
         timeout_ms: PING_TIMEOUT_MS,
+        count: 1,
+        interval_us: 0,
     };
     c.request(&req, Duration::from_millis(PING_TIMEOUT_MS + 1000))
         .await

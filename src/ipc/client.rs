@@ -122,8 +122,16 @@ impl Client {
         req: &Request,
         timeout: Duration,
     ) -> Result<serde_json::Value, ClientError> {
+        tokio::time::timeout(timeout, write_message(&mut self.stream, req))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
+        self.response(timeout).await
+    }
+
+    /// Waits (at most `timeout`) for the next response: the one to a
+    /// request, or the next of a series (a [`Request::Ping`] with a count).
+    pub async fn response(&mut self, timeout: Duration) -> Result<serde_json::Value, ClientError> {
         let fut = async {
-            write_message(&mut self.stream, req).await?;
             match read_message::<_, Response>(&mut self.stream).await? {
                 Some(r) => Ok(r),
                 None => Err(FrameError::Io(std::io::Error::new(

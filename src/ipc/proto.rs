@@ -27,14 +27,31 @@ pub enum Request {
         /// The hostname to resolve.
         hostname: String,
     },
-    /// One control ping (protocol 3, port 0) to a target.
+    /// Control pings (protocol 3, port 0) to a target: `count` of them,
+    /// `interval_us` apart, paced by the daemon. The daemon writes one
+    /// response per ping, in order (a [`PingData`], or an error: `timeout`
+    /// for a lost ping, after which the series goes on); any other error
+    /// ends the series. A series of one is the plain request/response.
+    ///
+    /// The daemon paces a series itself rather than taking one request per
+    /// ping because then each ping leaves the daemon from its own timer,
+    /// not while the client that just woke it is still runnable on the
+    /// same CPU: Linux then lets the peer's wake-up run on the sender's
+    /// CPU instead of waking another, idle one (on a virtual machine that
+    /// costs tens of microseconds per ping; BENCHMARKS.md, "Latency").
     Ping {
         /// The target as the user typed it.
         target: String,
         /// Payload bytes to carry.
         size: usize,
-        /// How long to wait for the reply, in milliseconds.
+        /// How long to wait for each reply, in milliseconds.
         timeout_ms: u64,
+        /// Pings in the series (absent: 1).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        count: u32,
+        /// Microseconds from a reply (or timeout) to the next ping.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        interval_us: u64,
     },
     /// Stop the daemon (deregisters first).
     Shutdown,
@@ -628,6 +645,19 @@ pub struct HostnameData {
     pub hostname: Option<String>,
 }
 
+/// serde default of [`Request::Ping`]'s `count`.
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One control ping reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PingData {
@@ -665,6 +695,8 @@ mod tests {
             target: "alpha".into(),
             size: 8,
             timeout_ms: 1000,
+            count: 1,
+            interval_us: 0,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(
@@ -672,6 +704,19 @@ mod tests {
             r#"{"cmd":"ping","target":"alpha","size":8,"timeout_ms":1000}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let series = Request::Ping {
+            target: "alpha".into(),
+            size: 8,
+            timeout_ms: 1000,
+            count: 5,
+            interval_us: 1000,
+        };
+        let s = serde_json::to_string(&series).unwrap();
+        assert_eq!(
+            s,
+            r#"{"cmd":"ping","target":"alpha","size":8,"timeout_ms":1000,"count":5,"interval_us":1000}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), series);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"nope"}"#).is_err());
     }
 

@@ -919,6 +919,7 @@ impl Engine {
         let Some(session) = peer.session.as_mut() else {
             return;
         };
+        let answer = super::path::expects_answer(&self.sbuf[PLAIN_AT..PLAIN_AT + len]);
         let frame = &mut self.sbuf[RELAY_HEADER_LEN..];
         let n = match session.seal_in_place(me, frame, len) {
             Ok(n) => n,
@@ -932,7 +933,7 @@ impl Engine {
             None => (peer.relay, peer.endpoint),
         };
         self.transmit(node, relay, endpoint, RELAY_HEADER_LEN, n);
-        self.path_tx(node, len, now);
+        self.path_tx(node, len, answer, now);
     }
 
     /// Seals a virtual packet for `node` straight into the GSO batch (no
@@ -972,6 +973,7 @@ impl Engine {
         ) else {
             return Some(false);
         };
+        let answer = super::path::expects_answer(&room[PILS_HEADER_LEN..PILS_HEADER_LEN + len]);
         match session.seal_in_place(*node_id, room, len) {
             Ok(n) => {
                 tx.push_staged(socket, n, dest);
@@ -984,7 +986,7 @@ impl Engine {
                 return Some(true);
             }
         }
-        self.path_tx(node, len, now);
+        self.path_tx(node, len, answer, now);
         Some(true)
     }
 
@@ -1386,7 +1388,8 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-async fn sleep_until_opt(t: Option<Instant>) {
+/// Sleeps until `t`, or forever when there is no deadline.
+pub(super) async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,

@@ -180,6 +180,27 @@ pub struct ProbeWindow {
     pub relay_at: Instant,
 }
 
+/// Whether a virtual packet we send calls for an answer, so that hearing
+/// nothing after it for [`SILENCE`] means the path may be gone: all but a
+/// control pong and a stream segment that only acknowledges (no payload,
+/// no SYN or FIN), which the peer does not answer. Counting those too made
+/// two idle peers recover each other forever: the last pong of a probe
+/// window left its sender waiting, 800 ms later it re-resolved, punched and
+/// probed for 2 s, whose last pong left the other side waiting, and so on
+/// (measured: 13 datagrams a second and a registry resolve every 2.9 s
+/// between two idle daemons on loopback).
+pub(super) fn expects_answer(plain: &[u8]) -> bool {
+    let Ok(p) = header::Packet::new_checked(plain) else {
+        return true;
+    };
+    let flags = p.flags();
+    match p.protocol() {
+        Protocol::Control => !(p.src_port() == 0 && flags.contains(Flags::ACK)),
+        Protocol::Stream => p.payload_len() > 0 || flags.intersects(Flags::SYN | Flags::FIN),
+        _ => true,
+    }
+}
+
 impl PathState {
     /// Whether we have been sending without an answer for [`SILENCE`].
     pub fn silent(&self, now: Instant) -> bool {
@@ -444,13 +465,14 @@ impl Engine {
         }
     }
 
-    /// We sent a frame of `bytes` to `node`.
-    pub(super) fn path_tx(&mut self, node: u32, bytes: usize, now: Instant) {
+    /// We sent a virtual packet of `bytes` to `node`; `answer`: it calls
+    /// for one ([`expects_answer`]).
+    pub(super) fn path_tx(&mut self, node: u32, bytes: usize, answer: bool, now: Instant) {
         if let Some(peer) = self.peers.get_mut(&node) {
             let p = &mut peer.path;
             p.last_tx = Some(now);
             p.bytes_out += bytes as u64;
-            if p.waiting_since.is_none() {
+            if answer && p.waiting_since.is_none() {
                 p.waiting_since = Some(now);
             }
         }
@@ -1014,6 +1036,48 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    /// Emits a virtual packet with `flags`, `protocol`, ports and payload.
+    fn plain(protocol: Protocol, flags: Flags, src_port: u16, payload: &[u8]) -> Vec<u8> {
+        let repr = Repr {
+            flags,
+            protocol,
+            src: Addr::new(0, 1),
+            dst: Addr::new(0, 2),
+            src_port,
+            dst_port: 1000,
+            seq: 1,
+            ack: 1,
+            window: 8,
+            payload_len: payload.len(),
+        };
+        let mut buf = vec![0u8; 64 + payload.len()];
+        let n = header::emit_packet(&repr, payload, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn only_packets_the_peer_answers_arm_the_silence_timer() {
+        use Protocol::*;
+        // answered: pings, data, SYN, FIN, datagrams
+        assert!(expects_answer(&plain(Control, Flags::NONE, 9, b"ping")));
+        assert!(expects_answer(&plain(Stream, Flags::ACK, 9, b"data")));
+        assert!(expects_answer(&plain(Stream, Flags::SYN, 9, b"")));
+        assert!(expects_answer(&plain(
+            Stream,
+            Flags::FIN | Flags::ACK,
+            9,
+            b""
+        )));
+        assert!(expects_answer(&plain(Datagram, Flags::NONE, 9, b"x")));
+        // not answered: pongs, pure acknowledgements, resets
+        assert!(!expects_answer(&plain(Control, Flags::ACK, 0, b"ping")));
+        assert!(!expects_answer(&plain(Stream, Flags::ACK, 9, b"")));
+        assert!(!expects_answer(&plain(Stream, Flags::RST, 9, b"")));
+        // what cannot be parsed counts as answered (the old rule)
+        assert!(expects_answer(&[1, 2, 3]));
     }
 
     #[test]
