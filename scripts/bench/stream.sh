@@ -10,7 +10,9 @@
 #      overlay at >= 40 % of iperf3 in the median of five runs),
 #   3. overlay control-ping RTT vs raw UDP echo RTT (p50, p99), both paced
 #      1 ms apart (each ping wakes sleeping threads) and back to back (hot),
-#      and the echo-port ping (stream + IPC) for reference,
+#      and the echo-port ping (stream + IPC) for reference; the control
+#      series is one IPC request, paced by daemon a, timed from its send
+#      to the pong (as the raw echo is timed from send to reply),
 #   4. daemon RSS idle and with STREAMS (default 10,000) open streams.
 # Prints a table; the goals are in BENCHMARKS.md. Loopback only.
 #

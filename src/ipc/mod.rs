@@ -11,7 +11,8 @@
 //!
 //! Shape: every IPC connection starts with length-prefixed JSON messages
 //! (u32 big-endian length, then a UTF-8 JSON object; at most
-//! [`MAX_MESSAGE`] bytes). A control request gets exactly one response. The
+//! [`MAX_MESSAGE`] bytes). A control request gets exactly one response (a
+//! ping series, [`Request::Ping`] with a count, one per ping). The
 //! stream commands (dial, accept) answer once and then turn the same
 //! connection into a raw bidirectional byte stream, so a TCP connection in the
 //! gateway or a pipe in `pilotctl connect` maps onto one Unix connection with

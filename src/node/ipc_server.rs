@@ -402,6 +402,9 @@ const LIVE_PING_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a reply of a fast series may wait for the batch: 100 ms, a
 /// tenth of `ping`'s default interval, too short for a reader to notice.
 const PING_BATCH_AGE: Duration = Duration::from_millis(100);
+/// Most replies held for one batch (back-to-back pings on loopback come
+/// every ~10 us): bounds the daemon's memory per series to ~100 KB.
+const PING_BATCH_MAX: usize = 1024;
 
 /// Runs a ping series: one response per ping, paced here (see
 /// [`Request::Ping`] for why the daemon paces it). Returns whether the
@@ -452,7 +455,8 @@ async fn ping_series(
         held.push(resp);
         due.get_or_insert_with(|| Instant::now() + PING_BATCH_AGE);
         let last = !go_on || i + 1 == series.count;
-        if live || last || due.is_some_and(|d| d <= Instant::now()) {
+        if live || last || held.len() >= PING_BATCH_MAX || due.is_some_and(|d| d <= Instant::now())
+        {
             due = None;
             if !write_all_messages(stream, &mut held).await {
                 return false;
