@@ -11,6 +11,15 @@ fn addr_of(v: &serde_json::Value) -> String {
     v["address"].as_str().expect("address").to_string()
 }
 
+/// Human `ping` output of `n` pings: a line per reply and no loss.
+fn assert_all_replied(human: &common::Out, n: usize) {
+    assert_eq!(human.code, 0, "{human:?}");
+    let lines = human.stdout.matches(" bytes from ").count();
+    assert_eq!(lines, n, "{}", human.stdout);
+    let summary = format!("{n} sent, {n} received, 0% loss");
+    assert!(human.stdout.contains(&summary), "{}", human.stdout);
+}
+
 #[test]
 fn nodes_get_distinct_addresses_and_find_each_other() {
     let rdv = Rendezvous::start();
@@ -43,18 +52,7 @@ fn nodes_get_distinct_addresses_and_find_each_other() {
     assert_eq!(p["address"].as_str().unwrap(), ab);
     assert!(p["replies"][0]["rtt_us"].as_u64().unwrap() > 0);
     let human = a.ctl(&["ping", &ac, "--count", "2", "--interval", "50ms"]);
-    assert_eq!(human.code, 0, "{human:?}");
-    assert_eq!(
-        human.stdout.matches(" bytes from ").count(),
-        2,
-        "{}",
-        human.stdout
-    );
-    assert!(
-        human.stdout.contains("2 sent, 2 received, 0% loss"),
-        "{}",
-        human.stdout
-    );
+    assert_all_replied(&human, 2);
 
     // peers: a has encrypted direct tunnels to b and c; b sees a
     let peers = a.json(&["peers"]);
@@ -383,18 +381,7 @@ fn control_ping_series_is_paced_by_the_daemon_and_reports_losses() {
         "{:?}",
         t.elapsed()
     );
-    assert_eq!(human.code, 0, "{human:?}");
-    assert_eq!(
-        human.stdout.matches(" bytes from ").count(),
-        4,
-        "{}",
-        human.stdout
-    );
-    assert!(
-        human.stdout.contains("4 sent, 4 received, 0% loss"),
-        "{}",
-        human.stdout
-    );
+    assert_all_replied(&human, 4);
 
     // a client that leaves mid-series: the daemon stops that series and
     // goes on serving others
