@@ -122,15 +122,27 @@ impl Client {
         req: &Request,
         timeout: Duration,
     ) -> Result<serde_json::Value, ClientError> {
-        tokio::time::timeout(timeout, write_message(&mut self.stream, req))
+        let deadline = tokio::time::Instant::now() + timeout;
+        tokio::time::timeout_at(deadline, write_message(&mut self.stream, req))
             .await
             .map_err(|_| ClientError::Timeout(timeout))??;
-        self.response(timeout).await
+        self.response_by(deadline, timeout).await
     }
 
     /// Waits (at most `timeout`) for the next response: the one to a
     /// request, or the next of a series (a [`Request::Ping`] with a count).
     pub async fn response(&mut self, timeout: Duration) -> Result<serde_json::Value, ClientError> {
+        self.response_by(tokio::time::Instant::now() + timeout, timeout)
+            .await
+    }
+
+    /// [`Self::response`] with an absolute `deadline` (`timeout` names it
+    /// in the error), so that a request's write and read share one bound.
+    async fn response_by(
+        &mut self,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, ClientError> {
         let fut = async {
             match read_message::<_, Response>(&mut self.stream).await? {
                 Some(r) => Ok(r),
@@ -140,7 +152,7 @@ impl Client {
                 ))),
             }
         };
-        let resp = tokio::time::timeout(timeout, fut)
+        let resp = tokio::time::timeout_at(deadline, fut)
             .await
             .map_err(|_| ClientError::Timeout(timeout))??;
         match resp {

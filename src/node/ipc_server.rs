@@ -480,25 +480,12 @@ async fn write_all_messages(stream: &mut UnixStream, held: &mut Vec<Response>) -
 }
 
 /// Sleeps `d`; false (early) when the client closes the connection or
-/// writes to it meanwhile.
+/// writes to it meanwhile (read as `listen` watches its client).
 async fn pause(stream: &mut UnixStream, d: Duration) -> bool {
-    let wake = tokio::time::sleep(d);
-    tokio::pin!(wake);
-    loop {
-        tokio::select! {
-            _ = &mut wake => return true,
-            r = stream.readable() => {
-                if r.is_err() {
-                    return false;
-                }
-                // `readable` may report stale readiness; only a real byte
-                // or end of file counts.
-                match stream.try_read(&mut [0u8; 1]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    _ => return false,
-                }
-            }
-        }
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = stream.read(&mut probe) => false,
     }
 }
 
