@@ -158,12 +158,8 @@ where
     Ok(Some(serde_json::from_slice(&buf)?))
 }
 
-/// Writes one length-prefixed JSON message.
-pub async fn write_message<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
-where
-    W: AsyncWrite + Unpin,
-    T: serde::Serialize,
-{
+/// One length-prefixed JSON message, as [`write_message`] writes it.
+pub fn encode_message<T: serde::Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg)?;
     if body.len() > MAX_MESSAGE {
         return Err(FrameError::TooLarge(body.len()));
@@ -171,6 +167,16 @@ where
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Writes one length-prefixed JSON message.
+pub async fn write_message<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: serde::Serialize,
+{
+    let out = encode_message(msg)?;
     w.write_all(&out).await?;
     w.flush().await?;
     Ok(())

@@ -166,6 +166,10 @@ pub enum Cmd {
     AppGone(u64),
     /// The application's receive queue has room again.
     Drained(u64),
+    /// The application's socket may hold bytes ([`super::appsock`]).
+    AppReadable(u64),
+    /// The application's socket may take bytes ([`super::appsock`]).
+    AppWritable(u64),
     /// `connections`.
     Connections(oneshot::Sender<Response>),
     /// `disconnect`.
@@ -1118,6 +1122,8 @@ impl Engine {
             Cmd::AppEof(id) => self.app_eof(id, now),
             Cmd::AppGone(id) => self.app_gone(id, now),
             Cmd::Drained(id) => self.app_drained(id, now),
+            Cmd::AppReadable(id) => self.app_ready(id, true, now),
+            Cmd::AppWritable(id) => self.app_ready(id, false, now),
             Cmd::Connections(reply) => {
                 let _ = reply.send(Response::ok(&self.connections()));
             }

@@ -6,15 +6,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::Ordering;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::appsock::{sock_pair, SockEnd};
 use super::engine::{sleep_until_opt, Cmd};
 use super::registry::RegError;
-use super::stream_table::{app_pair, AppEnd, APP_CHUNK};
+use super::stream_table::AppLink;
 use super::{NodeError, Shared};
 use crate::ipc::proto::{FindData, HostnameData};
 use crate::ipc::{read_message, write_message, ErrorCode, Request, Response};
@@ -129,27 +128,27 @@ async fn client(
                     }
                 };
                 let timeout = Duration::from_millis(timeout_ms.clamp(100, 600_000));
-                let (link, end) = app_pair();
+                let (link, end) = sock_pair(stream);
                 let resp = ask(&cmds, |reply| Cmd::Dial {
                     addr,
                     port,
                     timeout,
-                    link,
+                    link: AppLink::Sock(link),
                     reply,
                 })
                 .await;
                 let resp = super::trust::explain_refusal(&shared, addr.node, resp).await;
-                return take_stream(stream, resp, end, cmds).await;
+                return take_stream(end, resp, cmds).await;
             }
             Request::Attach { conn_id } => {
-                let (link, end) = app_pair();
+                let (link, end) = sock_pair(stream);
                 let resp = ask(&cmds, |reply| Cmd::Attach {
                     conn_id,
-                    link,
+                    link: AppLink::Sock(link),
                     reply,
                 })
                 .await;
-                return take_stream(stream, resp, end, cmds).await;
+                return take_stream(end, resp, cmds).await;
             }
             Request::Ping {
                 target,
@@ -187,90 +186,62 @@ async fn client(
 }
 
 /// Writes the reply; on success the connection becomes the stream's bytes.
-async fn take_stream(mut stream: UnixStream, resp: Response, end: AppEnd, cmds: mpsc::Sender<Cmd>) {
+async fn take_stream(end: SockEnd, resp: Response, cmds: mpsc::Sender<Cmd>) {
     let id = match &resp {
         Response::Ok { data } => data.get("conn_id").and_then(|v| v.as_u64()),
         Response::Error { .. } => None,
     };
-    if write_message(&mut stream, &resp).await.is_err() {
+    // The loop stays off the socket until this reply is out (a link starts
+    // neither readable nor writable), so the stream's bytes follow it.
+    let sent = match crate::ipc::encode_message(&resp) {
+        Ok(bytes) => send_all(&end.sock, &bytes).await.is_ok(),
+        Err(_) => false,
+    };
+    if !sent {
         if let Some(id) = id {
             let _ = cmds.send(Cmd::AppGone(id)).await;
         }
         return;
     }
     if let Some(id) = id {
-        pump(stream, end, id, cmds).await;
+        watch_app(end, id, cmds).await;
     }
 }
 
-/// Bytes a stream carries to its application before its socket gets
-/// [`crate::ipc::STREAM_SOCKET_BUFFER`]: past a few round trips of chatter,
-/// below a second of a slow bulk transfer.
-const BULK_AFTER: usize = 1 << 20;
+/// Writes all of `bytes` to a socket the loop shares.
+async fn send_all(sock: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        sock.writable().await?;
+        match sock.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
-/// Moves bytes between an application's socket and the event loop.
-async fn pump(stream: UnixStream, end: AppEnd, id: u64, cmds: mpsc::Sender<Cmd>) {
-    let (mut rd, mut wr) = stream.into_split();
-    let AppEnd {
-        mut rx,
-        blocked,
-        credits,
-        reset,
-    } = end;
+/// Tells the loop when stream `id`'s socket is ready, first at once and
+/// then each time the loop asks after a `WouldBlock` ([`super::appsock`]);
+/// finishes the stream for the application once the loop is done with it.
+async fn watch_app(end: SockEnd, id: u64, cmds: mpsc::Sender<Cmd>) {
+    let SockEnd { sock, wake, done } = end;
     let reader = async {
-        // Start small (most streams are chatty, and 10,000 idle ones must
-        // stay cheap); double while reads fill the buffer, up to APP_CHUNK.
-        // Each read lands in a fresh buffer that is handed over as is.
-        let mut cap = 8 * 1024;
-        loop {
-            let mut chunk = Vec::with_capacity(cap);
-            let n = match rd.read_buf(&mut chunk).await {
-                Ok(0) | Err(_) => {
-                    let _ = cmds.send(Cmd::AppEof(id)).await;
-                    return;
-                }
-                Ok(n) => n,
-            };
-            match credits.acquire_many(n as u32).await {
-                Ok(p) => p.forget(),
-                Err(_) => return, // the stream is gone
-            }
-            if cmds.send(Cmd::AppData(id, chunk)).await.is_err() {
-                return;
-            }
-            if n == cap && cap < APP_CHUNK {
-                cap *= 2;
-            }
+        while sock.readable().await.is_ok() && cmds.send(Cmd::AppReadable(id)).await.is_ok() {
+            wake.read.notified().await;
         }
     };
     let writer = async {
-        // A stream that has carried BULK_AFTER bytes to the application
-        // gets the larger socket buffer; chatty and idle ones (10,000 of
-        // them must stay cheap) keep the default.
-        let mut written = 0usize;
-        while let Some(chunk) = rx.recv().await {
-            if wr.write_all(&chunk).await.is_err() {
-                let _ = cmds.send(Cmd::AppGone(id)).await;
-                return;
-            }
-            if written < BULK_AFTER {
-                written += chunk.len();
-                if written >= BULK_AFTER {
-                    crate::ipc::set_send_buffer(wr.as_ref(), crate::ipc::STREAM_SOCKET_BUFFER);
-                }
-            }
-            if blocked.swap(false, Ordering::AcqRel) {
-                let _ = cmds.send(Cmd::Drained(id)).await;
-            }
+        while sock.writable().await.is_ok() && cmds.send(Cmd::AppWritable(id)).await.is_ok() {
+            wake.write.notified().await;
         }
-        if reset.load(Ordering::Acquire) {
-            // Remembered so that the client can tell a reset from a close
-            // (`Request::StreamEnded`).
-            super::svc::note_reset(id);
-        }
-        let _ = wr.shutdown().await;
     };
-    tokio::join!(reader, writer);
+    tokio::select! {
+        _ = async { tokio::join!(reader, writer) } => {}
+        left = done => if let Ok(left) = left {
+            left.finish(&sock, id).await;
+        },
+    }
 }
 
 /// Serves a listening client: one accept event per stream until it leaves.
@@ -563,7 +534,7 @@ async fn handle(req: Request, shared: &Arc<Shared>, cmds: &mpsc::Sender<Cmd>) ->
             super::trust::handle_ipc(ctx, op).await
         }
         Request::StreamEnded { conn_id } => Response::ok(
-            &serde_json::json!({"conn_id": conn_id, "reset": super::svc::was_reset(conn_id)}),
+            &serde_json::json!({"conn_id": conn_id, "reset": super::stream_table::was_reset(conn_id)}),
         ),
         Request::Mailbox {
             which,

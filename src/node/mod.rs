@@ -12,6 +12,7 @@
 //! * the signal handler, which triggers an orderly shutdown (deregister,
 //!   remove the socket).
 
+pub mod appsock;
 pub mod dataexchange;
 pub mod engine;
 pub mod events;

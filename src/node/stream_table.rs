@@ -6,21 +6,24 @@
 //! engine and this table, while the engine only needs the table's types, so
 //! the table lives below both and the module graph has no cycle.
 //!
-//! Data moves between the event loop and an application's IPC connection
-//! through two bounded queues: chunks to the application (`to_app`; when it
-//! is full the loop stops reading the connection, so the receive window
+//! An IPC client's stream socket is read and written by the event loop
+//! itself ([`super::appsock`], [`AppLink::Sock`]). In-process services and
+//! exposed TCP ports exchange chunks with the loop through two bounded
+//! queues instead ([`ChanLink`]): chunks to the application (`to_app`; when
+//! it is full the loop stops reading the stream, so the receive window
 //! closes and the peer slows down), and chunks from it (credits from a
 //! semaphore bound what the application may have queued; the loop returns
 //! credits as the stream engine takes the bytes).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+pub use super::appsock::SockLink;
 use crate::ipc::proto::{DatagramData, ListenEvent};
 use crate::ipc::Response;
 use crate::stream::{self, Config, Connection, State};
@@ -154,8 +157,49 @@ pub(super) struct RstRepeat {
     pub(super) repr: crate::wire::header::Repr,
 }
 
+/// Streams that ended by a reset, newest last (bounded).
+static RESETS: std::sync::Mutex<std::collections::VecDeque<u64>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+/// Reset stream ids remembered for `Request::StreamEnded`.
+const MAX_RESETS: usize = 1024;
+
+/// Records that stream `id` ended by a reset.
+pub fn note_reset(id: u64) {
+    let mut r = RESETS.lock().unwrap_or_else(|e| e.into_inner());
+    if r.len() >= MAX_RESETS {
+        r.pop_front();
+    }
+    r.push_back(id);
+}
+
+/// Whether stream `id` ended by a reset (recently).
+pub fn was_reset(id: u64) -> bool {
+    RESETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&id)
+}
+
 /// The application end of a stream, held by the event loop.
-pub struct AppLink {
+pub enum AppLink {
+    /// Chunks through queues (in-process services, exposed TCP ports).
+    Chan(ChanLink),
+    /// An IPC client's socket, which the loop reads and writes itself.
+    Sock(SockLink),
+}
+
+impl AppLink {
+    /// Remembers that the stream ended by a reset or timeout.
+    pub(super) fn mark_reset(&mut self) {
+        match self {
+            AppLink::Chan(l) => l.reset.store(true, Ordering::Release),
+            AppLink::Sock(l) => l.reset = true,
+        }
+    }
+}
+
+/// The application end of a stream that exchanges chunks through queues.
+pub struct ChanLink {
     /// Chunks for the application; dropped at end of stream.
     pub to_app: Option<mpsc::Sender<Vec<u8>>>,
     /// Set when `to_app` was full; the application's writer then reports
@@ -171,27 +215,27 @@ pub struct AppLink {
 pub struct AppEnd {
     /// Chunks from the loop.
     pub rx: mpsc::Receiver<Vec<u8>>,
-    /// See [`AppLink::blocked`].
+    /// See [`ChanLink::blocked`].
     pub blocked: Arc<AtomicBool>,
-    /// See [`AppLink::credits`].
+    /// See [`ChanLink::credits`].
     pub credits: Arc<Semaphore>,
-    /// See [`AppLink::reset`].
+    /// See [`ChanLink::reset`].
     pub reset: Arc<AtomicBool>,
 }
 
-/// A connected pair of stream ends.
+/// A connected pair of queued stream ends.
 pub fn app_pair() -> (AppLink, AppEnd) {
     let (tx, rx) = mpsc::channel(TO_APP_CHUNKS);
     let blocked = Arc::new(AtomicBool::new(false));
     let credits = Arc::new(Semaphore::new(FROM_APP_CREDITS));
     let reset = Arc::new(AtomicBool::new(false));
     (
-        AppLink {
+        AppLink::Chan(ChanLink {
             to_app: Some(tx),
             blocked: blocked.clone(),
             credits: credits.clone(),
             reset: reset.clone(),
-        },
+        }),
         AppEnd {
             rx,
             blocked,

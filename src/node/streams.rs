@@ -215,7 +215,7 @@ impl Engine {
     }
 
     fn remove_stream(&mut self, id: u64) {
-        let Some(s) = self.streams.conns.remove(&id) else {
+        let Some(mut s) = self.streams.conns.remove(&id) else {
             return;
         };
         self.streams.closed_retransmissions += s.conn.stats().retransmissions;
@@ -234,8 +234,14 @@ impl Engine {
         {
             l.live = l.live.saturating_sub(1);
         }
-        if let App::Attached(link) = &s.app {
-            link.credits.close();
+        match std::mem::replace(&mut s.app, App::Gone) {
+            App::Attached(AppLink::Chan(link)) => link.credits.close(),
+            App::Attached(AppLink::Sock(link)) => {
+                // Bytes the application has not taken yet still reach it.
+                let rest = s.conn.recv_vec(usize::MAX);
+                link.retire(rest);
+            }
+            _ => {}
         }
     }
 
@@ -278,9 +284,10 @@ impl Engine {
                         tracing::warn!("stream {id}: peer closed with data missing (truncated)");
                     }
                     Event::Refused | Event::TimedOut | Event::Reset | Event::Closed => {
-                        if let (Event::Reset | Event::TimedOut, App::Attached(link)) = (&ev, &s.app)
+                        if let (Event::Reset | Event::TimedOut, App::Attached(link)) =
+                            (&ev, &mut s.app)
                         {
-                            link.reset.store(true, Ordering::Release);
+                            link.mark_reset();
                         }
                         if let Some((reply, _)) = s.dial.take() {
                             let to = SockAddr::new(s.remote, s.remote_port);
@@ -343,13 +350,22 @@ impl Engine {
         let Some(s) = self.streams.conns.get_mut(&id) else {
             return;
         };
+        if let App::Attached(AppLink::Sock(link)) = &mut s.app {
+            if !s.app_eof && !s.close_requested {
+                let m = link.pull(&mut s.conn);
+                s.bytes_out += m.bytes as u64;
+                // A read error ends the application's sending as its end
+                // of file does; a broken socket shows on the next write.
+                s.app_eof |= m.eof || m.failed;
+            }
+        }
         while let Some(front) = s.pending.front() {
             let n = s.conn.send(&front[s.pending_off..]);
             if n == 0 {
                 break;
             }
             s.bytes_out += n as u64;
-            if let App::Attached(link) = &s.app {
+            if let App::Attached(AppLink::Chan(link)) = &s.app {
                 link.credits.add_permits(n);
             }
             s.pending_off += n;
@@ -391,7 +407,29 @@ impl Engine {
                     s.conn.close(now);
                 }
             }
-            App::Attached(link) => {
+            App::Attached(AppLink::Sock(link)) => {
+                if link.write_closed() {
+                    return;
+                }
+                let m = link.push(&mut s.conn);
+                s.bytes_in += m.bytes as u64;
+                if m.failed {
+                    // The application is gone: discard what comes.
+                    s.app_eof = true;
+                    s.app = App::Gone;
+                    while s.conn.recv(&mut app_buf[..APP_CHUNK]) > 0 {}
+                    return;
+                }
+                if s.conn.is_read_closed() {
+                    link.close_write(id);
+                    if s.app_eof || s.conn.state() != State::Established {
+                        return;
+                    }
+                    // No half-close in Pilot v1 (spec §7.10), as below.
+                    s.app_eof = true;
+                }
+            }
+            App::Attached(AppLink::Chan(link)) => {
                 if let Some(tx) = &link.to_app {
                     loop {
                         if tx.capacity() == 0 {
@@ -758,7 +796,7 @@ impl Engine {
             return;
         };
         s.app_eof = true;
-        if let App::Attached(link) = &s.app {
+        if let App::Attached(AppLink::Chan(link)) = &s.app {
             link.credits.close();
         }
         s.app = App::Gone;
@@ -767,6 +805,22 @@ impl Engine {
 
     /// The application's queue has room again.
     pub(super) fn app_drained(&mut self, id: u64, now: Instant) {
+        self.after_io(id, now);
+    }
+
+    /// The application's socket is ready again ([`super::appsock`]): it
+    /// may hold bytes (`read`) or take them (`!read`).
+    pub(super) fn app_ready(&mut self, id: u64, read: bool, now: Instant) {
+        if let Some(App::Attached(AppLink::Sock(link))) =
+            self.streams.conns.get_mut(&id).map(|s| &mut s.app)
+        {
+            link.live = true;
+            if read {
+                link.readable = true;
+            } else {
+                link.writable = true;
+            }
+        }
         self.after_io(id, now);
     }
 

@@ -66,29 +66,6 @@ pub async fn start_services(
     }
 }
 
-/// Streams that ended by a reset, newest last (bounded).
-static RESETS: std::sync::Mutex<std::collections::VecDeque<u64>> =
-    std::sync::Mutex::new(std::collections::VecDeque::new());
-/// Reset stream ids remembered for `Request::StreamEnded`.
-const MAX_RESETS: usize = 1024;
-
-/// Records that stream `id` ended by a reset.
-pub fn note_reset(id: u64) {
-    let mut r = RESETS.lock().unwrap_or_else(|e| e.into_inner());
-    if r.len() >= MAX_RESETS {
-        r.pop_front();
-    }
-    r.push_back(id);
-}
-
-/// Whether stream `id` ended by a reset (recently).
-pub fn was_reset(id: u64) -> bool {
-    RESETS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&id)
-}
-
 /// Accept queue of a built-in service (spec §7.2 step 9: 64).
 const ACCEPT_QUEUE: usize = 64;
 

@@ -446,6 +446,30 @@ impl Connection {
         n
     }
 
+    /// [`Self::send`] for a caller that writes the bytes in place, straight
+    /// from a socket (one copy less than reading into a buffer and sending
+    /// that): `fill` gets up to `max` bytes of send buffer (fewer when the
+    /// buffer has less room) as two slices, writes a prefix of the first
+    /// and then of the second, and returns how many bytes it wrote. `fill`
+    /// is not called when there is no room; returns the bytes taken.
+    pub fn send_with(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut [u8], &mut [u8]) -> usize,
+    ) -> usize {
+        let room = max.min(self.send_capacity());
+        if room == 0 {
+            if max > 0 {
+                self.want_writable = true;
+            }
+            return 0;
+        }
+        let (a, b) = self.sbuf.spare(room);
+        let n = fill(a, b).min(room);
+        self.sbuf.commit(n);
+        n
+    }
+
     /// Read in-order bytes; returns how many (0 when none are ready; see
     /// [`is_read_closed`](Self::is_read_closed) for end of stream).
     pub fn recv(&mut self, buf: &mut [u8]) -> usize {
@@ -462,6 +486,17 @@ impl Connection {
         let v = self.rcv.read_vec(max);
         self.after_recv(v.len());
         v
+    }
+
+    /// [`Self::recv`] for a caller that passes the bytes on in place,
+    /// straight into a socket (no copy here): `take` sees up to `max`
+    /// in-order bytes as two slices (the second is empty unless they wrap)
+    /// and returns how many it consumed. `take` is not called when nothing
+    /// is ready; returns the bytes consumed.
+    pub fn recv_with(&mut self, max: usize, take: impl FnOnce(&[u8], &[u8]) -> usize) -> usize {
+        let n = self.rcv.read_with(max, take);
+        self.after_recv(n);
+        n
     }
 
     fn after_recv(&mut self, n: usize) {
@@ -1797,6 +1832,45 @@ mod tests {
             vec![(1, 1), (2, 3), (3, 7), (4, 9), (5, 13), (6, 21), (7, 29)]
         );
         assert_eq!(a.state(), State::Closed);
+    }
+
+    #[test]
+    fn bytes_written_and_read_in_place_arrive_in_order() {
+        let now = Instant::now();
+        let cfg = Config {
+            send_buffer_bytes: 50_000,
+            ..Config::default()
+        };
+        let (mut a, mut b) = pair(cfg, now);
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 + i / 251) as u8).collect();
+        let (mut sent, mut got) = (0, Vec::<u8>::new());
+        let mut t = now;
+        while got.len() < data.len() {
+            // Offers are capped by the room in the send buffer; a short
+            // fill commits only what was written.
+            let n = a.send_with(30_000, |x, y| {
+                assert!(x.len() + y.len() <= 30_000);
+                let k = (x.len() + y.len()).min(data.len() - sent) * 2 / 3 + 1;
+                let k = k.min(x.len() + y.len()).min(data.len() - sent);
+                for (i, v) in x.iter_mut().chain(y.iter_mut()).take(k).enumerate() {
+                    *v = data[sent + i];
+                }
+                k
+            });
+            sent += n;
+            t = pump(&mut a, &mut b, t, t + Duration::from_millis(50));
+            // Take a part of what is offered, as a short socket write does.
+            b.recv_with(40_000, |x, y| {
+                assert!(x.len() + y.len() <= 40_000);
+                let k = (x.len() + y.len() + 1) / 2;
+                got.extend(x.iter().chain(y).take(k));
+                k
+            });
+        }
+        assert_eq!(sent, data.len());
+        assert_eq!(got, data);
+        // Nothing to offer: the callbacks are not called.
+        assert_eq!(b.recv_with(10, |_, _| unreachable!()), 0);
     }
 
     #[test]

@@ -185,6 +185,20 @@ impl RecvBuffer {
         out
     }
 
+    /// Offers up to `max` in-order bytes to `take` as two slices (the
+    /// second is empty unless they wrap) and consumes as many as it
+    /// returns: the bytes go on in place, with no copy here.
+    pub fn read_with(&mut self, max: usize, take: impl FnOnce(&[u8], &[u8]) -> usize) -> usize {
+        let n = max.min(self.ring.len());
+        if n == 0 {
+            return 0;
+        }
+        let (a, b) = self.ring.front(n);
+        let used = take(a, b).min(n);
+        self.consumed(used);
+        used
+    }
+
     fn consumed(&mut self, n: usize) {
         self.ring.consume(n);
         self.read_off += n as u64;

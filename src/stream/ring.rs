@@ -92,6 +92,28 @@ impl ByteRing {
         (&self.buf[start..start + first], &self.buf[..n - first])
     }
 
+    /// The first `n` committed bytes as the two slices they occupy, for a
+    /// caller that passes them on in place (a vectored socket write).
+    /// Panics if fewer are held (callers check).
+    pub fn front(&self, n: usize) -> (&[u8], &[u8]) {
+        self.slices(0, n)
+    }
+
+    /// The `n` bytes after the committed content as the two slices they
+    /// occupy (the ring grows to hold them; the caller enforces the byte
+    /// cap), for a caller that fills them in place (a vectored socket read)
+    /// and then [commits](Self::commit) what it wrote.
+    pub fn spare(&mut self, n: usize) -> (&mut [u8], &mut [u8]) {
+        if n == 0 {
+            return (&mut [], &mut []);
+        }
+        self.grow_to(self.len + n);
+        let at = (self.head + self.len) & self.mask();
+        let first = n.min(self.buf.len() - at);
+        let (lo, hi) = self.buf.split_at_mut(at);
+        (&mut hi[..first], &mut lo[..n - first])
+    }
+
     /// Copy `out.len()` bytes starting `offset` bytes after the front.
     /// Panics if that range is not held (callers check).
     pub fn copy_out(&self, offset: usize, out: &mut [u8]) {
@@ -170,6 +192,34 @@ mod tests {
         }
         r.shrink();
         assert!(r.capacity() <= 32768);
+    }
+
+    #[test]
+    fn filled_in_place_and_read_in_place() {
+        let mut r = ByteRing::default();
+        let mut model = std::collections::VecDeque::new();
+        let mut next = 0u8;
+        for round in 0..500usize {
+            let want = (round * 37) % 5000;
+            let (a, b) = r.spare(want);
+            assert_eq!(a.len() + b.len(), want);
+            // Write a prefix only, as a short socket read does.
+            let wrote = want - want / 3;
+            for x in a.iter_mut().chain(b.iter_mut()).take(wrote) {
+                *x = next;
+                model.push_back(next);
+                next = next.wrapping_add(1);
+            }
+            r.commit(wrote);
+            let take = (round * 53) % 4000;
+            let take = take.min(r.len());
+            let (a, b) = r.front(take);
+            let got: Vec<u8> = a.iter().chain(b).copied().collect();
+            let want: Vec<u8> = model.drain(..take).collect();
+            assert_eq!(got, want);
+            r.consume(take);
+            assert_eq!(r.len(), model.len());
+        }
     }
 
     #[test]
