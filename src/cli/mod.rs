@@ -42,6 +42,7 @@ mod messages;
 pub mod networks;
 pub mod output;
 mod ping;
+mod splice;
 mod streams;
 mod trust;
 

@@ -114,6 +114,24 @@ fn pump_stdio(
                 return Ok(());
             }
             let mut stdin = std::io::stdin().lock();
+            // Spliced when stdin allows (super::splice): the bytes then
+            // never enter pilotctl.
+            {
+                use std::os::fd::AsFd;
+                let copied = super::splice::copy(stdin.as_fd(), wr.as_fd(), |n| {
+                    report(&|s| s.sent += n);
+                    Ok(())
+                });
+                match copied {
+                    Ok(super::splice::Copied::Done(_)) => return Ok(()),
+                    Ok(super::splice::Copied::Unsupported) => {}
+                    // As below: an unreadable stdin ends the input like
+                    // EOF, a failed stream write is the error. Splice does
+                    // not say which side failed; the stream is the one
+                    // that can (stdin was readable when it began).
+                    Err(e) => return Err(e),
+                }
+            }
             let mut buf = crate::iobuf::PageBuf::new(STDIN_BLOCK);
             loop {
                 let n = match stdin.read(&mut buf) {
@@ -189,7 +207,6 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
     if !cli.json {
         errln!("listening on port {}", a.port);
     }
-    let mut stdout = std::io::stdout();
     let mut buf = crate::iobuf::PageBuf::new(CHUNK);
     loop {
         let ev: ListenEvent = match read_message(&mut events).await {
@@ -216,24 +233,14 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
         if !cli.json {
             errln!("accepted stream {conn_id} from {remote}");
         }
-        let mut s = c.into_stream();
-        let mut total = 0u64;
-        let mut text = Vec::new();
-        loop {
-            let n = s.read(&mut buf).await.map_err(|e| io_err("stream", e))?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            if cli.json {
-                text.extend_from_slice(&buf[..n]);
-            } else {
-                write_remote(&mut stdout, &buf[..n])
-                    .and_then(|()| std::io::Write::flush(&mut stdout))
-                    .map_err(|e| io_err("stdout", e))?;
-            }
-        }
-        std::io::Write::flush(&mut stdout).map_err(|e| io_err("stdout", e))?;
+        let s = c
+            .into_stream()
+            .into_std()
+            .and_then(|s| s.set_nonblocking(false).map(|()| s))
+            .map_err(|e| io_err("stream", e))?;
+        // Nothing else runs on this runtime: blocking here holds up no task
+        // (accept events wait in their socket).
+        let (total, text) = stream_to_stdout(s, cli.json, &mut buf)?;
         if cli.json {
             let data = serde_json::json!({
                 "conn_id": conn_id,
@@ -249,6 +256,53 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
             return Ok(());
         }
     }
+}
+
+/// Copies one accepted stream to stdout (or, with `keep`, into the returned
+/// vector) until it ends; returns the byte count. Spliced when stdout
+/// allows ([`super::splice`]): the bytes then never enter pilotctl.
+fn stream_to_stdout(
+    mut s: std::os::unix::net::UnixStream,
+    keep: bool,
+    buf: &mut [u8],
+) -> Result<(u64, Vec<u8>), CliError> {
+    use std::io::{IsTerminal, Read, Write};
+    use std::os::fd::AsFd;
+    let mut stdout = std::io::stdout();
+    let mut total = 0u64;
+    if !keep && !stdout.is_terminal() {
+        // Flush what the line buffer holds first, to keep the order.
+        stdout.flush().map_err(|e| io_err("stdout", e))?;
+        let copied = super::splice::copy(s.as_fd(), stdout.as_fd(), |n| {
+            total += n;
+            Ok(())
+        });
+        match copied {
+            Ok(super::splice::Copied::Done(n)) => return Ok((n, Vec::new())),
+            Ok(super::splice::Copied::Unsupported) => {}
+            // Which side failed is not told apart: both are named.
+            Err(e) => return Err(io_err("stream to stdout", e)),
+        }
+    }
+    let mut text = Vec::new();
+    loop {
+        let n = match s.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("stream", e)),
+        };
+        total += n as u64;
+        if keep {
+            text.extend_from_slice(&buf[..n]);
+        } else {
+            write_remote(&mut stdout, &buf[..n])
+                .and_then(|()| stdout.flush())
+                .map_err(|e| io_err("stdout", e))?;
+        }
+    }
+    stdout.flush().map_err(|e| io_err("stdout", e))?;
+    Ok((total, text))
 }
 
 /// `send`.

@@ -38,8 +38,10 @@ use crate::stream::Connection;
 /// [`FIRST_READ`] and double while they fill the offer (most streams are
 /// chatty, and a chatty stream's send buffer stays small).
 pub const MAX_READ: usize = 256 * 1024;
-/// First read size of a stream.
-const FIRST_READ: usize = 8 * 1024;
+/// First read size of a stream: the send buffer's smallest allocation
+/// ([`crate::stream`]'s ring), so an idle or chatty stream's buffer stays
+/// at that (10,000 idle streams must stay cheap).
+const FIRST_READ: usize = 4096;
 /// Bytes a stream carries to its application before its socket gets
 /// [`crate::ipc::STREAM_SOCKET_BUFFER`]: past a few round trips of chatter,
 /// below a second of a slow bulk transfer.
