@@ -56,6 +56,56 @@ fn two_nodes(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, String) {
     (a, b, ab)
 }
 
+/// `pilotctl connect < file` and `pilotctl listen > file` splice the bytes
+/// between the descriptors and the stream socket; an appending stdout
+/// (`>>`) cannot be spliced and falls back to reading and writing. Each way
+/// the file arrives whole.
+#[test]
+fn files_on_both_ends_arrive_byte_exact_spliced_or_appended() {
+    let rdv = Rendezvous::start();
+    let (a, b, ab) = two_nodes(&rdv, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    const SIZE: usize = 64 << 20;
+    let mut data = vec![0u8; SIZE];
+    let mut state = 7u64;
+    fill(&mut data, &mut state);
+    std::fs::write(&src, &data).unwrap();
+    let want = Sha256::digest(&data);
+    for append in [false, true] {
+        let out = dir.path().join(format!("out-{append}"));
+        // Something already in the file: `>>` keeps it, `>` replaces it.
+        std::fs::write(&out, b"before\n").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&out)
+            .unwrap();
+        let (mut listener, _err) = spawn_listener(&b, &["1000"], Stdio::from(file));
+        let st = pilotctl(&a)
+            .args(["connect", &ab, "1000", "--linger", "200ms"])
+            .stdin(std::fs::File::open(&src).unwrap())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "connect, append={append}");
+        assert!(
+            listener.wait().unwrap().success(),
+            "listen, append={append}"
+        );
+        let got = std::fs::read(&out).unwrap();
+        let body = if append {
+            assert_eq!(&got[..7], b"before\n");
+            &got[7..]
+        } else {
+            &got[..]
+        };
+        assert_eq!(body.len(), SIZE, "append={append}");
+        assert_eq!(Sha256::digest(body), want, "append={append}: bytes altered");
+    }
+}
+
 #[test]
 fn one_gib_through_pilotctl_connect_arrives_byte_exact() {
     let rdv = Rendezvous::start();

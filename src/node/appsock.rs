@@ -35,9 +35,9 @@ use tokio::sync::{oneshot, Notify};
 use crate::stream::Connection;
 
 /// Largest read from the application at once; reads start at
-/// [`FIRST_READ`] and double while they fill the offer (most streams are
+/// `FIRST_READ` and double while they fill the offer (most streams are
 /// chatty, and a chatty stream's send buffer stays small).
-pub const MAX_READ: usize = 256 * 1024;
+const MAX_READ: usize = 256 * 1024;
 /// First read size of a stream: the send buffer's smallest allocation
 /// ([`crate::stream`]'s ring), so an idle or chatty stream's buffer stays
 /// at that (10,000 idle streams must stay cheap).
@@ -106,7 +106,7 @@ pub struct Leftover {
 
 impl Leftover {
     /// Writes the rest and ends the stream for the application (giving up
-    /// on an application that does not read for [`LEFTOVER_PATIENCE`]).
+    /// on an application that does not read for `LEFTOVER_PATIENCE`).
     pub async fn finish(self, sock: &UnixStream, id: u64) {
         if self.reset {
             super::stream_table::note_reset(id);

@@ -1862,7 +1862,7 @@ mod tests {
             // Take a part of what is offered, as a short socket write does.
             b.recv_with(40_000, |x, y| {
                 assert!(x.len() + y.len() <= 40_000);
-                let k = (x.len() + y.len() + 1) / 2;
+                let k = (x.len() + y.len()).div_ceil(2);
                 got.extend(x.iter().chain(y).take(k));
                 k
             });
