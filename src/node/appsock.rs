@@ -51,6 +51,29 @@ const BULK_AFTER: usize = 1 << 20;
 /// reader that never comes back is given back.
 const LEFTOVER_PATIENCE: Duration = Duration::from_secs(60);
 
+/// Streams that ended by a reset, newest last (bounded).
+static RESETS: std::sync::Mutex<std::collections::VecDeque<u64>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+/// Reset stream ids remembered for `Request::StreamEnded`.
+const MAX_RESETS: usize = 1024;
+
+/// Records that stream `id` ended by a reset.
+fn note_reset(id: u64) {
+    let mut r = RESETS.lock().unwrap_or_else(|e| e.into_inner());
+    if r.len() >= MAX_RESETS {
+        r.pop_front();
+    }
+    r.push_back(id);
+}
+
+/// Whether stream `id` ended by a reset (recently).
+pub fn was_reset(id: u64) -> bool {
+    RESETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&id)
+}
+
 /// The loop's requests to the watcher: "tell me when the socket is
 /// readable / writable again".
 #[derive(Debug, Default)]
@@ -109,7 +132,7 @@ impl Leftover {
     /// on an application that does not read for `LEFTOVER_PATIENCE`).
     pub async fn finish(self, sock: &UnixStream, id: u64) {
         if self.reset {
-            super::stream_table::note_reset(id);
+            note_reset(id);
         }
         let rest = self.rest;
         let write = async {
@@ -278,7 +301,7 @@ impl SockLink {
         }
         self.write_closed = true;
         if self.reset {
-            super::stream_table::note_reset(id);
+            note_reset(id);
         }
         shutdown_write(&self.sock);
     }

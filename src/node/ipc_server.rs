@@ -534,7 +534,7 @@ async fn handle(req: Request, shared: &Arc<Shared>, cmds: &mpsc::Sender<Cmd>) ->
             super::trust::handle_ipc(ctx, op).await
         }
         Request::StreamEnded { conn_id } => Response::ok(
-            &serde_json::json!({"conn_id": conn_id, "reset": super::stream_table::was_reset(conn_id)}),
+            &serde_json::json!({"conn_id": conn_id, "reset": super::appsock::was_reset(conn_id)}),
         ),
         Request::Mailbox {
             which,

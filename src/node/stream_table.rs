@@ -17,7 +17,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,29 +157,6 @@ pub(super) struct RstRepeat {
     pub(super) repr: crate::wire::header::Repr,
 }
 
-/// Streams that ended by a reset, newest last (bounded).
-static RESETS: std::sync::Mutex<std::collections::VecDeque<u64>> =
-    std::sync::Mutex::new(std::collections::VecDeque::new());
-/// Reset stream ids remembered for `Request::StreamEnded`.
-const MAX_RESETS: usize = 1024;
-
-/// Records that stream `id` ended by a reset.
-pub fn note_reset(id: u64) {
-    let mut r = RESETS.lock().unwrap_or_else(|e| e.into_inner());
-    if r.len() >= MAX_RESETS {
-        r.pop_front();
-    }
-    r.push_back(id);
-}
-
-/// Whether stream `id` ended by a reset (recently).
-pub fn was_reset(id: u64) -> bool {
-    RESETS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&id)
-}
-
 /// The application end of a stream, held by the event loop.
 pub enum AppLink {
     /// Chunks through queues (in-process services, exposed TCP ports).
@@ -189,11 +166,11 @@ pub enum AppLink {
 }
 
 impl AppLink {
-    /// Remembers that the stream ended by a reset or timeout.
+    /// Remembers that the stream ended by a reset or timeout, for
+    /// `Request::StreamEnded` (asked by IPC clients only).
     pub(super) fn mark_reset(&mut self) {
-        match self {
-            AppLink::Chan(l) => l.reset.store(true, Ordering::Release),
-            AppLink::Sock(l) => l.reset = true,
+        if let AppLink::Sock(l) = self {
+            l.reset = true;
         }
     }
 }
@@ -207,8 +184,6 @@ pub struct ChanLink {
     pub blocked: Arc<AtomicBool>,
     /// Credits for bytes from the application.
     pub credits: Arc<Semaphore>,
-    /// Set when the stream ended by a reset or timeout rather than a close.
-    pub reset: Arc<AtomicBool>,
 }
 
 /// The application end of a stream, held by the IPC task.
@@ -219,8 +194,6 @@ pub struct AppEnd {
     pub blocked: Arc<AtomicBool>,
     /// See [`ChanLink::credits`].
     pub credits: Arc<Semaphore>,
-    /// See [`ChanLink::reset`].
-    pub reset: Arc<AtomicBool>,
 }
 
 /// A connected pair of queued stream ends.
@@ -228,19 +201,16 @@ pub fn app_pair() -> (AppLink, AppEnd) {
     let (tx, rx) = mpsc::channel(TO_APP_CHUNKS);
     let blocked = Arc::new(AtomicBool::new(false));
     let credits = Arc::new(Semaphore::new(FROM_APP_CREDITS));
-    let reset = Arc::new(AtomicBool::new(false));
     (
         AppLink::Chan(ChanLink {
             to_app: Some(tx),
             blocked: blocked.clone(),
             credits: credits.clone(),
-            reset: reset.clone(),
         }),
         AppEnd {
             rx,
             blocked,
             credits,
-            reset,
         },
     )
 }
