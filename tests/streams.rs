@@ -106,6 +106,92 @@ fn files_on_both_ends_arrive_byte_exact_spliced_or_appended() {
     }
 }
 
+/// A receiving application killed mid-stream: the bytes still coming to it
+/// cannot be delivered, so the sender must not believe they were. Its
+/// `connect` fails within seconds (it neither hangs nor exits 0), and both
+/// daemons serve the next stream.
+#[test]
+fn a_receiver_killed_mid_stream_resets_the_sender() {
+    let rdv = Rendezvous::start();
+    let (a, b, ab) = two_nodes(&rdv, &[]);
+    let (mut listener, _err) = spawn_listener(&b, &["1000"], Stdio::piped());
+    let mut out = listener.stdout.take().unwrap();
+    let mut sender = pilotctl(&a)
+        .args(["--json", "connect", &ab, "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = sender.stdin.take().unwrap();
+    // Endless input until the stream breaks.
+    let writer = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut state = 3u64;
+        let mut sent = 0u64;
+        loop {
+            fill(&mut buf, &mut state);
+            if input.write_all(&buf).is_err() {
+                return sent;
+            }
+            sent += buf.len() as u64;
+        }
+    });
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < 16 << 20 {
+        let k = out.read(&mut buf).unwrap();
+        assert!(k > 0, "the listener ended early");
+        got += k as u64;
+    }
+    listener.kill().unwrap();
+    listener.wait().unwrap();
+    drop(out);
+    let t = Instant::now();
+    let o = loop {
+        if let Some(st) = sender.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "connect still running 20 s after its receiver died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Under --json the error object goes to stderr.
+    let mut stderr = String::new();
+    sender
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!o.success(), "connect exited 0: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap();
+    assert_eq!(v["status"], "error", "{v}");
+    // A reset; or, when every byte the stream took had reached the dead
+    // application's socket, the peer closed before taking all the input.
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("reset by the peer") || msg.contains("before taking all of the input"),
+        "{v}"
+    );
+    let sent = writer.join().unwrap();
+    assert!(sent > got, "sent {sent}, received {got}");
+    // Both daemons carry the next stream.
+    let (mut l2, _e2) = spawn_listener(&b, &["2000"], Stdio::piped());
+    let st = pilotctl(&a)
+        .args(["connect", &ab, "2000", "--message", "still here"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut s = String::new();
+    l2.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    assert!(l2.wait().unwrap().success());
+}
+
 #[test]
 fn one_gib_through_pilotctl_connect_arrives_byte_exact() {
     let rdv = Rendezvous::start();

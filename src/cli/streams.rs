@@ -38,9 +38,16 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
         .into_std()
         .and_then(|s| s.set_nonblocking(false).map(|()| s))
         .map_err(|e| io_err("stream", e))?;
+    // Bytes written to the daemon that it never took: checked once the
+    // stream ended, before the socket closes.
+    let probe = stream.try_clone().map_err(|e| io_err("stream", e))?;
     // Nothing else runs on this runtime: blocking here holds up no task.
-    let (sent, got, received) = pump_stdio(stream, a.message.clone(), linger, cli.json)?;
-    // End of stream: a reset (e.g. the peer stopped trusting us) is an error.
+    let pumped = pump_stdio(stream, a.message.clone(), linger, cli.json);
+    let unread_input = unread_by_peer(&probe);
+    drop(probe);
+    // End of stream: a reset (e.g. the peer stopped trusting us, or its
+    // application died with our bytes unread) is the error, also when it
+    // broke a write of ours first.
     if let Ok(v) = call::<serde_json::Value>(
         cli,
         &Request::StreamEnded {
@@ -56,6 +63,16 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
             ));
         }
     }
+    let (sent, got, received) = pumped?;
+    if unread_input > 0 {
+        return Err(CliError::new(
+            ErrorCode::Refused,
+            format!(
+                "{} closed the stream before taking all of the input ({sent} bytes sent)",
+                info.remote
+            ),
+        ));
+    }
     if cli.json {
         let data = serde_json::json!({
             "conn_id": info.conn_id,
@@ -69,6 +86,21 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
         outln!();
     }
     Ok(())
+}
+
+/// Bytes written into a Unix socket that its peer has not read
+/// (`SIOCOUTQ`, which on Linux is the same request as `TIOCOUTQ`, the name
+/// `libc` exports); 0 when unknown.
+fn unread_by_peer(sock: &std::os::unix::net::UnixStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: the request writes one int through the pointer it is given.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r == 0 {
+        n.max(0) as usize
+    } else {
+        0
+    }
 }
 
 /// What the stdin thread reports to the stream reader.

@@ -843,14 +843,12 @@ impl Engine {
                 payload_len: payload.len(),
             };
             self.send_packet(sender, &pong, payload, now);
-        } else if repr.src_port == 0
-            && repr.flags.contains(Flags::ACK)
-            && repr.dst_port == self.nat.probe_port
+        } else if header::is_pong(repr.src_port, repr.flags) && repr.dst_port == self.nat.probe_port
         {
             if !self.pmtu_on_pong(sender, repr.seq, payload.len(), now) {
                 self.on_probe_pong(sender, repr.seq, now);
             }
-        } else if repr.src_port == 0 && repr.flags.contains(Flags::ACK) {
+        } else if header::is_pong(repr.src_port, repr.flags) {
             // A pong for one of our pings.
             let key = (sender, repr.dst_port);
             if self.pings.get(&key).is_some_and(|p| p.seq == repr.seq) {

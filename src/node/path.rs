@@ -195,7 +195,7 @@ pub(super) fn expects_answer(plain: &[u8]) -> bool {
     };
     let flags = p.flags();
     match p.protocol() {
-        Protocol::Control => !(p.src_port() == 0 && flags.contains(Flags::ACK)),
+        Protocol::Control => !header::is_pong(p.src_port(), flags),
         Protocol::Stream => p.payload_len() > 0 || flags.intersects(Flags::SYN | Flags::FIN),
         _ => true,
     }

@@ -325,6 +325,9 @@ impl Engine {
         }
         self.pump_from_app(id, now);
         self.deliver(id, now);
+        if let Some(s) = self.streams.conns.get_mut(&id) {
+            Self::close_if_done(s, now);
+        }
         self.flush_stream(id, now);
         let Some(s) = self.streams.conns.get_mut(&id) else {
             return;
@@ -354,9 +357,15 @@ impl Engine {
             if !s.app_eof && !s.close_requested {
                 let m = link.pull(&mut s.conn);
                 s.bytes_out += m.bytes as u64;
-                // A read error ends the application's sending as its end
-                // of file does; a broken socket shows on the next write.
-                s.app_eof |= m.eof || m.failed;
+                s.app_eof |= m.eof;
+                if m.failed {
+                    // A Unix socket read fails (ECONNRESET) when the
+                    // application closed with bytes of ours unread: reset,
+                    // as for a failed write (see `deliver`).
+                    s.app_eof = true;
+                    s.app = App::Gone;
+                    s.conn.abort();
+                }
             }
         }
         while let Some(front) = s.pending.front() {
@@ -374,7 +383,17 @@ impl Engine {
                 s.pending_off = 0;
             }
         }
-        if s.app_eof && s.pending.is_empty() && !s.close_requested {
+        Self::close_if_done(s, now);
+    }
+
+    /// Closes the stream once the application is done sending and every
+    /// byte it handed over is in the stream. An IPC client must also have
+    /// taken every byte that came for it: one that closed with bytes still
+    /// on their way gets a reset instead (`deliver`), which a FIN sent first
+    /// would hide from the peer.
+    fn close_if_done(s: &mut StreamConn, now: Instant) {
+        let undelivered = matches!(s.app, App::Attached(AppLink::Sock(_))) && s.conn.readable() > 0;
+        if s.app_eof && s.pending.is_empty() && !s.close_requested && !undelivered {
             s.close_requested = true;
             s.conn.close(now);
         }
@@ -414,14 +433,25 @@ impl Engine {
                 let m = link.push(&mut s.conn);
                 s.bytes_in += m.bytes as u64;
                 if m.failed {
-                    // The application is gone: discard what comes.
+                    // The application closed with bytes still coming to
+                    // it: they cannot be delivered, so the peer must not
+                    // think they were. Reset, as TCP does for a socket
+                    // closed with unread data.
                     s.app_eof = true;
                     s.app = App::Gone;
-                    while s.conn.recv(&mut app_buf[..APP_CHUNK]) > 0 {}
+                    s.conn.abort();
                     return;
                 }
                 if s.conn.is_read_closed() {
-                    link.close_write(id);
+                    // The application sees the end once our own bytes are
+                    // acknowledged too (or the stream leaves the loop,
+                    // `retire`): a peer that closed while they were in
+                    // flight may yet reset them (its application died with
+                    // them unread), and the application must learn that
+                    // from `StreamEnded` rather than see a clean end first.
+                    if s.conn.send_pending() == 0 {
+                        link.close_write(id);
+                    }
                     if s.app_eof || s.conn.state() != State::Established {
                         return;
                     }

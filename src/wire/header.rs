@@ -492,6 +492,13 @@ impl Repr {
     }
 }
 
+/// Whether a control packet with this source port and these flags is a
+/// pong (spec §8.2: the answer to a ping comes from port 0 with ACK set).
+/// Nothing answers a pong.
+pub fn is_pong(src_port: u16, flags: Flags) -> bool {
+    src_port == 0 && flags.contains(Flags::ACK)
+}
+
 /// Writes `repr`'s header and `payload` into the start of `buf` and returns
 /// the packet length. `repr.payload_len` is ignored: the length written is
 /// `payload.len()`. Fails, without panicking, on a payload over 65535 bytes or
