@@ -68,7 +68,7 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
         return Err(CliError::new(
             ErrorCode::Refused,
             format!(
-                "{} closed the stream before taking all of the input ({sent} bytes sent)",
+                "the stream to {} ended before all of the input was sent ({unread_input} of the {sent} bytes written were not sent)",
                 info.remote
             ),
         ));
