@@ -197,16 +197,7 @@ fn pump_stdio(
             Ok(0) => break,
             Ok(n) => {
                 got += n as u64;
-                if keep {
-                    received.extend_from_slice(&buf[..n]);
-                } else {
-                    // Flushed at once: stdout is line-buffered, and a reply
-                    // that does not end in a newline must not wait for the
-                    // linger (a request/response peer waits for it).
-                    write_remote(&mut stdout, &buf[..n])
-                        .and_then(|()| stdout.flush())
-                        .map_err(|e| io_err("stdout", e))?;
-                }
+                pass_on(&buf[..n], keep.then_some(&mut received), &mut stdout)?;
                 last = Instant::now();
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
@@ -325,13 +316,7 @@ fn stream_to_stdout(
             Err(e) => return Err(io_err("stream", e)),
         };
         total += n as u64;
-        if keep {
-            text.extend_from_slice(&buf[..n]);
-        } else {
-            write_remote(&mut stdout, &buf[..n])
-                .and_then(|()| stdout.flush())
-                .map_err(|e| io_err("stdout", e))?;
-        }
+        pass_on(&buf[..n], keep.then_some(&mut text), &mut stdout)?;
     }
     stdout.flush().map_err(|e| io_err("stdout", e))?;
     Ok((total, text))
@@ -422,6 +407,24 @@ fn write_remote<W: std::io::Write + std::io::IsTerminal>(
     } else {
         out.write_all(bytes)
     }
+}
+
+/// Hands bytes received from a stream on: into `kept` (for a JSON answer),
+/// or to stdout at once. Flushed at once: stdout is line-buffered, and a
+/// reply that does not end in a newline must not wait for the linger (a
+/// request/response peer waits for it).
+fn pass_on<W: std::io::Write + std::io::IsTerminal>(
+    bytes: &[u8],
+    kept: Option<&mut Vec<u8>>,
+    stdout: &mut W,
+) -> Result<(), CliError> {
+    match kept {
+        Some(v) => v.extend_from_slice(bytes),
+        None => write_remote(stdout, bytes)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| io_err("stdout", e))?,
+    }
+    Ok(())
 }
 
 /// Deterministic bench payload: a cheap xorshift stream.

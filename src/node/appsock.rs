@@ -134,26 +134,28 @@ impl Leftover {
         if self.reset {
             note_reset(id);
         }
-        let rest = self.rest;
-        let write = async {
-            let mut off = 0;
-            while off < rest.len() {
-                if sock.writable().await.is_err() {
-                    return false;
-                }
-                match sock.try_write(&rest[off..]) {
-                    Ok(n) => off += n,
-                    Err(e)
-                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                    Err(_) => return false,
-                }
-            }
-            true
-        };
-        if tokio::time::timeout(LEFTOVER_PATIENCE, write).await == Ok(true) {
+        let write = write_all(sock, &self.rest);
+        if matches!(
+            tokio::time::timeout(LEFTOVER_PATIENCE, write).await,
+            Ok(Ok(()))
+        ) {
             shutdown_write(sock);
         }
     }
+}
+
+/// Writes all of `bytes` to a socket the loop shares (the loop only tries
+/// its writes; this waits for room).
+pub async fn write_all(sock: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        sock.writable().await?;
+        match sock.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The two ends for the application socket `sock`.

@@ -194,7 +194,7 @@ async fn take_stream(end: SockEnd, resp: Response, cmds: mpsc::Sender<Cmd>) {
     // The loop stays off the socket until this reply is out (a link starts
     // neither readable nor writable), so the stream's bytes follow it.
     let sent = match crate::ipc::encode_message(&resp) {
-        Ok(bytes) => send_all(&end.sock, &bytes).await.is_ok(),
+        Ok(bytes) => super::appsock::write_all(&end.sock, &bytes).await.is_ok(),
         Err(_) => false,
     };
     if !sent {
@@ -206,19 +206,6 @@ async fn take_stream(end: SockEnd, resp: Response, cmds: mpsc::Sender<Cmd>) {
     if let Some(id) = id {
         watch_app(end, id, cmds).await;
     }
-}
-
-/// Writes all of `bytes` to a socket the loop shares.
-async fn send_all(sock: &UnixStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        sock.writable().await?;
-        match sock.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Tells the loop when stream `id`'s socket is ready, first at once and

@@ -360,11 +360,8 @@ impl Engine {
                 s.app_eof |= m.eof;
                 if m.failed {
                     // A Unix socket read fails (ECONNRESET) when the
-                    // application closed with bytes of ours unread: reset,
-                    // as for a failed write (see `deliver`).
-                    s.app_eof = true;
-                    s.app = App::Gone;
-                    s.conn.abort();
+                    // application closed with bytes of ours unread.
+                    Self::app_died(s);
                 }
             }
         }
@@ -384,6 +381,15 @@ impl Engine {
             }
         }
         Self::close_if_done(s, now);
+    }
+
+    /// An IPC client's socket failed: it closed with bytes unread (ours or
+    /// the peer's). They cannot be delivered, so the peer must not think
+    /// they were: reset, as TCP does for a socket closed with unread data.
+    fn app_died(s: &mut StreamConn) {
+        s.app_eof = true;
+        s.app = App::Gone;
+        s.conn.abort();
     }
 
     /// Closes the stream once the application is done sending and every
@@ -433,13 +439,8 @@ impl Engine {
                 let m = link.push(&mut s.conn);
                 s.bytes_in += m.bytes as u64;
                 if m.failed {
-                    // The application closed with bytes still coming to
-                    // it: they cannot be delivered, so the peer must not
-                    // think they were. Reset, as TCP does for a socket
-                    // closed with unread data.
-                    s.app_eof = true;
-                    s.app = App::Gone;
-                    s.conn.abort();
+                    // The application closed with bytes still coming to it.
+                    Self::app_died(s);
                     return;
                 }
                 if s.conn.is_read_closed() {
