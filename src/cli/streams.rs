@@ -204,8 +204,13 @@ fn pump_stdio(
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(io_err("stream", e)),
         }
+        // The linger runs once the input is written and the daemon has
+        // taken all of it from the socket: with a short linger, leaving
+        // while the socket still held input made a stream that was fine
+        // look cut short ("ended before all of the input was sent").
         let done = input.lock().ok().and_then(|s| s.done);
-        if done.is_some_and(|d| Instant::now() >= d.max(last) + linger) {
+        if done.is_some_and(|d| Instant::now() >= d.max(last) + linger) && unread_by_peer(&rd) == 0
+        {
             break;
         }
     }
