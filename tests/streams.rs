@@ -46,6 +46,17 @@ fn spawn_listener(
     )
 }
 
+/// A file `src` in `dir` of `size` pseudo-random bytes from `seed`, and
+/// their SHA-256.
+fn random_file(dir: &std::path::Path, size: usize, seed: u64) -> (std::path::PathBuf, Vec<u8>) {
+    let src = dir.join("src");
+    let mut data = vec![0u8; size];
+    let mut state = seed;
+    fill(&mut data, &mut state);
+    std::fs::write(&src, &data).unwrap();
+    (src, Sha256::digest(&data).to_vec())
+}
+
 fn two_nodes(rdv: &Rendezvous, extra: &[&str]) -> (Node, Node, String) {
     let a = Node::new("alpha");
     let b = Node::new("beta");
@@ -65,13 +76,8 @@ fn files_on_both_ends_arrive_byte_exact_spliced_or_appended() {
     let rdv = Rendezvous::start();
     let (a, b, ab) = two_nodes(&rdv, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
     const SIZE: usize = 64 << 20;
-    let mut data = vec![0u8; SIZE];
-    let mut state = 7u64;
-    fill(&mut data, &mut state);
-    std::fs::write(&src, &data).unwrap();
-    let want = Sha256::digest(&data);
+    let (src, want) = random_file(dir.path(), SIZE, 7);
     for append in [false, true] {
         let out = dir.path().join(format!("out-{append}"));
         // Something already in the file: `>>` keeps it, `>` replaces it.
@@ -102,7 +108,11 @@ fn files_on_both_ends_arrive_byte_exact_spliced_or_appended() {
             &got[..]
         };
         assert_eq!(body.len(), SIZE, "append={append}");
-        assert_eq!(Sha256::digest(body), want, "append={append}: bytes altered");
+        assert_eq!(
+            Sha256::digest(body).to_vec(),
+            want,
+            "append={append}: bytes altered"
+        );
     }
 }
 
@@ -118,13 +128,8 @@ fn a_zero_linger_connect_waits_until_its_input_is_taken() {
     let rdv = Rendezvous::start();
     let (a, b, ab) = two_nodes(&rdv, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
     const SIZE: usize = 32 << 20;
-    let mut data = vec![0u8; SIZE];
-    let mut state = 5u64;
-    fill(&mut data, &mut state);
-    std::fs::write(&src, &data).unwrap();
-    let want = Sha256::digest(&data);
+    let (src, want) = random_file(dir.path(), SIZE, 5);
     for run in 0..20 {
         let out = dir.path().join("out");
         let file = std::fs::File::create(&out).unwrap();
@@ -143,7 +148,11 @@ fn a_zero_linger_connect_waits_until_its_input_is_taken() {
         assert!(listener.wait().unwrap().success(), "run {run}: listen");
         let got = std::fs::read(&out).unwrap();
         assert_eq!(got.len(), SIZE, "run {run}");
-        assert_eq!(Sha256::digest(&got), want, "run {run}: bytes altered");
+        assert_eq!(
+            Sha256::digest(&got).to_vec(),
+            want,
+            "run {run}: bytes altered"
+        );
     }
 }
 
