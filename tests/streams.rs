@@ -437,6 +437,25 @@ fn echo_ping_messages_datagrams_and_connection_management() {
         a.json(&["connect", &ab, "7", "--message", tricky])["data"],
         tricky
     );
+    assert_eq!(m["encoding"], "utf-8");
+    // bytes that are not UTF-8 come back whole, in base64
+    let binary: Vec<u8> = (0..=255u8).rev().collect();
+    let mut c = pilotctl(&a)
+        .args(["--json", "connect", &ab, "7", "--linger", "500ms"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(&binary).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["data"]["encoding"], "base64", "{v}");
+    use base64::Engine as _;
+    let back = base64::engine::general_purpose::STANDARD
+        .decode(v["data"]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(back, binary);
 
     // datagrams
     let mut rx = pilotctl(&b)
@@ -507,7 +526,8 @@ fn echo_ping_messages_datagrams_and_connection_management() {
     let _ = holder.wait();
     let o = a.ctl(&["--json", "disconnect", "999999"]);
     assert_eq!(o.code, 1);
-    assert_eq!(o.json()["code"], "invalid_argument");
+    assert_eq!(o.json()["code"], "not_found");
+    assert_eq!(o.json()["hint"], "pilotctl connections", "{o:?}");
 }
 
 /// Eight fresh nodes each send one datagram as their very first packet to

@@ -81,9 +81,17 @@ pub(super) async fn preflight(cli: &Cli, target: &str) -> Result<(), CliError> {
     }
 }
 
-/// An I/O failure as a CLI error naming what failed.
+/// An I/O failure as a CLI error naming what failed. A path that does
+/// not exist or may not be read is the user's argument, not our fault.
 pub(super) fn io_err(what: &str, e: std::io::Error) -> CliError {
-    CliError::new(ErrorCode::Internal, format!("{what}: {e}"))
+    use std::io::ErrorKind as K;
+    let code = match e.kind() {
+        K::NotFound | K::PermissionDenied | K::IsADirectory | K::InvalidFilename => {
+            ErrorCode::InvalidArgument
+        }
+        _ => ErrorCode::Internal,
+    };
+    CliError::new(code, format!("{what}: {e}"))
 }
 
 /// Opens a stream through the daemon: after the reply, the returned socket

@@ -90,9 +90,18 @@ pub(super) async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Context => super::context::run(cli),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            let mut out = std::io::stdout();
-            clap_complete::generate(*shell, &mut Cli::command(), "pilotctl", &mut out);
-            Ok(())
+            use std::io::Write;
+            // Generated into memory first: clap_complete panics on a write
+            // error, and a reader that stops early (`| head`) is not one.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "pilotctl", &mut script);
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&script).and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(super::client::io_err("stdout", e))
+                }
+                _ => Ok(()),
+            }
         }
         Command::Expose(a) => super::forward::expose(cli, a).await,
         Command::Unexpose { port } => super::forward::unexpose(cli, *port).await,

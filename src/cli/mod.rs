@@ -49,7 +49,7 @@ mod trust;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::ipc::ErrorCode;
 
@@ -367,7 +367,8 @@ pub struct ConnectArgs {
     /// Send this message instead of reading stdin, then print the reply.
     #[arg(long, short = 'm')]
     pub message: Option<String>,
-    /// Give up connecting after this long [default: the protocol's ~29 s].
+    /// Give up connecting after this long (the protocol itself gives up
+    /// after about 29 s, relay included).
     #[arg(long, default_value = "30s")]
     pub timeout: String,
     /// After our input ends, wait this long for more reply bytes before
@@ -554,9 +555,8 @@ pub struct StartArgs {
     /// --daemon-arg=--syn-rate-per-source=1000.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub daemon_arg: Vec<String>,
-    /// How long to wait for the daemon to get an address [default 15s]; a
-    /// daemon that has none by then is stopped. 0s returns at once without
-    /// checking.
+    /// How long to wait for the daemon to get an address; a daemon that
+    /// has none by then is stopped. 0s returns at once without checking.
     #[arg(long, value_name = "DURATION", default_value = "15s")]
     pub wait: String,
 }
@@ -661,6 +661,33 @@ fn usage_error_line(e: &clap::Error) -> String {
     line
 }
 
+/// The subcommand named by the usage part of [`usage_error_line`]
+/// (`(usage: pilotctl daemon start [OPTIONS])` gives `daemon start`).
+fn usage_command(line: &str) -> Option<String> {
+    let usage = line.rsplit_once("(usage: pilotctl ")?.1;
+    let usage = usage.strip_suffix(')').unwrap_or(usage);
+    let words: Vec<&str> = usage
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['[', '<', '-']))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// The subcommand (and its subcommand) named in `args`, found by name
+/// when the arguments do not parse and clap gives no usage line.
+fn named_command(args: &[String]) -> Option<String> {
+    let root = Cli::command();
+    let mut cmd = &root;
+    let mut names = Vec::new();
+    for a in args.iter().skip(1) {
+        if let Some(sub) = cmd.find_subcommand(a) {
+            names.push(sub.get_name().to_string());
+            cmd = sub;
+        }
+    }
+    (!names.is_empty()).then(|| names.join(" "))
+}
+
 /// Runs pilotctl with the process arguments; returns the exit code.
 pub fn main() -> i32 {
     let args = normalize_help(std::env::args().collect());
@@ -673,15 +700,26 @@ pub fn main() -> i32 {
                 let _ = e.print();
                 return 0;
             }
-            if json {
-                let line = usage_error_line(&e);
-                output::print_error(true, &CliError::new(ErrorCode::InvalidArgument, line));
-                return 2;
+            // One line either way (the README's promise), with the usage.
+            let line = usage_error_line(&e);
+            if let Some(name) = usage_command(&line).or_else(|| named_command(&args)) {
+                output::set_command(name);
             }
-            let _ = e.print();
+            output::print_error(json, &CliError::new(ErrorCode::InvalidArgument, line));
             return 2;
         }
     };
+    if let Ok(m) = Cli::command().try_get_matches_from(&args) {
+        let mut names = Vec::new();
+        let mut at = m.subcommand();
+        while let Some((name, sub)) = at {
+            names.push(name.to_string());
+            at = sub.subcommand();
+        }
+        if !names.is_empty() {
+            output::set_command(names.join(" "));
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -759,8 +797,31 @@ mod tests {
     }
 
     #[test]
+    fn the_usage_names_the_subcommand() {
+        let u = |l: &str| usage_command(l);
+        assert_eq!(
+            u("missing <TARGET> (usage: pilotctl ping [OPTIONS] <TARGET>)").as_deref(),
+            Some("ping")
+        );
+        assert_eq!(
+            u("bad (usage: pilotctl daemon start)").as_deref(),
+            Some("daemon start")
+        );
+        assert_eq!(u("unknown (usage: pilotctl [OPTIONS] <COMMAND>)"), None);
+        assert_eq!(u("no usage at all"), None);
+        assert_eq!(
+            named_command(&argv("pilotctl --json ping --count abc x")).as_deref(),
+            Some("ping")
+        );
+        assert_eq!(
+            named_command(&argv("pilotctl daemon start --wait x")).as_deref(),
+            Some("daemon start")
+        );
+        assert_eq!(named_command(&argv("pilotctl --json")), None);
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
     }
 }

@@ -1,9 +1,20 @@
 //! Rendering of command results: aligned `key  value` lines for people, the
 //! IPC envelope for `--json`.
 
+use std::sync::OnceLock;
+
 use serde::Serialize;
 
 use super::CliError;
+
+/// The subcommand being run (`ping`, `daemon start`), for the hint of a bad
+/// argument; set once by `main`.
+static COMMAND: OnceLock<String> = OnceLock::new();
+
+/// Records the subcommand being run (first call wins).
+pub fn set_command(name: String) {
+    let _ = COMMAND.set(name);
+}
 
 /// Prints a success: `data` as the JSON envelope, or `human` lines.
 pub fn print_ok<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> String) {
@@ -36,7 +47,12 @@ pub fn hint(e: &CliError) -> String {
         C::InvalidAddress => {
             "give an address like 0:0000.0000.002A, a node id like 42, or a lower-case hostname"
         }
-        C::InvalidArgument => "pilotctl <command> --help",
+        C::InvalidArgument => {
+            return match COMMAND.get() {
+                Some(c) => format!("pilotctl {c} --help"),
+                None => "pilotctl --help".into(),
+            }
+        }
         C::NotFound => "pilotctl find <hostname> or pilotctl lookup <node id>; a private node's owner can give you its address",
         C::RegistryUnavailable => "start a rendezvous (pilot-rendezvous) or point at one: pilotctl daemon start --registry HOST:PORT; pilotctl daemon status shows the address in use",
         C::RegistryError => "pilotctl info (registration state); pilotctl daemon status",
@@ -47,7 +63,7 @@ pub fn hint(e: &CliError) -> String {
         C::Internal => "rerun with RUST_LOG=debug and report it with the log",
         C::NotTrusted => "pilotctl handshake <target>, then wait for its owner to approve",
         C::PeerError => "the peer's answer is in the message; pilotctl inbox/received on its side",
-        C::TooLarge => "send data over 16 MiB with send-file; the receiver can raise pilot-daemon --quota",
+        C::TooLarge => "send data over 16 MiB with send-file; the receiver can raise its limit with pilotctl daemon start --quota",
     }
     .to_string()
 }

@@ -79,13 +79,34 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
             "remote": info.remote,
             "bytes_sent": sent,
             "bytes_received": got,
-            "data": String::from_utf8_lossy(&received),
+            "data": data_text(&received),
+            "encoding": data_encoding(&received),
         });
         print_ok(true, &data, String::new);
     } else if a.message.is_some() && got > 0 {
         outln!();
     }
     Ok(())
+}
+
+/// Received bytes as JSON text: as they are when they are UTF-8, else in
+/// base64 (a lossy conversion would replace every invalid byte and lose
+/// the data); [`data_encoding`] says which.
+fn data_text(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => base64::engine::general_purpose::STANDARD.encode(bytes),
+    }
+}
+
+/// How [`data_text`] wrote `bytes`: `"utf-8"` or `"base64"`.
+fn data_encoding(bytes: &[u8]) -> &'static str {
+    if std::str::from_utf8(bytes).is_ok() {
+        "utf-8"
+    } else {
+        "base64"
+    }
 }
 
 /// Bytes written into a Unix socket that its peer has not read
@@ -274,7 +295,8 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
                 "conn_id": conn_id,
                 "remote": remote,
                 "bytes": total,
-                "data": String::from_utf8_lossy(&text),
+                "data": data_text(&text),
+                "encoding": data_encoding(&text),
             });
             print_ok(true, &data, String::new);
         } else {
@@ -450,7 +472,7 @@ pub(super) async fn bench(cli: &Cli, a: &BenchArgs) -> Result<(), CliError> {
     if a.size_mb == 0 || a.size_mb > 1 << 20 {
         return Err(CliError::new(
             ErrorCode::InvalidArgument,
-            "size_mb must be between 1 and 1048576",
+            "the size must be between 1 and 1048576 MiB",
         ));
     }
     let timeout = parse_duration(&a.timeout)?;

@@ -743,10 +743,12 @@ impl Engine {
             || (port == ECHO_PORT && self.streams.echo)
             || self.streams.listeners.contains_key(&port)
         {
-            let _ = reply.send(Response::error(
-                ErrorCode::InvalidArgument,
-                format!("port {port} is already in use"),
-            ));
+            let msg = if port == 0 {
+                "port 0 is reserved; listen on a port from 1 to 65535".to_string()
+            } else {
+                format!("port {port} is already in use")
+            };
+            let _ = reply.send(Response::error(ErrorCode::InvalidArgument, msg));
             return;
         }
         self.streams
@@ -858,7 +860,10 @@ impl Engine {
     /// `disconnect`.
     pub(super) fn disconnect(&mut self, id: u64, force: bool, now: Instant) -> Response {
         let Some(s) = self.streams.conns.get_mut(&id) else {
-            return Response::error(ErrorCode::InvalidArgument, format!("no stream {id}"));
+            return Response::error(
+                ErrorCode::NotFound,
+                format!("no stream {id}; `pilotctl connections` lists the open ones"),
+            );
         };
         if force {
             s.conn.abort();
