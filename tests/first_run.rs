@@ -366,3 +366,38 @@ fn every_binary_prints_its_version_and_commit() {
         assert!(s.contains("(commit "), "{bin}: {s}");
     }
 }
+
+/// Found by a new-user pass: `pilotctl completions bash | head` panicked
+/// (clap_complete panics on a write error) with a backtrace. A reader that
+/// stops early now ends it quietly; a command line that does not parse is
+/// one line with the real command in the hint, with or without --json.
+#[test]
+fn a_closed_stdout_and_bad_arguments_end_in_one_line() {
+    for _ in 0..3 {
+        let mut child = Command::new(PILOTCTL)
+            .args(["completions", "bash"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the first write.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    }
+    let out = Command::new(PILOTCTL).args(["ping"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("<TARGET>"), "{err}");
+    let out = Command::new(PILOTCTL)
+        .args(["--json", "ping", "x", "--count", "abc"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(v["code"], "invalid_argument");
+    assert_eq!(v["hint"], "pilotctl ping --help");
+}
