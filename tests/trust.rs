@@ -325,3 +325,93 @@ fn forged_handshake_messages_are_dropped_and_counted() {
     send_and_expect(&good, "replay");
     assert!(trusted_ids(&b).is_empty());
 }
+
+fn outstanding_ids(n: &Node) -> Vec<u64> {
+    n.json(&["trust"])["outstanding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["node_id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Bug A: a request sent right after the peer's daemon restarted used to
+/// be swallowed (the registry handed it to the dead daemon's parked
+/// long-poll) and was never sent again. Outstanding requests are re-sent
+/// with backoff; the receiver keeps one pending entry per requester.
+#[test]
+fn handshake_right_after_peer_restart_is_not_lost() {
+    let rdv = Rendezvous::start();
+    let (a, b, ia, ib) = pair(&rdv, &[]);
+    // Beta's poller parks a long-poll at the registry, then beta restarts.
+    std::thread::sleep(Duration::from_millis(500));
+    b.stop();
+    b.start(&rdv, &["--hostname", "beta"]);
+    let out = a.json(&["handshake", &ib.to_string(), "hi"]);
+    assert_eq!(out["status"], "requested", "{out}");
+    assert!(
+        wait_until(Duration::from_secs(10), || pending_ids(&b).contains(&ia)),
+        "request never reached beta; alpha: {}",
+        a.json(&["trust"])
+    );
+    // Re-sent requests do not duplicate the pending entry.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(pending_ids(&b), vec![ia]);
+    assert_eq!(b.json(&["pending"])["pending"][0]["justification"], "hi");
+    b.json(&["approve", &ia.to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || trusted_ids(&a).contains(&ib)));
+    assert!(outstanding_ids(&a).is_empty());
+    let out = a.ctl(&["connect", &ib.to_string(), "7", "--message", "hello"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// Bug B: `untrust` then, a second later, `handshake` used to be answered
+/// by the peer's not yet revoked trust, after which the revoke arrived:
+/// alpha trusted beta, beta trusted nobody. Both sides must agree.
+#[test]
+fn untrust_then_handshake_leaves_both_sides_agreeing() {
+    let rdv = Rendezvous::start();
+    let (a, b, ia, ib) = pair(&rdv, &[]);
+    a.json(&["handshake", &ib.to_string()]);
+    b.json(&["handshake", &ia.to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || trusted_ids(&a)
+        .contains(&ib)
+        && trusted_ids(&b).contains(&ia)));
+
+    a.json(&["untrust", &ib.to_string()]);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = a.json(&["handshake", &ib.to_string(), "no restart"]);
+    assert_ne!(out["message"], "already trusted", "{out}");
+    // Let every message in flight land.
+    std::thread::sleep(Duration::from_secs(6));
+    let a_trusts = trusted_ids(&a).contains(&ib);
+    let b_trusts = trusted_ids(&b).contains(&ia);
+    assert_eq!(
+        a_trusts,
+        b_trusts,
+        "one-sided trust: alpha {} / beta {}",
+        a.json(&["trust"]),
+        b.json(&["trust"])
+    );
+    if !a_trusts {
+        assert_eq!(outstanding_ids(&a), vec![ib]);
+        assert_eq!(pending_ids(&b), vec![ia]);
+        b.json(&["approve", &ia.to_string()]);
+        assert!(wait_until(Duration::from_secs(5), || trusted_ids(&a).contains(&ib)));
+    }
+    let out = a.ctl(&["connect", &ib.to_string(), "7", "--message", "again"]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    // A one-sided leftover (beta's revoke could not reach a dead alpha):
+    // `handshake` asks again instead of answering "already trusted".
+    a.kill9();
+    b.json(&["untrust", &ia.to_string()]);
+    a.start(&rdv, &["--hostname", "alpha"]);
+    assert_eq!(trusted_ids(&a), vec![ib]);
+    let out = a.json(&["handshake", &ib.to_string(), "trust me again"]);
+    assert_eq!(out["status"], "requested", "{out}");
+    assert!(wait_until(Duration::from_secs(10), || pending_ids(&b).contains(&ia)));
+    b.json(&["approve", &ia.to_string()]);
+    let out = a.ctl(&["connect", &ib.to_string(), "7", "--message", "back"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}

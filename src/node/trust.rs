@@ -18,6 +18,22 @@
 //! at once) the loop falls back to polling every second while a request is
 //! outstanding, every five otherwise.
 //!
+//! Outstanding requests are re-sent ([`RESEND_DELAYS`]: 2, 4, 8, 16, 32 s,
+//! about a minute in all) until the peer answers or the request is dropped:
+//! a relayed request can be lost without an error, e.g. when the target's
+//! daemon just restarted and the registry handed it to the dead daemon's
+//! parked long-poll. The receiver keeps one pending entry per requester, so
+//! a repeat only refreshes it.
+//!
+//! Ordering of untrust and a new request: our revoke travels directly on
+//! port 444, a request through the registry, so a request sent shortly
+//! after `untrust` could overtake the revoke; the peer would then answer it
+//! with the trust the revoke is about to end, and trust ends up one-sided.
+//! So `handshake` first waits for (or cancels) our revoke still in flight
+//! to that peer. And a peer we trust locally but the registry no longer
+//! pairs us with (it revoked while we could not hear it) is asked again
+//! rather than reported as "already trusted".
+//!
 //! Security (§9.4, §12.17): a direct message must carry a key that equals
 //! the registry's key for `node_id`, a valid signature, `node_id` equal to
 //! the stream's authenticated peer, a timestamp within 5 min / 30 s, and
@@ -63,6 +79,17 @@ const FAST_POLL: Duration = Duration::from_secs(1);
 const SLOW_POLL: Duration = Duration::from_secs(5);
 /// Best-effort direct messages give up after this long.
 const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Waits before each re-send of an outstanding request (bounded backoff).
+pub const RESEND_DELAYS: [Duration; 5] = [
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+    Duration::from_secs(32),
+];
+/// How long `handshake` waits for our revoke still in flight to the same
+/// peer (a direct send: dial, write, linger, close) before cancelling it.
+const REVOKE_WAIT: Duration = Duration::from_secs(8);
 
 /// The text of the `not_trusted` error.
 pub fn not_trusted_message(addr: Addr) -> String {
@@ -106,6 +133,11 @@ pub struct Counters {
 #[derive(Debug, Clone)]
 struct Outstanding {
     sent_at: i64,
+    /// Which `handshake` command this is: its re-send task stops once the
+    /// entry is gone or belongs to a newer command.
+    generation: u64,
+    /// Times sent so far (the first send included).
+    sends: u32,
 }
 
 /// The trust store.
@@ -118,6 +150,10 @@ struct Inner {
     rejected: BTreeMap<u32, i64>,
     replay: HashMap<[u8; 32], i64>,
     counters: Counters,
+    /// Our direct revokes still being delivered, by peer.
+    revoking: HashMap<u32, tokio::task::JoinHandle<()>>,
+    /// Source of [`Outstanding::generation`].
+    generation: u64,
 }
 
 /// Trust state shared by the daemon's tasks.
@@ -346,17 +382,32 @@ impl Ctx {
                 return;
             }
             let j: String = justification.chars().take(MAX_JUSTIFICATION_LEN).collect();
-            g.pending.insert(
-                from,
-                PendingRequest {
-                    node_id: from,
-                    public_key: key,
-                    justification: j,
-                    received_at: rfc3339_now(),
-                },
-            );
+            // A repeat (the requester re-sends until answered) refreshes
+            // the one entry and keeps its first arrival time.
+            match g.pending.get_mut(&from) {
+                Some(p) => {
+                    if p.justification == j && (key.is_empty() || p.public_key == key) {
+                        return;
+                    }
+                    p.justification = j;
+                    if !key.is_empty() {
+                        p.public_key = key;
+                    }
+                }
+                None => {
+                    g.pending.insert(
+                        from,
+                        PendingRequest {
+                            node_id: from,
+                            public_key: key,
+                            justification: j,
+                            received_at: rfc3339_now(),
+                        },
+                    );
+                    tracing::info!("handshake request from {} pending", Addr::backbone(from));
+                }
+            }
             self.state().persist(&g);
-            tracing::info!("handshake request from {} pending", Addr::backbone(from));
             return;
         };
         if let Some(via) = via {
@@ -442,6 +493,53 @@ impl Ctx {
         tokio::time::sleep(Duration::from_millis(500)).await;
         s.close().await;
         Ok(())
+    }
+
+    /// Waits for our revoke still in flight to `node`, if any, so that it
+    /// reaches the peer before a new request does; cancels it after
+    /// [`REVOKE_WAIT`] (then it never arrives, which is just as consistent).
+    async fn settle_revoke(&self, node: u32) {
+        let Some(mut h) = self.state().lock().revoking.remove(&node) else {
+            return;
+        };
+        if tokio::time::timeout(REVOKE_WAIT, &mut h).await.is_err() {
+            h.abort();
+            tracing::warn!(
+                "revoke to {} not delivered in time; cancelled",
+                Addr::backbone(node)
+            );
+        }
+    }
+
+    /// Re-sends the outstanding request `generation` to `node` with
+    /// backoff until it is answered, dropped or superseded.
+    fn spawn_resends(&self, node: u32, generation: u64, justification: String) {
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            for delay in RESEND_DELAYS {
+                tokio::time::sleep(delay).await;
+                {
+                    let mut g = ctx.state().lock();
+                    match g.outstanding.get_mut(&node) {
+                        Some(o) if o.generation == generation => o.sends += 1,
+                        _ => return,
+                    }
+                }
+                match ctx
+                    .shared
+                    .registry
+                    .request_handshake(node, &justification)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::debug!("handshake request to {} re-sent", Addr::backbone(node))
+                    }
+                    // Still in the peer's inbox: nothing lost yet.
+                    Err(e) if e.to_string().contains("already pending") => {}
+                    Err(e) => tracing::debug!("re-sending handshake to {node}: {e}"),
+                }
+            }
+        });
     }
 }
 
@@ -663,10 +761,24 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
                 );
             }
             let addr = Addr::backbone(node).to_string();
+            ctx.settle_revoke(node).await;
+            let mut asking_again = false;
             if ctx.state().is_trusted(node) {
-                return Response::ok(
-                    &serde_json::json!({"node_id": node, "address": addr, "status": "trusted", "message": "already trusted"}),
-                );
+                // Trusted here; if the registry no longer pairs us, the
+                // peer revoked (we missed its revoke): ask again.
+                match ctx.shared.registry.check_trust(node).await {
+                    Ok(false) => {
+                        tracing::info!(
+                            "{addr} is trusted here but no longer trusts us; asking again"
+                        );
+                        asking_again = true;
+                    }
+                    _ => {
+                        return Response::ok(
+                            &serde_json::json!({"node_id": node, "address": addr, "status": "trusted", "message": "already trusted"}),
+                        );
+                    }
+                }
             }
             let they_asked = ctx.state().lock().pending.contains_key(&node);
             if they_asked {
@@ -677,7 +789,7 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
                     &serde_json::json!({"node_id": node, "address": addr, "status": "trusted", "message": "they had asked too: trusted (mutual)"}),
                 );
             }
-            {
+            let generation = {
                 let mut g = ctx.state().lock();
                 if g.outstanding.len() >= MAX_OUTSTANDING && !g.outstanding.contains_key(&node) {
                     return Response::error(
@@ -685,14 +797,19 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
                         "too many outstanding handshake requests",
                     );
                 }
+                g.generation += 1;
+                let generation = g.generation;
                 g.outstanding.insert(
                     node,
                     Outstanding {
                         sent_at: unix_now(),
+                        generation,
+                        sends: 1,
                     },
                 );
                 g.rejected.remove(&node);
-            }
+                generation
+            };
             match ctx
                 .shared
                 .registry
@@ -706,8 +823,14 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
                     return Response::error(e.code(), format!("handshake with {addr}: {e}"));
                 }
             }
+            ctx.spawn_resends(node, generation, justification);
+            let message = if asking_again {
+                format!("{addr} no longer trusts this node: handshake request sent; trusted again once its owner approves (`pilotctl trust` shows it)")
+            } else {
+                format!("handshake request sent to {addr}; it is trusted once its owner approves (`pilotctl trust` shows it)")
+            };
             Response::ok(
-                &serde_json::json!({"node_id": node, "address": addr, "status": "requested", "message": format!("handshake request sent to {addr}; it is trusted once its owner approves (`pilotctl trust` shows it)")}),
+                &serde_json::json!({"node_id": node, "address": addr, "status": "requested", "message": message}),
             )
         }
         TrustRequest::Pending => {
@@ -784,10 +907,19 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
                 tracing::debug!("revoke_trust {node}: {e}");
             }
             // Tell the peer (best effort; it may already have cut us off).
+            // A later `handshake` to the same peer waits for it
+            // (`settle_revoke`), so the revoke cannot arrive after it.
             let c2 = ctx.clone();
-            tokio::spawn(async move {
-                let _ = c2.send_direct(node, HandshakeType::Revoke, "").await;
+            let h = tokio::spawn(async move {
+                if let Err(e) = c2.send_direct(node, HandshakeType::Revoke, "").await {
+                    tracing::debug!("revoke to {node} not delivered: {e:?}");
+                }
             });
+            let mut g = ctx.state().lock();
+            g.revoking.retain(|_, h| !h.is_finished());
+            if let Some(old) = g.revoking.insert(node, h) {
+                old.abort();
+            }
             Response::ok(
                 &serde_json::json!({"node_id": node, "address": addr.to_string(), "status": "untrusted"}),
             )
@@ -827,7 +959,7 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
             let outstanding: Vec<serde_json::Value> = g
                 .outstanding
                 .iter()
-                .map(|(n, o)| serde_json::json!({"node_id": n, "address": Addr::backbone(*n).to_string(), "sent_at": o.sent_at}))
+                .map(|(n, o)| serde_json::json!({"node_id": n, "address": Addr::backbone(*n).to_string(), "sent_at": o.sent_at, "sends": o.sends}))
                 .collect();
             let rejected: Vec<serde_json::Value> = g
                 .rejected
