@@ -722,7 +722,19 @@ pub async fn explain_refusal(shared: &Shared, node: u32, resp: Response) -> Resp
         return resp;
     };
     if shared.trust.is_trusted(node) {
-        return resp;
+        // Trusted here, but the peer revoked (the registry pair is gone)
+        // and we missed its revoke: say so rather than "refused".
+        return match shared.registry.check_trust(node).await {
+            Ok(false) => Response::error(
+                ErrorCode::NotTrusted,
+                format!(
+                    "{} no longer trusts you; run `pilotctl handshake {}`",
+                    Addr::backbone(node),
+                    Addr::backbone(node)
+                ),
+            ),
+            _ => resp,
+        };
     }
     match shared.registry.lookup(node).await {
         Ok(d) if !d.public => Response::error(
@@ -906,9 +918,12 @@ pub async fn handle_ipc(ctx: Ctx, op: TrustRequest) -> Response {
             if let Err(e) = ctx.shared.registry.revoke_trust(node).await {
                 tracing::debug!("revoke_trust {node}: {e}");
             }
-            // Tell the peer (best effort; it may already have cut us off).
-            // A later `handshake` to the same peer waits for it
-            // (`settle_revoke`), so the revoke cannot arrive after it.
+            // Tell the peer (best effort; it may already have cut us off,
+            // and without a tunnel a private peer cannot be resolved any
+            // more; then it keeps trusting us, and answers a later request
+            // of ours with that trust, which is consistent). A later
+            // `handshake` to the same peer waits for it (`settle_revoke`),
+            // so the revoke cannot arrive after that request.
             let c2 = ctx.clone();
             let h = tokio::spawn(async move {
                 if let Err(e) = c2.send_direct(node, HandshakeType::Revoke, "").await {
