@@ -391,7 +391,10 @@ fn a_closed_stdout_and_bad_arguments_end_in_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && err.contains("<TARGET>"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("<TARGET>"),
+        "{err}"
+    );
     let out = Command::new(PILOTCTL)
         .args(["--json", "ping", "x", "--count", "abc"])
         .output()
