@@ -101,6 +101,46 @@ async fn transcript_replays_against_our_registry() {
     server.shutdown().await;
 }
 
+/// A node's long poll left parked by a client that went away (its daemon
+/// stopped) must not take the next handshake request for that node: the
+/// answer could only go to a closed socket. The request stays in the inbox
+/// for the node's next poll (a handshake sent just after the peer
+/// restarted used to vanish, 3 times in 3).
+#[tokio::test]
+async fn a_poll_left_by_a_closed_connection_takes_nothing() {
+    let server = Rendezvous::start(Config::loopback_ephemeral())
+        .await
+        .unwrap();
+    let mut c = RegistryClient::connect(server.registry_addr())
+        .await
+        .unwrap();
+    let (ka, kb) = (key(1), key(2));
+    let a = register(&mut c, &ka, 4000).await;
+    let b = register(&mut c, &kb, 4001).await;
+    for round in 0..3 {
+        let addr = server.registry_addr();
+        let kb2 = kb.clone();
+        let parked = tokio::spawn(async move {
+            let mut c = RegistryClient::connect(addr).await.unwrap();
+            let _ = c
+                .poll_handshakes_wait(&kb2, b, Duration::from_secs(20))
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The daemon stops: its connection closes with the poll parked.
+        parked.abort();
+        let _ = parked.await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = format!("hello {round}");
+        c.request_handshake(&ka, a, b, &text).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let polled = c.poll_handshakes(&kb, b).await.unwrap();
+        assert_eq!(polled.requests.len(), 1, "round {round}: {polled:?}");
+        assert_eq!(polled.requests[0].justification, text);
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn registry_rules_through_the_client() {
     let server = Rendezvous::start(Config::loopback_ephemeral())

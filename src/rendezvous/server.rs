@@ -288,6 +288,26 @@ fn binary_frame(m: &BinaryMessage) -> Vec<u8> {
     })
 }
 
+/// Set once the client closed its connection while a request of it was
+/// being handled.
+type Gone = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves when the client has closed its end (end of file or an error);
+/// never when it sent more (a pipelined request: it is still there).
+async fn peer_closed(rd: &mut tokio::net::tcp::OwnedReadHalf) {
+    let mut b = [0u8; 1];
+    match rd.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}
+
+/// Resolves once [`Gone`] is set.
+async fn client_gone(gone: &Gone) {
+    let mut g = gone.clone();
+    let _ = g.wait_for(|closed| *closed).await;
+}
+
 async fn serve(
     sock: TcpStream,
     peer: SocketAddr,
@@ -303,6 +323,7 @@ async fn serve(
     let mut deadline = Instant::now() + shared.idle_timeout;
     let mut budget: Option<OwnedSemaphorePermit> = None;
     let mut auth = ConnAuth::default();
+    let (gone_tx, gone) = tokio::sync::watch::channel(false);
     loop {
         if mode == Mode::Unknown {
             let p = dec.pending();
@@ -354,9 +375,31 @@ async fn serve(
                         RateAction::None => {}
                     }
                 }
-                let reply = match mode {
-                    Mode::Binary => handle_binary(&frame, peer, shared, &mut auth).await,
-                    _ => answer_frame(&answer_json(&frame, peer, shared, &mut auth).await),
+                let handling = async {
+                    match mode {
+                        Mode::Binary => handle_binary(&frame, peer, shared, &mut auth, &gone).await,
+                        _ => {
+                            answer_frame(&answer_json(&frame, peer, shared, &mut auth, &gone).await)
+                        }
+                    }
+                };
+                tokio::pin!(handling);
+                // A client that closes its connection while its request
+                // waits (a long poll parked for a daemon that stopped) must
+                // not have that request take its inbox: the answer could
+                // only go to a closed socket, and the messages would be lost
+                // (a handshake request sent just after the peer restarted
+                // vanished this way). The poll ends early instead; any
+                // other request finishes as usual.
+                let reply = tokio::select! {
+                    // The request first: most finish on their first poll,
+                    // and then the socket is not even looked at.
+                    biased;
+                    r = &mut handling => r,
+                    () = peer_closed(&mut rd) => {
+                        let _ = gone_tx.send(true);
+                        handling.await
+                    }
                 };
                 write_reply(&mut wr, &reply, shared.write_timeout).await?;
                 deadline = Instant::now() + shared.idle_timeout;
@@ -591,11 +634,19 @@ async fn long_poll(
     peer: SocketAddr,
     shared: &Shared,
     auth: &mut ConnAuth,
+    gone: &Gone,
 ) -> Response {
-    long_poll_until(req, node, wait, peer, shared, auth, |resp| {
+    long_poll_until(req, PollFor { node, wait }, peer, shared, auth, gone, |resp| {
         !matches!(resp, Response::PollHandshakesOk(ok) if ok.requests.is_empty() && ok.responses.is_empty())
     })
     .await
+}
+
+/// Whose waiter a long poll listens to, and its longest wait.
+#[derive(Debug, Clone, Copy)]
+struct PollFor {
+    node: u32,
+    wait: Duration,
 }
 
 /// Runs `req` until `done` holds for its answer, woken by `node`'s waiter,
@@ -603,11 +654,11 @@ async fn long_poll(
 /// `poll_networks`, which is done once its version differs from `since`).
 async fn long_poll_until(
     req: Request,
-    node: u32,
-    wait: Duration,
+    PollFor { node, wait }: PollFor,
     peer: SocketAddr,
     shared: &Shared,
     auth: &mut ConnAuth,
+    gone: &Gone,
     done: impl Fn(&Response) -> bool,
 ) -> Response {
     let deadline = Instant::now() + wait;
@@ -620,8 +671,15 @@ async fn long_poll_until(
         if done(&resp) {
             return resp;
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return resp;
+        // The client left: answer with what it had (nothing), and do not
+        // run the request again, which would take its messages.
+        tokio::select! {
+            r = tokio::time::timeout_at(deadline, notified) => {
+                if r.is_err() {
+                    return resp;
+                }
+            }
+            () = client_gone(gone) => return resp,
         }
     }
 }
@@ -633,12 +691,13 @@ async fn answer_json(
     peer: SocketAddr,
     shared: &Shared,
     auth: &mut ConnAuth,
+    gone: &Gone,
 ) -> Vec<u8> {
     let nonce = shared
         .answer_key
         .as_ref()
         .and_then(|k| super::pin::request_nonce(payload).map(|n| (k, n)));
-    let resp = handle_json(payload, peer, shared, auth).await;
+    let resp = handle_json(payload, peer, shared, auth, gone).await;
     match nonce {
         Some((key, nonce)) => match serde_json::to_value(&resp) {
             Ok(mut v) => {
@@ -660,18 +719,29 @@ async fn handle_json(
     peer: SocketAddr,
     shared: &Shared,
     auth: &mut ConnAuth,
+    gone: &Gone,
 ) -> Response {
     match wire::parse_request(payload) {
         Ok(Request::PollHandshakes(r)) if poll_wait(payload).is_some() => {
             let wait = poll_wait(payload).unwrap_or_default();
             let node = r.node_id;
-            long_poll(Request::PollHandshakes(r), node, wait, peer, shared, auth).await
+            long_poll(
+                Request::PollHandshakes(r),
+                node,
+                wait,
+                peer,
+                shared,
+                auth,
+                gone,
+            )
+            .await
         }
         Ok(Request::Network(NetRequest::PollNetworks(r))) if poll_wait(payload).is_some() => {
             let wait = poll_wait(payload).unwrap_or_default();
             let (node, since) = (r.node_id, r.since);
             let req = Request::Network(NetRequest::PollNetworks(r));
-            long_poll_until(req, node, wait, peer, shared, auth, |resp| match resp {
+            let poll = PollFor { node, wait };
+            long_poll_until(req, poll, peer, shared, auth, gone, |resp| match resp {
                 Response::Network(NetResponse::PollNetworksOk(ok)) => ok.version != since,
                 _ => true,
             })
@@ -691,6 +761,7 @@ async fn handle_binary(
     peer: SocketAddr,
     shared: &Shared,
     auth: &mut ConnAuth,
+    gone: &Gone,
 ) -> Vec<u8> {
     let msg = match BinaryMessage::parse_frame_payload(payload) {
         Ok(m) => m,
@@ -700,7 +771,9 @@ async fn handle_binary(
         }
     };
     let reply = match msg {
-        BinaryMessage::Json(j) => BinaryMessage::Json(answer_json(&j, peer, shared, auth).await),
+        BinaryMessage::Json(j) => {
+            BinaryMessage::Json(answer_json(&j, peer, shared, auth, gone).await)
+        }
         BinaryMessage::Heartbeat { node_id, signature } => {
             let req = Request::Heartbeat(NodeSigned {
                 node_id,
