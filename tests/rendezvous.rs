@@ -37,6 +37,17 @@ async fn register(c: &mut RegistryClient, k: &SigningKey, port: u16) -> u32 {
     c.register(req).await.unwrap().node_id
 }
 
+/// A loopback rendezvous and a client connected to it.
+async fn server_and_client() -> (Rendezvous, RegistryClient) {
+    let server = Rendezvous::start(Config::loopback_ephemeral())
+        .await
+        .unwrap();
+    let c = RegistryClient::connect(server.registry_addr())
+        .await
+        .unwrap();
+    (server, c)
+}
+
 fn server_text(r: Result<impl std::fmt::Debug, ClientError>) -> String {
     match r {
         Err(ClientError::Server(t)) => t,
@@ -108,12 +119,7 @@ async fn transcript_replays_against_our_registry() {
 /// restarted used to vanish, 3 times in 3).
 #[tokio::test]
 async fn a_poll_left_by_a_closed_connection_takes_nothing() {
-    let server = Rendezvous::start(Config::loopback_ephemeral())
-        .await
-        .unwrap();
-    let mut c = RegistryClient::connect(server.registry_addr())
-        .await
-        .unwrap();
+    let (server, mut c) = server_and_client().await;
     let (ka, kb) = (key(1), key(2));
     let a = register(&mut c, &ka, 4000).await;
     let b = register(&mut c, &kb, 4001).await;
@@ -143,12 +149,7 @@ async fn a_poll_left_by_a_closed_connection_takes_nothing() {
 
 #[tokio::test]
 async fn registry_rules_through_the_client() {
-    let server = Rendezvous::start(Config::loopback_ephemeral())
-        .await
-        .unwrap();
-    let mut c = RegistryClient::connect(server.registry_addr())
-        .await
-        .unwrap();
+    let (server, mut c) = server_and_client().await;
     let (ka, kb, kc) = (key(1), key(2), key(3));
 
     // Same key -> same id; different keys -> distinct ids.
@@ -296,12 +297,7 @@ async fn registry_rules_through_the_client() {
 #[tokio::test]
 async fn binary_mode_heartbeat_lookup_resolve() {
     use ed25519_dalek::Signer;
-    let server = Rendezvous::start(Config::loopback_ephemeral())
-        .await
-        .unwrap();
-    let mut c = RegistryClient::connect(server.registry_addr())
-        .await
-        .unwrap();
+    let (server, mut c) = server_and_client().await;
     let k = key(9);
     let id = register(&mut c, &k, 4100).await;
     c.set_visibility(&k, id, true).await.unwrap();
