@@ -18,13 +18,13 @@ fn ready(what: &str) -> bool {
     root_or_skip(what) && have("curl") && have("python3") && have("setpriv")
 }
 
-/// `pilotctl forward 127.0.0.1:0 TARGET` as nobody; returns the child and
-/// the local address it listens on.
-fn spawn_forward(lab: &Lab, target: &str) -> (KillOnDrop, String) {
+/// `pilotctl forward 127.0.0.1:0 TARGET` as nobody, its reports to
+/// `stderr`; returns the child and the local address it listens on.
+fn spawn_forward(lab: &Lab, target: &str, stderr: Stdio) -> (KillOnDrop, String) {
     let mut child = nobody_pilotctl(&lab.a)
         .args(["--json", "forward", "127.0.0.1:0", target])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -62,7 +62,7 @@ fn forward_without_root_gets_uploads_and_fails_fast() {
             .any(|l| l.starts_with("Uid:") && l.contains("65534")),
         "{status}"
     );
-    let (_fwd, listen) = spawn_forward(&lab, "beta:80");
+    let (_fwd, listen) = spawn_forward(&lab, "beta:80", Stdio::null());
     let base = format!("http://{listen}");
 
     let r = curl(&["-m", "20"], &format!("{base}/"));
@@ -111,11 +111,21 @@ fn forward_without_root_gets_uploads_and_fails_fast() {
     assert_ne!(r.code, 28, "curl hung: {r:?}");
     assert!(r.secs < 5.0, "{r:?}");
 
-    // A virtual port nobody serves: reset at once.
-    let (_fwd2, listen2) = spawn_forward(&lab, "beta:8080");
-    let r = curl(&["-m", "20"], &format!("http://{listen2}/"));
-    assert_ne!(r.code, 0, "{r:?}");
-    assert!(r.secs < 5.0, "{r:?}");
+    // A virtual port nobody serves: reset at once, and forward says why
+    // (once for a burst of attempts).
+    let log = lab.path("forward2.err");
+    let (_fwd2, listen2) = spawn_forward(
+        &lab,
+        "beta:8080",
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    for _ in 0..3 {
+        let r = curl(&["-m", "20"], &format!("http://{listen2}/"));
+        assert_ne!(r.code, 0, "{r:?}");
+        assert!(r.secs < 5.0, "{r:?}");
+    }
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(said.matches("refused").count(), 1, "{said}");
 }
 
 #[test]
@@ -129,7 +139,7 @@ fn expose_survives_pilotctl_and_unexpose_ends_it() {
     let to = format!("127.0.0.1:{}", lab.http_port);
     assert_eq!(l["exposed"][0]["port"], 80);
     assert_eq!(l["exposed"][0]["to"], to.as_str());
-    let (_fwd, listen) = spawn_forward(&lab, &format!("{}:80", lab.b_addr));
+    let (_fwd, listen) = spawn_forward(&lab, &format!("{}:80", lab.b_addr), Stdio::null());
     for _ in 0..3 {
         assert_eq!(
             curl(&["-m", "20"], &format!("http://{listen}/")).body,

@@ -124,6 +124,10 @@ pub(super) async fn forward(cli: &Cli, a: &ForwardArgs) -> Result<(), CliError> 
     print_ok(cli.json, &data, || {
         format!("forwarding {local} -> {target}:{port} (Ctrl-C to stop)")
     });
+    // A refusal (nothing listens on the port there) is said at most every
+    // REFUSED_EVERY, so a client that retries fast does not flood the
+    // terminal; the client itself sees each connection reset.
+    let last_refused = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
     loop {
         let (tcp, _) = tokio::select! {
             r = l.accept() => match r {
@@ -137,6 +141,7 @@ pub(super) async fn forward(cli: &Cli, a: &ForwardArgs) -> Result<(), CliError> 
         };
         let socket = socket.clone();
         let target = target.clone();
+        let last_refused = last_refused.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let dial = async {
@@ -152,7 +157,16 @@ pub(super) async fn forward(cli: &Cli, a: &ForwardArgs) -> Result<(), CliError> 
             match dial.await {
                 Ok(s) => bridge(tcp, s).await,
                 Err(e) => {
-                    if !matches!(e.code(), ErrorCode::Refused) {
+                    let say = !matches!(e.code(), ErrorCode::Refused) || {
+                        let now = std::time::Instant::now();
+                        let mut last = last_refused.lock().unwrap_or_else(|p| p.into_inner());
+                        let due = last.is_none_or(|t| now.duration_since(t) >= REFUSED_EVERY);
+                        if due {
+                            *last = Some(now);
+                        }
+                        due
+                    };
+                    if say {
                         errln!("forward: {target}:{port}: {e}");
                     }
                     reset(tcp);
@@ -161,6 +175,9 @@ pub(super) async fn forward(cli: &Cli, a: &ForwardArgs) -> Result<(), CliError> 
         });
     }
 }
+
+/// Least time between two "refused" lines of `forward`.
+const REFUSED_EVERY: Duration = Duration::from_secs(5);
 
 /// Drops the connection with a RST (SO_LINGER 0).
 fn reset(tcp: TcpStream) {
