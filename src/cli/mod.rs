@@ -49,7 +49,7 @@ mod trust;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::ipc::ErrorCode;
 
@@ -692,8 +692,23 @@ fn named_command(args: &[String]) -> Option<String> {
 pub fn main() -> i32 {
     let args = normalize_help(std::env::args().collect());
     let json = args.iter().any(|a| a == "--json");
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
+    // One parse: the matches also name the subcommand for hints.
+    let parsed = Cli::command()
+        .try_get_matches_from(&args)
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let cli = match parsed {
+        Ok((cli, m)) => {
+            let mut names = Vec::new();
+            let mut at = m.subcommand();
+            while let Some((name, sub)) = at {
+                names.push(name.to_string());
+                at = sub.subcommand();
+            }
+            if !names.is_empty() {
+                output::set_command(names.join(" "));
+            }
+            cli
+        }
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
@@ -709,17 +724,6 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    if let Ok(m) = Cli::command().try_get_matches_from(&args) {
-        let mut names = Vec::new();
-        let mut at = m.subcommand();
-        while let Some((name, sub)) = at {
-            names.push(name.to_string());
-            at = sub.subcommand();
-        }
-        if !names.is_empty() {
-            output::set_command(names.join(" "));
-        }
-    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -74,13 +74,14 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
         ));
     }
     if cli.json {
+        let (text, encoding) = data_text(&received);
         let data = serde_json::json!({
             "conn_id": info.conn_id,
             "remote": info.remote,
             "bytes_sent": sent,
             "bytes_received": got,
-            "data": data_text(&received),
-            "encoding": data_encoding(&received),
+            "data": text,
+            "encoding": encoding,
         });
         print_ok(true, &data, String::new);
     } else if a.message.is_some() && got > 0 {
@@ -89,23 +90,17 @@ pub(super) async fn connect(cli: &Cli, a: &ConnectArgs) -> Result<(), CliError> 
     Ok(())
 }
 
-/// Received bytes as JSON text: as they are when they are UTF-8, else in
-/// base64 (a lossy conversion would replace every invalid byte and lose
-/// the data); [`data_encoding`] says which.
-fn data_text(bytes: &[u8]) -> String {
+/// Received bytes as JSON text and how they are written: as they are
+/// (`"utf-8"`) when they are UTF-8, else in base64 (`"base64"`; a lossy
+/// conversion would replace every invalid byte and lose the data).
+fn data_text(bytes: &[u8]) -> (String, &'static str) {
     use base64::Engine as _;
     match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_string(),
-        Err(_) => base64::engine::general_purpose::STANDARD.encode(bytes),
-    }
-}
-
-/// How [`data_text`] wrote `bytes`: `"utf-8"` or `"base64"`.
-fn data_encoding(bytes: &[u8]) -> &'static str {
-    if std::str::from_utf8(bytes).is_ok() {
-        "utf-8"
-    } else {
-        "base64"
+        Ok(s) => (s.to_string(), "utf-8"),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(bytes),
+            "base64",
+        ),
     }
 }
 
@@ -291,12 +286,13 @@ pub(super) async fn listen(cli: &Cli, a: &ListenArgs) -> Result<(), CliError> {
         // (accept events wait in their socket).
         let (total, text) = stream_to_stdout(s, cli.json, &mut buf)?;
         if cli.json {
+            let (text, encoding) = data_text(&text);
             let data = serde_json::json!({
                 "conn_id": conn_id,
                 "remote": remote,
                 "bytes": total,
-                "data": data_text(&text),
-                "encoding": data_encoding(&text),
+                "data": text,
+                "encoding": encoding,
             });
             print_ok(true, &data, String::new);
         } else {
